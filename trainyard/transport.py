@@ -1,0 +1,83 @@
+"""The Celery app, task names and every Redis key trainyard uses, in one place.
+
+Celery carries delivery hints only (SPEC §2 invariant 1): the database stays the system of
+record. Messages are JSON (invariant 10); tasks are acknowledged on receipt so that redelivery
+never hangs on the broker's visibility timeout (invariant 7) — the scheduler redispatches.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from celery import Celery
+
+RUN_TASK = "trainyard.run"
+KEY_PREFIX = "trainyard:"
+EVENTS_STREAM = KEY_PREFIX + "events"
+EVENTS_GROUP = "scheduler"
+EVENTS_STREAM_MAXLEN = 1_000_000
+SCHEDULER_LEASE_KEY = KEY_PREFIX + "scheduler:leader"
+
+
+def node_queue(node_id: str) -> str:
+    return f"node.{node_id}"
+
+
+def node_control_key(node_id: str) -> str:
+    """A list the node agent pops control messages (cancel, kill stale) from."""
+    return f"{KEY_PREFIX}node:{node_id}:control"
+
+
+def heartbeat_key(node_id: str) -> str:
+    return f"{KEY_PREFIX}node:{node_id}:heartbeat"
+
+
+def secrets_key(job_id: str, attempt: int) -> str:
+    """Encrypted secrets of one attempt, fetched by the node at launch (never in the message)."""
+    return f"{KEY_PREFIX}secrets:{job_id}:{attempt}"
+
+
+def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
+    """Our Celery app: JSON only, early ack, prefetch 1, one queue per node."""
+    app = Celery("trainyard", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        task_default_queue="trainyard.default",
+        worker_send_task_events=task_events,
+        task_send_sent_event=task_events,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_enable_remote_control=True,
+    )
+    return app
+
+
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
+
+
+def encode(payload: dict[str, Any]) -> dict[str, str]:
+    """One stream entry: the payload as a single JSON field."""
+    return {"data": json.dumps(payload, separators=(",", ":"))}
+
+
+def decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(fields[b"data"])
+    return value
+
+
+def publish_event(client: redis.Redis, payload: dict[str, Any]) -> None:
+    """Append an event for the scheduler (worker → scheduler, API → scheduler wake-ups)."""
+    client.xadd(EVENTS_STREAM, encode(payload), maxlen=EVENTS_STREAM_MAXLEN, approximate=True)
