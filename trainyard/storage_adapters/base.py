@@ -34,6 +34,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """A list prefix may end mid-name or with '/', but may not climb out of the root either."""
+    if prefix.startswith("/") or "\\" in prefix or "\x00" in prefix:
+        raise ValueError(f"invalid storage prefix {prefix!r}")
+    if any(part in (".", "..") for part in prefix.split("/")[:-1]):
+        raise ValueError(f"invalid storage prefix {prefix!r}")
+    return prefix
+
+
 class StreamWriter(abc.ABC):
     """Writes one object in chunks; nothing is visible under the key until close()."""
 
@@ -43,12 +52,18 @@ class StreamWriter(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Drop what was written so far; the key keeps its previous object (if any)."""
+
     def __enter__(self) -> StreamWriter:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
+        # A with-block that raised must not publish half an object, nor leave parts behind.
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
 
 
 class Storage(abc.ABC):
@@ -94,13 +109,18 @@ class Storage(abc.ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
         offset = 0
-        with tmp.open("wb") as sink:
-            while True:
-                chunk = self.get(key, offset, offset + COPY_CHUNK_BYTES)
-                sink.write(chunk)
-                offset += len(chunk)
-                if len(chunk) < COPY_CHUNK_BYTES:
-                    break
+        try:
+            with tmp.open("wb") as sink:
+                while True:
+                    chunk = self.get(key, offset, offset + COPY_CHUNK_BYTES)
+                    sink.write(chunk)
+                    offset += len(chunk)
+                    if len(chunk) < COPY_CHUNK_BYTES:
+                        break
+        except BaseException:
+            # A missing object or a dropped connection must not leave a half file behind.
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(path)
 
     def join(self, *parts: str) -> str:

@@ -6,7 +6,7 @@ import io
 import threading
 from collections.abc import Iterator
 
-from trainyard.storage_adapters.base import ObjectInfo, ObjectNotFound, Storage, StreamWriter, check_key
+from trainyard.storage_adapters.base import ObjectInfo, ObjectNotFound, Storage, StreamWriter, check_key, check_prefix
 
 _STORES: dict[str, dict[str, bytes]] = {}
 _LOCK = threading.Lock()
@@ -30,6 +30,9 @@ class MemoryStorage(Storage):
         with _LOCK:
             self._objects = _STORES.setdefault(url.removeprefix("memory://"), {})
 
+    def __repr__(self) -> str:
+        return f"MemoryStorage({self.url!r})"
+
     def put(self, key: str, data: bytes) -> None:
         with _LOCK:
             self._objects[check_key(key)] = bytes(data)
@@ -43,6 +46,7 @@ class MemoryStorage(Storage):
         return data[start:end]
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
         with _LOCK:
             items = [ObjectInfo(k, len(v)) for k, v in self._objects.items() if k.startswith(prefix)]
         yield from sorted(items, key=lambda info: info.key)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 07:16:00.407700
+Create Date: 2026-11-26 07:18:50.124471
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def upgrade() -> None:
     sa.Column('nodes', sa.Integer(), nullable=False),
     sa.Column('gpus', sa.Integer(), nullable=False),
     sa.Column('cpus', sa.Float(), nullable=False),
+    sa.Column('memory_bytes', sa.BigInteger(), nullable=True),
+    sa.Column('max_wall_clock_s', sa.Float(), nullable=False),
+    sa.Column('preemptible', sa.Boolean(), nullable=False),
     sa.Column('max_retries', sa.Integer(), nullable=False),
     sa.Column('retries_used', sa.Integer(), nullable=False),
     sa.Column('exit_code', sa.Integer(), nullable=True),
@@ -112,7 +115,9 @@ def upgrade() -> None:
     sa.Column('cpus', sa.Float(), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.String(length=32), nullable=True),
     sa.Column('exit_code', sa.Integer(), nullable=True),
+    sa.Column('logs_complete', sa.Boolean(), nullable=False),
     sa.Column('dispatched_at', sa.DateTime(), nullable=True),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('ended_at', sa.DateTime(), nullable=True),

@@ -1,0 +1,5 @@
+"""`python -m trainyard` runs the command line."""
+
+from trainyard.cli import main
+
+main()

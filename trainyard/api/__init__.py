@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): jobs, logs, nodes and pools over the database."""

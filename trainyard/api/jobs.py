@@ -1,0 +1,241 @@
+"""Job routes: submit (one or a batch), list, show, cancel, and logs (with follow)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from trainyard import logstore, transport
+from trainyard.api.auth import Principal, require
+from trainyard.crypto import encrypt_secrets
+from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
+from trainyard.db.models import Attempt, Job
+from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
+
+router = APIRouter(prefix="/v1")
+
+MAX_BATCH = 10_000
+LIST_LIMIT_MAX = 1000
+FOLLOW_POLL_S = 0.2
+FOLLOW_STATE_CHECK_S = 0.5
+
+
+def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
+    return HTTPException(status_code=422, detail={"message": "invalid job spec", "problems": problems})
+
+
+def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> NewJob:
+    try:
+        spec = parse_job_spec(data)
+    except SpecError as exc:
+        raise SpecError([{**p, "field": prefix + p["field"]} for p in exc.problems]) from None
+    problems = unsupported_features(spec)
+    if not who.sees(spec.workspace):
+        problems.append({"field": "workspace", "reason": f"your token may not submit to {spec.workspace!r}"})
+    secrets_enc = None
+    if spec.secrets:
+        key = request.app.state.settings.secret_key
+        if not key:
+            problems.append({"field": "secrets", "reason": "the server has no TRAINYARD_SECRET_KEY to keep secrets"})
+        else:
+            secrets_enc = encrypt_secrets(spec.secrets, key)
+    if problems:
+        raise SpecError([{**p, "field": prefix + p["field"]} for p in problems])
+    return NewJob(spec=spec, secrets_enc=secrets_enc)
+
+
+def _store(request: Request, new_jobs: list[NewJob], who: Principal) -> list[str]:
+    sessions = request.app.state.sessions
+    for attempt in range(2):
+        try:
+            with sessions.begin() as session:
+                ids = create_jobs(session, new_jobs, actor=who.name)
+            break
+        except IdempotencyConflict as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        except IntegrityError:
+            if attempt:  # a concurrent submit took the same idempotency key: the retry finds it
+                raise
+    _wake_scheduler(request)
+    return ids
+
+
+def _wake_scheduler(request: Request) -> None:
+    try:
+        transport.publish_event(request.app.state.redis, {"kind": "wake"})
+    except Exception:  # the scheduler also wakes on its own timer; the job is stored either way
+        pass
+
+
+def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or not who.sees(job.workspace):
+        raise HTTPException(status_code=404, detail=f"no job {job_id}")
+    return job
+
+
+@router.post("/jobs", status_code=201, summary="Submit a job")
+def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
+    try:
+        new = _validate(request, body, who)
+    except SpecError as exc:
+        raise _spec_error(exc.problems) from None
+    (job_id,) = _store(request, [new], who)
+    with request.app.state.sessions() as session:
+        return load_job_dict(session, job_id)
+
+
+@router.post("/jobs:batch", status_code=201, summary="Submit many jobs at once (all or none)")
+def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
+    specs = body.get("jobs")
+    if not isinstance(specs, list) or not specs:
+        raise _spec_error([{"field": "jobs", "reason": "must be a non-empty list of job specs"}])
+    if len(specs) > MAX_BATCH:
+        raise _spec_error([{"field": "jobs", "reason": f"at most {MAX_BATCH} specs per call"}])
+    new_jobs, problems = [], []
+    for index, data in enumerate(specs):
+        try:
+            new_jobs.append(_validate(request, data, who, prefix=f"jobs[{index}]."))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _spec_error(problems)
+    ids = _store(request, new_jobs, who)
+    return {"jobs": [{"id": job_id, "name": new.spec.name} for job_id, new in zip(ids, new_jobs, strict=True)]}
+
+
+@router.get("/jobs", summary="List jobs, newest first, with filters and a cursor")
+def list_jobs(
+    request: Request,
+    state: str | None = None,
+    experiment: str | None = None,
+    workspace: str | None = None,
+    sweep: str | None = None,
+    name_prefix: str | None = None,
+    limit: int = Query(100, ge=1, le=LIST_LIMIT_MAX),
+    cursor: int | None = Query(None, description="next_cursor of the previous page"),
+    who: Principal = require("viewer"),
+) -> Any:
+    query = select(Job).order_by(Job.seq.desc()).limit(limit + 1)
+    if who.workspace is not None:
+        query = query.where(Job.workspace == who.workspace)
+    filters = {"state": state, "experiment": experiment, "workspace": workspace, "sweep_id": sweep}
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(Job, column) == value)
+    if name_prefix:
+        query = query.where(Job.name.startswith(name_prefix, autoescape=True))
+    if cursor is not None:
+        query = query.where(Job.seq < cursor)
+    with request.app.state.sessions() as session:
+        jobs = session.scalars(query).all()
+    page = jobs[:limit]
+    next_cursor = page[-1].seq if len(jobs) > limit else None
+    return {"jobs": [job_dict(job) for job in page], "next_cursor": next_cursor}
+
+
+@router.get("/jobs/{job_id}", summary="One job with its attempts")
+def get_job(request: Request, job_id: str, who: Principal = require("viewer")) -> Any:
+    with request.app.state.sessions() as session:
+        _job_or_404(session, job_id, who)
+        return load_job_dict(session, job_id)
+
+
+@router.post("/jobs/{job_id}:cancel", summary="Cancel a job")
+def cancel(request: Request, job_id: str, who: Principal = require("user")) -> Any:
+    with request.app.state.sessions.begin() as session:
+        _job_or_404(session, job_id, who)
+        cancel_job(session, job_id, actor=who.name)
+    _wake_scheduler(request)
+    with request.app.state.sessions() as session:
+        return load_job_dict(session, job_id)
+
+
+def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | None:
+    if attempt is not None:
+        return session.get(Attempt, (job.id, attempt))
+    # The newest attempt that exists (the current one may still be queued).
+    return session.scalars(
+        select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.number.desc()).limit(1)
+    ).first()
+
+
+def _follow(request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str],
+            offset: int) -> Iterator[bytes]:
+    """Stream bytes as they reach storage until the attempt has ended and every byte is read."""
+    storage, sessions = request.app.state.storage, request.app.state.sessions
+    rank, stream = prefix_args
+    number, ended, checked_at = attempt, False, 0.0
+    while True:
+        if time.monotonic() - checked_at > FOLLOW_STATE_CHECK_S:
+            checked_at = time.monotonic()
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                row = _log_attempt(session, job, number) if job else None
+                if row is not None:
+                    number = row.number
+                    ended = row.ended_at is not None
+                elif job is not None and job.state in ("succeeded", "failed", "cancelled"):
+                    return
+        if number is None:
+            time.sleep(FOLLOW_POLL_S)
+            continue
+        data = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
+        if data:
+            offset += len(data)
+            yield data
+            continue
+        if ended:
+            # The attempt ended after its last upload: one more read catches the tail, then stop.
+            tail = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
+            if tail:
+                offset += len(tail)
+                yield tail
+                continue
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
+@router.get("/jobs/{job_id}/logs", summary="A job's stdout or stderr, from a byte offset",
+            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+def logs(
+    request: Request,
+    job_id: str,
+    rank: int = Query(0, ge=0),
+    stream: str = Query("stdout", pattern="^(stdout|stderr)$"),
+    attempt: int | None = Query(None, ge=1),
+    offset: int = Query(0, ge=0),
+    follow: bool = False,
+    who: Principal = require("viewer"),
+) -> Response:
+    with request.app.state.sessions() as session:
+        job = _job_or_404(session, job_id, who)
+        row = _log_attempt(session, job, attempt)
+    if attempt is not None and row is None:
+        raise HTTPException(status_code=404, detail=f"job {job_id} has no attempt {attempt}")
+    if follow:
+        number = row.number if row is not None else None
+        return StreamingResponse(_follow(request, job_id, number, (rank, stream), offset),
+                                 media_type="application/octet-stream")
+    if row is None:
+        return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})
+    data = logstore.read_from(request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream),
+                              offset)
+    headers = {"X-Next-Offset": str(offset + len(data)), "X-Attempt": str(row.number),
+               "X-Attempt-Ended": "true" if row.ended_at is not None else "false"}
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+def spec_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SpecError)
+    return JSONResponse(status_code=422, content={"detail": {"message": "invalid job spec", "problems": exc.problems}})
+
+
+__all__ = ["JobSpec", "router", "spec_error_handler"]

@@ -1,0 +1,387 @@
+"""The `trainyard` command line (SPEC §6): service commands and user commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trainyard.client import Client, SpecRejected, TrainyardError
+from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
+
+app = typer.Typer(help="trainyard: batch training jobs on your own GPU/CPU nodes.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+job_app = typer.Typer(help="Submit, inspect and control jobs.", no_args_is_help=True)
+node_app = typer.Typer(help="Nodes of the cluster.", no_args_is_help=True)
+pool_app = typer.Typer(help="Pools of nodes.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+app.add_typer(node_app, name="node")
+app.add_typer(pool_app, name="pool")
+
+# Wide tables when piped: rich would otherwise fold IDs at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
+errors = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _problems(problems: list[dict[str, str]]) -> NoReturn:
+    errors.print("[red]invalid job spec:[/red]")
+    for problem in problems:
+        errors.print(f"  {problem['field']}: {problem['reason']}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _client() -> Client:
+    return Client()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- service commands ------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="worker nodes to start (0: control plane only)")] = 2,
+    slots: Annotated[int, typer.Option(help="job slots (CPUs) per node")] = 2,
+    gpus: Annotated[int, typer.Option(help="GPUs declared per node")] = 0,
+    port: Annotated[int, typer.Option(help="API port")] = 8642,
+    flower: Annotated[bool, typer.Option(help="also start Flower")] = False,
+) -> None:
+    """Run everything on this machine, in the foreground, until Ctrl-C."""
+    from trainyard.up import start_cluster
+
+    try:
+        cluster = start_cluster(workers=workers, slots=slots, gpus=gpus, port=port)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(f"trainyard is up: API [bold]{cluster.api_url}[/bold], {workers} node(s)")
+    console.print(f"admin token: {cluster.admin_token}", highlight=False)
+    console.print(f"(also in {cluster.home / 'api-url'} and {cluster.home / 'admin-token'}); Ctrl-C stops it")
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping:
+            dead = cluster.dead()
+            if dead:
+                errors.print(f"[red]{', '.join(dead)} exited[/red]; see {cluster.home / 'logs'}")
+                break
+            time.sleep(0.5)
+    finally:
+        console.print("stopping…")
+        cluster.stop()
+
+
+@app.command()
+def demo(workers: int = 2, slots: int = 2) -> None:
+    """Start a local cluster, run a small sweep and a 2-node gang, show progress and logs, stop."""
+    from trainyard.demo import run_demo
+
+    raise typer.Exit(run_demo(workers=workers, slots=slots))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8642,
+    log_level: str = "warning",
+) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    from trainyard.api.app import create_app
+    from trainyard.config import load_settings
+    from trainyard.db.engine import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+def scheduler(log_level: str = "INFO") -> None:
+    """Run a scheduler (several may run: one leads, the others stand by)."""
+    from trainyard.config import load_settings
+    from trainyard.db.engine import upgrade
+    from trainyard.scheduler.loop import Scheduler
+
+    _setup_logging(log_level)
+    settings = load_settings()
+    upgrade(settings.database_url)
+    service = Scheduler(settings)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
+    try:
+        service.run()
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="pool this node belongs to")] = "default",
+    node_id: Annotated[str | None, typer.Option(help="node id (default: host name)")] = None,
+    address: Annotated[str, typer.Option(help="address other nodes of a gang reach this one at")] = "127.0.0.2",
+    slots: Annotated[int, typer.Option(help="job slots (CPUs)")] = 2,
+    gpus: Annotated[int | None, typer.Option(help="GPUs to declare (default: discovered)")] = None,
+    log_level: str = "WARNING",
+) -> None:
+    """Run a worker node: a Celery worker on queue node.<id> plus the node agent."""
+    import socket
+
+    from trainyard.config import load_settings
+    from trainyard.workers.agent import NodeConfig
+    from trainyard.workers.service import run_worker
+
+    _setup_logging(log_level)
+    node = NodeConfig(node_id=node_id or socket.gethostname(), pool=pool, address=address, slots=slots,
+                      gpus=list(range(gpus or 0)))
+    run_worker(load_settings(), node, loglevel=log_level)
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def _apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    for item in sets:
+        if "=" not in item:
+            _problems([{"field": "--set", "reason": f"{item!r} is not key=value"}])
+        key, raw = item.split("=", 1)
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return data
+
+
+@job_app.command("submit")
+def job_submit(
+    file: Annotated[Path, typer.Argument(help="job spec, YAML or JSON")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: key=value")] = None,
+    format_: Annotated[str, typer.Option("--format", help="trainyard or batchai")] = "trainyard",
+    wait: Annotated[bool, typer.Option(help="wait for the job to end")] = False,
+    follow: Annotated[bool, typer.Option(help="stream its stdout until it ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
+) -> None:
+    """Submit a job."""
+    try:
+        data = load_spec_file(file)
+    except SpecError as exc:
+        _problems(exc.problems)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc}", EXIT_BAD_INPUT)
+    if format_ == "batchai":
+        try:
+            from trainyard.batchai import batchai_to_spec
+        except ImportError:
+            _fail("Batch AI job files are not supported in this version", EXIT_BAD_INPUT)
+        try:
+            data, warnings = batchai_to_spec(data, name=file.stem)
+        except SpecError as exc:
+            _problems(exc.problems)
+        for warning in warnings:
+            errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    elif format_ != "trainyard":
+        _fail(f"--format must be trainyard or batchai, not {format_!r}", EXIT_BAD_INPUT)
+    data = _apply_sets(data, set_ or [])
+    client = _client()
+    try:
+        job = client.submit(data)
+    except SpecRejected as exc:
+        _problems(exc.problems)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    if as_json and not (wait or follow):
+        _print_json(job.data)
+        return
+    if not as_json:
+        console.print(f"submitted [bold]{job.id}[/bold] ({job.name})")
+    if follow:
+        for chunk in job.log_chunks(follow=True):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    if wait or follow:
+        state = job.wait()
+        if as_json:
+            _print_json(job.data)
+        else:
+            console.print(f"{job.id} {state} (exit code {job.data.get('exit_code')})")
+        raise typer.Exit(0 if state == "succeeded" else 1)
+
+
+@job_app.command("list")
+def job_list(
+    state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    experiment: Annotated[str | None, typer.Option(help="only this experiment")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List jobs, newest first."""
+    if state and state not in {s.value for s in JobState}:
+        _fail(f"--state must be one of {', '.join(s.value for s in JobState)}", EXIT_BAD_INPUT)
+    jobs = _client().jobs(state=state, experiment=experiment, limit=limit)
+    if as_json:
+        _print_json([job.data for job in jobs])
+        return
+    table = Table("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "EXIT", "SUBMITTED", "PENDING REASON")
+    for job in jobs:
+        d = job.data
+        table.add_row(d["id"], d["name"], d["state"], str(d["priority"]), str(d["attempt"]),
+                      "" if d["exit_code"] is None else str(d["exit_code"]), d["submitted_at"],
+                      d.get("pending_reason") or "")
+    console.print(table)
+
+
+@job_app.command("show")
+def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's state, attempts, nodes, exit codes and times."""
+    try:
+        job = _client().job(job_id)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(job.data)
+        return
+    d = job.data
+    console.print(f"[bold]{d['id']}[/bold] {d['name']}  state={d['state']}  priority={d['priority']}  "
+                  f"attempt={d['attempt']}  exit_code={d['exit_code']}", highlight=False)
+    console.print(f"workspace={d['workspace']} experiment={d['experiment']} submitted {d['submitted_at']}",
+                  highlight=False)
+    if d.get("pending_reason"):
+        console.print(f"pending: {d['pending_reason']}", highlight=False)
+    table = Table("ATTEMPT", "STATE", "REASON", "NODES", "GPUS", "EXIT CODES", "STARTED", "ENDED")
+    for a in d.get("attempts", []):
+        table.add_row(str(a["number"]), a["state"], a["reason"] or "", ",".join(a["nodes"]),
+                      json.dumps(a["gpus"]), json.dumps(a["exit_codes"]), a["started_at"] or "", a["ended_at"] or "")
+    console.print(table)
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: str,
+    rank: int = 0,
+    stream: Annotated[str, typer.Option(help="stdout or stderr")] = "stdout",
+    attempt: Annotated[int | None, typer.Option(help="attempt number (default: the latest)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming until the job ends")] = False,
+) -> None:
+    """Print a job's output, byte for byte."""
+    if stream not in ("stdout", "stderr"):
+        _fail("--stream must be stdout or stderr", EXIT_BAD_INPUT)
+    try:
+        for chunk in _client().log_chunks(job_id, rank=rank, stream=stream, attempt=attempt, follow=follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    except TrainyardError as exc:
+        _fail(str(exc))
+
+
+@job_app.command("wait")
+def job_wait(job_id: str, timeout: Annotated[float | None, typer.Option(help="seconds")] = None) -> None:
+    """Wait for a job to end: exit 0 if it succeeded, 1 otherwise."""
+    try:
+        state = _client().job(job_id).wait(timeout=timeout)
+    except TimeoutError as exc:
+        _fail(str(exc))
+    except TrainyardError as exc:
+        _fail(str(exc))
+    console.print(f"{job_id} {state}")
+    raise typer.Exit(0 if state == "succeeded" else 1)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: str) -> None:
+    """Cancel a job (its processes on every node are stopped)."""
+    try:
+        job = _client().cancel(job_id)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    state = job.data["state"]
+    suffix = "" if JobState(state) in TERMINAL_STATES else " (stopping)"
+    console.print(f"{job_id} {state}{suffix}")
+
+
+# -- nodes and pools -------------------------------------------------------------------------
+
+
+@node_app.command("list")
+def node_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Nodes, their pool, state and resources in use."""
+    nodes = _client().nodes()
+    if as_json:
+        _print_json(nodes)
+        return
+    table = Table("ID", "POOL", "ADDRESS", "STATE", "SLOTS", "GPUS", "RUNNING", "LAST HEARTBEAT")
+    for n in nodes:
+        table.add_row(n["id"], n["pool"], n["address"], n["state"], f"{n['slots_used']:g}/{n['slots']}",
+                      f"{len(n['gpus_used'])}/{len(n['gpus'])}", str(n["running_parts"]), n["last_heartbeat_at"])
+    console.print(table)
+
+
+@node_app.command("drain")
+def node_drain(node_id: str) -> None:
+    """Stop giving a node new work; what runs there finishes."""
+    try:
+        node = _client().drain(node_id)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    console.print(f"{node['id']} {node['state']}")
+
+
+@pool_app.command("list")
+def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Pools and how many nodes each has, by state."""
+    pools = _client().pools()
+    if as_json:
+        _print_json(pools)
+        return
+    table = Table("POOL", "NODES", "MIN", "MAX")
+    for p in pools:
+        table.add_row(p["name"], ", ".join(f"{k}={v}" for k, v in p["nodes"].items()), str(p["min_nodes"]),
+                      "" if p["max_nodes"] is None else str(p["max_nodes"]))
+    console.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        app()
+    except TrainyardError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_FAILURE)
+    except httpx.TransportError as exc:
+        errors.print(f"[red]error:[/red] cannot reach the trainyard API ({exc}); is `trainyard up` running?",
+                     highlight=False)
+        sys.exit(EXIT_FAILURE)

@@ -1,0 +1,220 @@
+"""The Python SDK (SPEC §7): a thin, typed client of the REST API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trainyard.config import client_token, load_settings
+from trainyard.spec import TERMINAL_STATES, JobSpec, JobState, load_spec_file
+
+BATCH_SIZE = 5000
+WAIT_POLL_S = 0.5
+
+
+class TrainyardError(Exception):
+    """The API refused or failed a request."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status, self.detail = status, detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+class SpecRejected(TrainyardError):
+    """A spec was refused (HTTP 422); `problems` lists each field and reason."""
+
+    @property
+    def problems(self) -> list[dict[str, str]]:
+        detail = self.detail
+        if isinstance(detail, dict):
+            return list(detail.get("problems", []))
+        if isinstance(detail, list):  # FastAPI's own request validation
+            return [{"field": ".".join(str(x) for x in d.get("loc", [])), "reason": d.get("msg", "")}
+                    for d in detail]
+        return [{"field": "(request)", "reason": str(detail)}]
+
+
+class NotFound(TrainyardError):
+    pass
+
+
+class Conflict(TrainyardError):
+    pass
+
+
+def _as_dict(spec: dict[str, Any] | JobSpec | str | Path) -> dict[str, Any]:
+    if isinstance(spec, JobSpec):
+        data = spec.model_dump(mode="json", exclude_defaults=True)
+        data["secrets"] = dict(spec.secrets)
+        return data
+    if isinstance(spec, (str, Path)):
+        return load_spec_file(spec)
+    return dict(spec)
+
+
+class Job:
+    """A job as the API last described it; `refresh()` asks again."""
+
+    def __init__(self, client: Client, data: dict[str, Any]):
+        self._client = client
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, state={self.data.get('state')!r})"
+
+    def refresh(self) -> Job:
+        self.data = self._client.job(self.id).data
+        return self
+
+    def wait(self, timeout: float | None = None, poll_s: float = WAIT_POLL_S) -> str:
+        """Block until the job ends; returns its final state (TimeoutError after `timeout` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.refresh()
+            if JobState(self.data["state"]) in TERMINAL_STATES:
+                return str(self.data["state"])
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {self.data['state']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def log_bytes(self, rank: int = 0, stream: str = "stdout", attempt: int | None = None) -> bytes:
+        """Everything the stream holds so far, byte-exact."""
+        return b"".join(self.log_chunks(rank=rank, stream=stream, attempt=attempt, follow=False))
+
+    def log_chunks(self, rank: int = 0, stream: str = "stdout", attempt: int | None = None,
+                   follow: bool = False) -> Iterator[bytes]:
+        return self._client.log_chunks(self.id, rank=rank, stream=stream, attempt=attempt, follow=follow)
+
+    def logs(self, rank: int = 0, stream: str = "stdout", follow: bool = False,
+             attempt: int | None = None) -> Iterator[str]:
+        """Lines of output (newline kept). Undecodable bytes survive as surrogates:
+        `line.encode('utf-8', 'surrogateescape')` gives back the exact bytes."""
+        pending = b""
+        for chunk in self.log_chunks(rank=rank, stream=stream, attempt=attempt, follow=follow):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield (line + b"\n").decode("utf-8", "surrogateescape")
+        if pending:
+            yield pending.decode("utf-8", "surrogateescape")
+
+
+class Client:
+    def __init__(self, api_url: str | None = None, token: str | None = None, timeout_s: float = 60.0):
+        self.api_url = (api_url or load_settings().api_url).rstrip("/")
+        self.token = token or client_token()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            _raise_for(response)
+        return response.json()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any] | JobSpec | str | Path) -> Job:
+        return Job(self, self._request("POST", "/v1/jobs", json=_as_dict(spec)))
+
+    def submit_many(self, specs: Iterable[dict[str, Any] | JobSpec], batch_size: int = BATCH_SIZE) -> list[Job]:
+        """Submit many specs, batch_size per call; each batch is stored whole or refused whole."""
+        jobs: list[Job] = []
+        batch: list[dict[str, Any]] = []
+        for spec in specs:
+            batch.append(_as_dict(spec))
+            if len(batch) >= batch_size:
+                jobs.extend(self._submit_batch(batch))
+                batch = []
+        if batch:
+            jobs.extend(self._submit_batch(batch))
+        return jobs
+
+    def _submit_batch(self, batch: list[dict[str, Any]]) -> list[Job]:
+        reply = self._request("POST", "/v1/jobs:batch", json={"jobs": batch})
+        return [Job(self, item) for item in reply["jobs"]]
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, state: str | None = None, experiment: str | None = None, limit: int | None = None,
+             **filters: str) -> list[Job]:
+        """Jobs matching the filters, newest first (follows the cursor across pages)."""
+        params: dict[str, Any] = {k: v for k, v in {"state": state, "experiment": experiment, **filters}.items()
+                                  if v is not None}
+        found: list[Job] = []
+        while True:
+            page_size = min(1000, limit - len(found)) if limit else 1000
+            reply = self._request("GET", "/v1/jobs", params={**params, "limit": page_size})
+            found.extend(Job(self, item) for item in reply["jobs"])
+            if reply["next_cursor"] is None or (limit and len(found) >= limit):
+                return found
+            params["cursor"] = reply["next_cursor"]
+
+    def cancel(self, job_id: str) -> Job:
+        return Job(self, self._request("POST", f"/v1/jobs/{job_id}:cancel"))
+
+    def log_chunks(self, job_id: str, rank: int = 0, stream: str = "stdout", attempt: int | None = None,
+                   follow: bool = False, offset: int = 0) -> Iterator[bytes]:
+        params: dict[str, Any] = {"rank": rank, "stream": stream, "offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if not follow:
+            while True:
+                response = self._http.get(f"/v1/jobs/{job_id}/logs", params=params)
+                if response.status_code >= 400:
+                    _raise_for(response)
+                if not response.content:
+                    return
+                yield response.content
+                params["offset"] = int(response.headers["X-Next-Offset"])
+        params["follow"] = "true"
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/logs", params=params, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            yield from response.iter_bytes()
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/nodes")["nodes"])
+
+    def drain(self, node_id: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/nodes/{node_id}:drain"))
+
+    def pools(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/pools")["pools"])
+
+
+def _raise_for(response: httpx.Response) -> None:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    status = response.status_code
+    kind = {422: SpecRejected, 404: NotFound, 409: Conflict}.get(status, TrainyardError)
+    raise kind(status, detail)

