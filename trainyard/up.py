@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 
-from trainyard.config import trainyard_home
 from trainyard.crypto import new_secret_key
 from trainyard.db.engine import upgrade
 
@@ -80,6 +79,16 @@ class Cluster:
     api_url: str
     admin_token: str
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def add_worker(self, node_id: str, address: str, pool: str = "default", slots: int = 2,
+                   gpus: int = 0) -> subprocess.Popen[bytes]:
+        """Start one more `trainyard worker` that joins this cluster (same environment)."""
+        args = ["worker", "--pool", pool, "--node-id", node_id, "--address", address,
+                "--slots", str(slots), "--gpus", str(gpus)]
+        name, process = _spawn(node_id, args, self.env, self.home / "logs")
+        self.processes.append((name, process))
+        return process
 
     def stop(self) -> None:
         # Workers first (they kill their jobs), the control plane after, Redis last.
@@ -122,11 +131,17 @@ def _wait_ready(api_url: str, cluster: Cluster) -> None:
 
 
 def start_cluster(workers: int = 2, slots: int = 2, gpus: int = 0, port: int | None = None,
-                  pool: str = "default") -> Cluster:
-    """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes."""
-    home = trainyard_home()
+                  pool: str = "default", home: Path | None = None,
+                  extra_env: dict[str, str] | None = None) -> Cluster:
+    """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes.
+
+    `home` and `extra_env` override TRAINYARD_HOME and other variables of this process's
+    environment for the started services (tests and benchmarks run several clusters).
+    """
+    env = dict(os.environ, **(extra_env or {}))
+    home = (home or Path(env.get("TRAINYARD_HOME", "./.trainyard"))).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, TRAINYARD_HOME=str(home))
+    env["TRAINYARD_HOME"] = str(home)
     token = env.get("TRAINYARD_ADMIN_TOKEN") or secrets.token_urlsafe(32)
     secret_key = env.get("TRAINYARD_SECRET_KEY")
     key_file = home / "secret-key"
@@ -134,7 +149,7 @@ def start_cluster(workers: int = 2, slots: int = 2, gpus: int = 0, port: int | N
         secret_key = key_file.read_text().strip() if key_file.exists() else new_secret_key()
         write_private(key_file, secret_key)
     env.update(TRAINYARD_ADMIN_TOKEN=token, TRAINYARD_SECRET_KEY=secret_key)
-    cluster = Cluster(home=home, api_url="", admin_token=token)
+    cluster = Cluster(home=home, api_url="", admin_token=token, env=env)
     if not env.get("TRAINYARD_REDIS_URL"):
         redis_process, redis_url = start_embedded_redis(home)
         cluster.processes.append(("redis", redis_process))
@@ -144,17 +159,14 @@ def start_cluster(workers: int = 2, slots: int = 2, gpus: int = 0, port: int | N
     env["TRAINYARD_DATABASE_URL"] = database_url
     try:
         upgrade(database_url)
-        port = port or int(env.get("TRAINYARD_API_PORT", "8642"))
+        port = port or free_port()
         api_url = f"http://127.0.0.1:{port}"
         env["TRAINYARD_API_URL"] = api_url
         logs = home / "logs"
         cluster.processes.append(_spawn("api", ["api", "--port", str(port)], env, logs))
         cluster.processes.append(_spawn("scheduler", ["scheduler"], env, logs))
         for index in range(workers):
-            node_id = f"node-{index + 1}"
-            args = ["worker", "--pool", pool, "--node-id", node_id, "--address", f"127.0.0.{index + 2}",
-                    "--slots", str(slots), "--gpus", str(gpus)]
-            cluster.processes.append(_spawn(node_id, args, env, logs))
+            cluster.add_worker(f"node-{index + 1}", f"127.0.0.{index + 2}", pool, slots, gpus)
         _wait_ready(api_url, cluster)
     except BaseException:
         cluster.stop()

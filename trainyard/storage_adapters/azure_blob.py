@@ -41,16 +41,20 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 
 
-def _client_options() -> dict[str, object]:
-    retry = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
-    return {"retry_policy": retry, "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+def _retry_policy() -> ExponentialRetry:
+    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
 
 
 def _service_client() -> BlobServiceClient:
     """A client from the Azure ecosystem's own variables (connection string, else account name + key)."""
     connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, **_client_options())
+        return BlobServiceClient.from_connection_string(
+            connection_string,
+            retry_policy=_retry_policy(),
+            connection_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+        )
     name = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")
     key = os.environ.get("AZURE_STORAGE_ACCOUNT_KEY")
     if not (name and key):
@@ -59,15 +63,23 @@ def _service_client() -> BlobServiceClient:
             "or AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY"
         )
     endpoint = os.environ.get("AZURE_STORAGE_BLOB_ENDPOINT") or f"https://{name}.blob.core.windows.net"
-    return BlobServiceClient(endpoint, credential=AzureNamedKeyCredential(name, key), **_client_options())
+    return BlobServiceClient(
+        endpoint,
+        credential=AzureNamedKeyCredential(name, key),
+        retry_policy=_retry_policy(),
+        connection_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+    )
 
 
 def _storage_error(exc: AzureError, key: str) -> StorageError:
     """The trainyard error for an SDK failure: missing blob → ObjectNotFound, the rest StorageError."""
     # A missing container is also a 404, but it is a set-up problem, not a missing object.
-    if isinstance(exc, ResourceNotFoundError) and exc.error_code == StorageErrorCode.BLOB_NOT_FOUND:
+    code = getattr(exc, "error_code", None)
+    if isinstance(exc, ResourceNotFoundError) and code == StorageErrorCode.BLOB_NOT_FOUND:
         return ObjectNotFound(key)
-    return StorageError(f"Azure Blob failed for {key!r}: {type(exc).__name__}: {exc.message}")
+    first_line = exc.message.splitlines()[0] if exc.message else ""
+    return StorageError(f"Azure Blob failed for {key!r}: {type(exc).__name__}: {first_line} ({code})")
 
 
 def _is_unsatisfiable_range(exc: AzureError) -> bool:
@@ -87,7 +99,7 @@ class _AzureBlockWriter(StreamWriter):
         self._closed = False
 
     def _block_size_bytes(self) -> int:
-        size = BLOCK_SIZE_BYTES * 2 ** (len(self._block_ids) // BLOCKS_PER_SIZE_STEP)
+        size = BLOCK_SIZE_BYTES << (len(self._block_ids) // BLOCKS_PER_SIZE_STEP)
         return min(size, MAX_BLOCK_SIZE_BYTES)
 
     def write(self, data: bytes) -> None:

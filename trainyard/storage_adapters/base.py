@@ -54,6 +54,7 @@ class StreamWriter(abc.ABC):
 
     def abort(self) -> None:
         """Drop what was written so far; the key keeps its previous object (if any)."""
+        return None  # the default suits writers that publish nothing before close()
 
     def __enter__(self) -> StreamWriter:
         return self

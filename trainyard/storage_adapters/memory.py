@@ -6,7 +6,14 @@ import io
 import threading
 from collections.abc import Iterator
 
-from trainyard.storage_adapters.base import ObjectInfo, ObjectNotFound, Storage, StreamWriter, check_key, check_prefix
+from trainyard.storage_adapters.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StreamWriter,
+    check_key,
+    check_prefix,
+)
 
 _STORES: dict[str, dict[str, bytes]] = {}
 _LOCK = threading.Lock()

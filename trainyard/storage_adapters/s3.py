@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -62,7 +63,7 @@ class _S3MultipartWriter(StreamWriter):
         self._closed = False
 
     def _part_size_bytes(self) -> int:
-        return PART_SIZE_BYTES * 2 ** (len(self._parts) // PARTS_PER_SIZE_STEP)
+        return PART_SIZE_BYTES << (len(self._parts) // PARTS_PER_SIZE_STEP)
 
     def write(self, data: bytes) -> None:
         if self._closed:
@@ -116,11 +117,9 @@ class _S3MultipartWriter(StreamWriter):
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None
-        try:
+        # Best effort: a bucket lifecycle rule for incomplete uploads is the backstop.
+        with contextlib.suppress(ClientError, BotoCoreError):
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._name, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
-            # Best effort: a bucket lifecycle rule for incomplete uploads is the backstop.
-            pass
 
 
 class S3Storage(Storage):

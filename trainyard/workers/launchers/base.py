@@ -42,6 +42,7 @@ class RunningPart:
     process: subprocess.Popen[bytes]
     stdout_fd: int
     stderr_fd: int
+    tag: dict[str, str] = field(default_factory=dict)
 
 
 def base_environment(ctx: LaunchContext) -> dict[str, str]:
@@ -75,12 +76,35 @@ def base_environment(ctx: LaunchContext) -> dict[str, str]:
     return env
 
 
-def kill_tree(root_pid: int, grace_s: float = STOP_GRACE_S) -> None:
+def tagged_processes(tag: dict[str, str]) -> list[psutil.Process]:
+    """Processes whose environment carries every variable of `tag` (a part's job, attempt, rank).
+
+    This finds what escaped the process tree (double fork, setsid) but kept the environment.
+    """
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if all(env.get(key) == value for key, value in tag.items()):
+            found.append(proc)
+    return found
+
+
+def part_tag(job_id: str, attempt: int, rank: int) -> dict[str, str]:
+    return {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": str(attempt), "TRAINYARD_NODE_RANK": str(rank)}
+
+
+def kill_tree(root_pid: int, grace_s: float = STOP_GRACE_S, tag: dict[str, str] | None = None) -> None:
     """SIGTERM the part's session and every descendant, then SIGKILL what is left after the grace."""
     try:
         family = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
+    if tag:
+        known = {p.pid for p in family}
+        family += [p for p in tagged_processes(tag) if p.pid not in known]
     # Descendants that called setsid() left our process group; signal them one by one too.
     _signal_group(root_pid, signal.SIGTERM)
     for proc in family:
@@ -141,10 +165,11 @@ class Launcher(abc.ABC):
             raise
         os.close(out_w)
         os.close(err_w)
-        return RunningPart(process=process, stdout_fd=out_r, stderr_fd=err_r)
+        return RunningPart(process=process, stdout_fd=out_r, stderr_fd=err_r,
+                           tag=part_tag(ctx.job_id, ctx.attempt, ctx.rank))
 
     def stop(self, part: RunningPart, grace_s: float = STOP_GRACE_S) -> None:
-        kill_tree(part.process.pid, grace_s)
+        kill_tree(part.process.pid, grace_s, tag=part.tag)
 
     def wait(self, part: RunningPart) -> int:
         """Wait for the part's top process; a death by signal N reads as 128+N, as in a shell."""

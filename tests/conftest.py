@@ -1,0 +1,47 @@
+"""Shared fixtures: one private Redis per test session; databases on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import private_postgres_database, private_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private Redis for the whole session (tests use their own DB numbers/prefixes)."""
+    with private_redis(tmp_path_factory.mktemp("redis")) as (url, _port):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with private_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated database on each backend."""
+    from trainyard.db.engine import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    if request.param == "postgresql":  # one database per session: start each test from empty tables
+        from sqlalchemy import text
+
+        from trainyard.db.engine import make_engine
+        from trainyard.db.models import Base
+
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} CASCADE"))
+        engine.dispose()
+    return url
