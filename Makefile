@@ -1,0 +1,36 @@
+# trainyard: `make demo` runs the main job locally, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test services lint typecheck bench clean
+
+install: $(STAMP)
+
+# Reinstall only when the lock or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/trainyard demo
+
+services:
+	bash scripts/ensure-services.sh
+
+test: install services
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check trainyard tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .trainyard .pytest_cache .mypy_cache .ruff_cache

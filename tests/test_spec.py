@@ -1,0 +1,99 @@
+"""The job spec: parsing, defaults, and refusals that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainyard.spec import (
+    DEFAULT_MAX_WALL_CLOCK_S,
+    JobState,
+    SpecError,
+    load_spec_file,
+    parse_duration_s,
+    parse_job_spec,
+    parse_memory_bytes,
+    unsupported_features,
+)
+
+
+def test_defaults_follow_the_spec_table() -> None:
+    spec = parse_job_spec({"name": "a", "command": "echo hi"})
+    assert (spec.workspace, spec.experiment, spec.pool, spec.launcher) == ("default", "default", "default", "process")
+    assert (spec.nodes, spec.processes_per_node, spec.priority, spec.max_retries) == (1, 1, 500, 3)
+    assert spec.resources.gpus == 0 and spec.resources.cpus == 1.0
+    assert spec.max_wall_clock == DEFAULT_MAX_WALL_CLOCK_S
+    assert spec.command_argv() == ["/bin/sh", "-c", "echo hi"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [("low", 250), ("normal", 500), ("HIGH", 750), (0, 0), ("900", 900)])
+def test_priority_names_and_integers(given: object, expected: int) -> None:
+    assert parse_job_spec({"name": "a", "command": "x", "priority": given}).priority == expected
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("2h", 7200), ("7d", 604800), ("1h30m", 5400), (45, 45)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "-5", "5x", True, 0])
+def test_bad_durations_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration_s(bad)
+
+
+def test_memory_sizes() -> None:
+    assert parse_memory_bytes("16Gi") == 16 * 2**30
+    assert parse_memory_bytes("512M") == 512 * 10**6
+    with pytest.raises(ValueError):
+        parse_memory_bytes("lots")
+
+
+def test_every_problem_is_named_at_once() -> None:
+    with pytest.raises(SpecError) as refused:
+        parse_job_spec({"name": "", "command": "x", "nodes": 0, "resources": {"gpus": -2}, "extra": 1})
+    fields = {p["field"] for p in refused.value.problems}
+    assert fields == {"name", "nodes", "resources.gpus", "extra"}
+    assert any(p["reason"] == "unknown field" for p in refused.value.problems)
+
+
+def test_secrets_never_appear_in_the_public_spec() -> None:
+    spec = parse_job_spec({"name": "a", "command": "x", "secrets": {"API_KEY": "canary-123"}})
+    assert spec.public_dict()["secrets"] == {"API_KEY": "***"}
+    assert "canary-123" not in repr(spec)
+    assert "canary-123" not in str(spec.public_dict())
+
+
+def test_reserved_and_clashing_environment_names_are_refused() -> None:
+    with pytest.raises(SpecError, match="reserved"):
+        parse_job_spec({"name": "a", "command": "x", "env": {"TRAINYARD_JOB_ID": "x"}})
+    with pytest.raises(SpecError, match="both set"):
+        parse_job_spec({"name": "a", "command": "x", "env": {"K": "1"}, "secrets": {"K": "2"}})
+
+
+def test_duplicate_input_ids_are_refused() -> None:
+    with pytest.raises(SpecError, match="duplicate id"):
+        parse_job_spec({"name": "a", "command": "x", "inputs": [{"id": "d", "uri": "file:///a"},
+                                                                 {"id": "D", "uri": "file:///b"}]})
+
+
+def test_spec_files_in_yaml_and_json(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    (folder / "a.yaml").write_text("name: a\ncommand: [echo, hi]\npriority: high\n")
+    (folder / "b.json").write_text('{"name": "b", "command": "true"}')
+    (folder / "c.yaml").write_text("- not\n- a mapping\n")
+    assert parse_job_spec(load_spec_file(folder / "a.yaml")).priority == 750
+    assert parse_job_spec(load_spec_file(folder / "b.json")).name == "b"
+    with pytest.raises(SpecError):
+        load_spec_file(folder / "c.yaml")
+
+
+def test_terminal_states() -> None:
+    assert JobState.SUCCEEDED.is_terminal() and not JobState.RUNNING.is_terminal()
+
+
+def test_unknown_launchers_are_refused_by_the_model_and_unavailable_ones_by_name() -> None:
+    with pytest.raises(SpecError):
+        parse_job_spec({"name": "a", "command": "x", "launcher": "slurm"})
+    assert unsupported_features(parse_job_spec({"name": "a", "command": "x"})) == []
