@@ -375,8 +375,9 @@ def _custom_toolkit(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _La
     if nodes > 1:
         r.warn(path, f"Batch AI ran this command line on the first node only, and so does trainyard; the "
                      f"other {nodes - 1} node(s) are reserved, listed in $AZ_BATCHAI_MPI_HOST_FILE, and "
-                     "run nothing themselves (trainyard starts no SSH daemon for mpirun to reach them: "
-                     "prefer customMpiSettings or horovodSettings)")
+                     "run nothing themselves: an mpirun in the command line reaches them only if the "
+                     "nodes accept SSH from each other (customMpiSettings or horovodSettings let "
+                     "trainyard's MPI launcher start the ranks instead)")
         command = _only_on_first_node(command)
     return _Launch(command)
 
@@ -431,15 +432,9 @@ def _tensorflow_layout_warnings(r: _Reader, s: dict[str, Any], path: str, nodes:
                                            f"({nodes})")
 
 
-def _by_process_count(distributed: str) -> Callable[[str, int, int], _Launch]:
-    def make(command: str, nodes: int, per_node: int) -> _Launch:
-        launcher = distributed if nodes * per_node > 1 else "process"
-        return _Launch(command, launcher, per_node)
-
-    return make
-
-
-_mpi_or_process = _by_process_count("mpi")
+def _mpi_or_process(command: str, nodes: int, per_node: int) -> _Launch:
+    """MPI-based toolkits: under mpirun when there is more than one process, else a plain process."""
+    return _Launch(command, "mpi" if nodes * per_node > 1 else "process", per_node)
 
 
 def _chainer(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch:
