@@ -28,10 +28,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, migrated database on each backend."""
     from trainyard.db.engine import upgrade
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'test.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+    url = f"sqlite:///{tmp_path / 'test.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     upgrade(url)
     if request.param == "postgresql":  # one database per session: start each test from empty tables
         from sqlalchemy import text

@@ -59,9 +59,21 @@ def private_redis(data_dir: Path, appendonly: bool = False, port: int | None = N
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir), "--save", "",
-         "--appendonly", "yes" if appendonly else "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)

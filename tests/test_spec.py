@@ -72,8 +72,9 @@ def test_reserved_and_clashing_environment_names_are_refused() -> None:
 
 def test_duplicate_input_ids_are_refused() -> None:
     with pytest.raises(SpecError, match="duplicate id"):
-        parse_job_spec({"name": "a", "command": "x", "inputs": [{"id": "d", "uri": "file:///a"},
-                                                                 {"id": "D", "uri": "file:///b"}]})
+        parse_job_spec(
+            {"name": "a", "command": "x", "inputs": [{"id": "d", "uri": "file:///a"}, {"id": "D", "uri": "file:///b"}]}
+        )
 
 
 def test_spec_files_in_yaml_and_json(tmp_path: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,10 +140,8 @@ def scheduler(log_level: str = "INFO") -> None:
     upgrade(settings.database_url)
     service = Scheduler(settings)
     signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         service.run()
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()
@@ -187,6 +186,28 @@ def _apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return data
 
 
+def _load_for_submit(file: Path, format_: str, sets: list[str]) -> dict[str, Any]:
+    """Read a spec file (ours or a Batch AI job file) and apply --set overrides; exit 2 on bad input."""
+    try:
+        data = load_spec_file(file)
+    except SpecError as exc:
+        _problems(exc.problems)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc}", EXIT_BAD_INPUT)
+    if format_ == "batchai":
+        from trainyard.batchai import batchai_to_spec
+
+        try:
+            data, warnings = batchai_to_spec(data, name=file.stem)
+        except SpecError as exc:
+            _problems(exc.problems)
+        for warning in warnings:
+            errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    elif format_ != "trainyard":
+        _fail(f"--format must be trainyard or batchai, not {format_!r}", EXIT_BAD_INPUT)
+    return _apply_sets(data, sets)
+
+
 @job_app.command("submit")
 def job_submit(
     file: Annotated[Path, typer.Argument(help="job spec, YAML or JSON")],
@@ -197,49 +218,29 @@ def job_submit(
     as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
 ) -> None:
     """Submit a job."""
+    data = _load_for_submit(file, format_, set_ or [])
     try:
-        data = load_spec_file(file)
-    except SpecError as exc:
-        _problems(exc.problems)
-    except OSError as exc:
-        _fail(f"cannot read {file}: {exc}", EXIT_BAD_INPUT)
-    if format_ == "batchai":
-        try:
-            from trainyard.batchai import batchai_to_spec
-        except ImportError:
-            _fail("Batch AI job files are not supported in this version", EXIT_BAD_INPUT)
-        try:
-            data, warnings = batchai_to_spec(data, name=file.stem)
-        except SpecError as exc:
-            _problems(exc.problems)
-        for warning in warnings:
-            errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    elif format_ != "trainyard":
-        _fail(f"--format must be trainyard or batchai, not {format_!r}", EXIT_BAD_INPUT)
-    data = _apply_sets(data, set_ or [])
-    client = _client()
-    try:
-        job = client.submit(data)
+        job = _client().submit(data)
     except SpecRejected as exc:
         _problems(exc.problems)
     except TrainyardError as exc:
         _fail(str(exc))
-    if as_json and not (wait or follow):
-        _print_json(job.data)
-        return
     if not as_json:
         console.print(f"submitted [bold]{job.id}[/bold] ({job.name})")
     if follow:
         for chunk in job.log_chunks(follow=True):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
-    if wait or follow:
-        state = job.wait()
+    if not (wait or follow):
         if as_json:
             _print_json(job.data)
-        else:
-            console.print(f"{job.id} {state} (exit code {job.data.get('exit_code')})")
-        raise typer.Exit(0 if state == "succeeded" else 1)
+        return
+    state = job.wait()
+    if as_json:
+        _print_json(job.data)
+    else:
+        console.print(f"{job.id} {state} (exit code {job.data.get('exit_code')})")
+    raise typer.Exit(0 if state == "succeeded" else 1)
 
 
 @job_app.command("list")

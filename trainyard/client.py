@@ -33,8 +33,7 @@ class SpecRejected(TrainyardError):
         if isinstance(detail, dict):
             return list(detail.get("problems", []))
         if isinstance(detail, list):  # FastAPI's own request validation
-            return [{"field": ".".join(str(x) for x in d.get("loc", [])), "reason": d.get("msg", "")}
-                    for d in detail]
+            return [{"field": ".".join(str(x) for x in d.get("loc", [])), "reason": d.get("msg", "")} for d in detail]
         return [{"field": "(request)", "reason": str(detail)}]
 
 
@@ -95,12 +94,14 @@ class Job:
         """Everything the stream holds so far, byte-exact."""
         return b"".join(self.log_chunks(rank=rank, stream=stream, attempt=attempt, follow=False))
 
-    def log_chunks(self, rank: int = 0, stream: str = "stdout", attempt: int | None = None,
-                   follow: bool = False) -> Iterator[bytes]:
+    def log_chunks(
+        self, rank: int = 0, stream: str = "stdout", attempt: int | None = None, follow: bool = False
+    ) -> Iterator[bytes]:
         return self._client.log_chunks(self.id, rank=rank, stream=stream, attempt=attempt, follow=follow)
 
-    def logs(self, rank: int = 0, stream: str = "stdout", follow: bool = False,
-             attempt: int | None = None) -> Iterator[str]:
+    def logs(
+        self, rank: int = 0, stream: str = "stdout", follow: bool = False, attempt: int | None = None
+    ) -> Iterator[str]:
         """Lines of output (newline kept). Undecodable bytes survive as surrogates:
         `line.encode('utf-8', 'surrogateescape')` gives back the exact bytes."""
         pending = b""
@@ -160,11 +161,13 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self, self._request("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, state: str | None = None, experiment: str | None = None, limit: int | None = None,
-             **filters: str) -> list[Job]:
+    def jobs(
+        self, state: str | None = None, experiment: str | None = None, limit: int | None = None, **filters: str
+    ) -> list[Job]:
         """Jobs matching the filters, newest first (follows the cursor across pages)."""
-        params: dict[str, Any] = {k: v for k, v in {"state": state, "experiment": experiment, **filters}.items()
-                                  if v is not None}
+        params: dict[str, Any] = {
+            k: v for k, v in {"state": state, "experiment": experiment, **filters}.items() if v is not None
+        }
         found: list[Job] = []
         while True:
             page_size = min(1000, limit - len(found)) if limit else 1000
@@ -177,8 +180,15 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return Job(self, self._request("POST", f"/v1/jobs/{job_id}:cancel"))
 
-    def log_chunks(self, job_id: str, rank: int = 0, stream: str = "stdout", attempt: int | None = None,
-                   follow: bool = False, offset: int = 0) -> Iterator[bytes]:
+    def log_chunks(
+        self,
+        job_id: str,
+        rank: int = 0,
+        stream: str = "stdout",
+        attempt: int | None = None,
+        follow: bool = False,
+        offset: int = 0,
+    ) -> Iterator[bytes]:
         params: dict[str, Any] = {"rank": rank, "stream": stream, "offset": offset}
         if attempt is not None:
             params["attempt"] = attempt

@@ -46,9 +46,7 @@ def load_settings() -> Settings:
     home = trainyard_home()
     env = os.environ
     database_url = env.get("TRAINYARD_DATABASE_URL") or f"sqlite:///{home / 'trainyard.db'}"
-    redis_url = (
-        env.get("TRAINYARD_REDIS_URL") or _read_file(home / "redis-url") or "redis://127.0.0.1:6379/0"
-    )
+    redis_url = env.get("TRAINYARD_REDIS_URL") or _read_file(home / "redis-url") or "redis://127.0.0.1:6379/0"
     storage_url = env.get("TRAINYARD_STORAGE_URL") or f"file://{home / 'blobs'}"
     api_url = env.get("TRAINYARD_API_URL") or _read_file(home / "api-url") or DEFAULT_API_URL
     admin_token = env.get("TRAINYARD_ADMIN_TOKEN") or _read_file(home / "admin-token")

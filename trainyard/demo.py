@@ -31,18 +31,29 @@ print(f"final loss {loss:.4f}")
 
 GANG_SCRIPT = (
     'echo "rank $TRAINYARD_NODE_RANK of $TRAINYARD_NUM_NODES on $(hostname) hosts=$TRAINYARD_NODE_HOSTS"; '
-    "sleep 1; echo \"rank $TRAINYARD_NODE_RANK done\""
+    'sleep 1; echo "rank $TRAINYARD_NODE_RANK done"'
 )
 
 
 def demo_specs() -> list[dict[str, Any]]:
     sweep = [
-        {"name": f"train-lr{lr}", "experiment": "demo", "max_retries": 0,
-         "command": ["python3", "-c", TRAIN_SCRIPT], "env": {"LR": str(lr), "STEPS": "20"}}
+        {
+            "name": f"train-lr{lr}",
+            "experiment": "demo",
+            "max_retries": 0,
+            "command": ["python3", "-c", TRAIN_SCRIPT],
+            "env": {"LR": str(lr), "STEPS": "20"},
+        }
         for lr in (0.3, 0.1, 0.03, 0.01)
     ]
-    gang = {"name": "gang-2-nodes", "experiment": "demo", "nodes": 2, "command": GANG_SCRIPT,
-            "priority": "high", "max_retries": 0}
+    gang = {
+        "name": "gang-2-nodes",
+        "experiment": "demo",
+        "nodes": 2,
+        "command": GANG_SCRIPT,
+        "priority": "high",
+        "max_retries": 0,
+    }
     return [*sweep, gang]
 
 
@@ -56,15 +67,19 @@ def _watch(client: Client, jobs: list[Job]) -> None:
     follower = threading.Thread(target=_follow, args=(jobs[0], live_lines), daemon=True)
     follower.start()
     deadline = time.monotonic() + DEMO_TIMEOUT_S
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task("demo jobs", total=len(jobs))
         shown = 0
         while time.monotonic() < deadline:
             states = Counter(job.refresh().state for job in jobs)
             finished = states["succeeded"] + states["failed"] + states["cancelled"]
-            progress.update(task, completed=finished,
-                            description=f"demo jobs ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})")
+            progress.update(
+                task,
+                completed=finished,
+                description=f"demo jobs ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",
+            )
             for line in live_lines[shown:]:
                 progress.console.print(f"[dim]{jobs[0].name} |[/dim] {line}", highlight=False)
             shown = len(live_lines)
@@ -87,8 +102,10 @@ def _summary(jobs: list[Job]) -> Table:
 def run_demo(workers: int = 2, slots: int = 2) -> int:
     """Exit code 0 when every demo job succeeded."""
     home = os.environ.get("TRAINYARD_HOME", "./.trainyard")
-    console.print(f"[bold]trainyard demo[/bold]: starting a local cluster in {home} "
-                  f"({workers} nodes x {slots} slots, embedded Redis unless TRAINYARD_REDIS_URL is set)")
+    console.print(
+        f"[bold]trainyard demo[/bold]: starting a local cluster in {home} "
+        f"({workers} nodes x {slots} slots, embedded Redis unless TRAINYARD_REDIS_URL is set)"
+    )
     cluster = start_cluster(workers=workers, slots=slots)
     try:
         console.print(f"API at {cluster.api_url}; submitting a 4-point sweep and a 2-node gang")
@@ -99,8 +116,11 @@ def run_demo(workers: int = 2, slots: int = 2) -> int:
             ok = all(job.data["state"] == "succeeded" for job in jobs)
             gang = jobs[-1]
             for rank in range(2):
-                console.print(f"[bold]{gang.name} rank {rank}:[/bold] "
-                              f"{gang.log_bytes(rank=rank).decode(errors='replace').strip()}", highlight=False)
+                console.print(
+                    f"[bold]{gang.name} rank {rank}:[/bold] "
+                    f"{gang.log_bytes(rank=rank).decode(errors='replace').strip()}",
+                    highlight=False,
+                )
     finally:
         console.print("stopping the cluster")
         cluster.stop()

@@ -68,7 +68,7 @@ def redis_client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
 
 
-def encode(payload: dict[str, Any]) -> dict[str, str]:
+def encode(payload: dict[str, Any]) -> dict[Any, Any]:
     """One stream entry: the payload as a single JSON field."""
     return {"data": json.dumps(payload, separators=(",", ":"))}
 

@@ -56,8 +56,23 @@ def start_embedded_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     password = secrets.token_urlsafe(24)
     data_dir = home / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes", "--requirepass", password, "--protected-mode", "yes"]
+    args = [
+        redis_server_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--requirepass",
+        password,
+        "--protected-mode",
+        "yes",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -81,11 +96,23 @@ class Cluster:
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def add_worker(self, node_id: str, address: str, pool: str = "default", slots: int = 2,
-                   gpus: int = 0) -> subprocess.Popen[bytes]:
+    def add_worker(
+        self, node_id: str, address: str, pool: str = "default", slots: int = 2, gpus: int = 0
+    ) -> subprocess.Popen[bytes]:
         """Start one more `trainyard worker` that joins this cluster (same environment)."""
-        args = ["worker", "--pool", pool, "--node-id", node_id, "--address", address,
-                "--slots", str(slots), "--gpus", str(gpus)]
+        args = [
+            "worker",
+            "--pool",
+            pool,
+            "--node-id",
+            node_id,
+            "--address",
+            address,
+            "--slots",
+            str(slots),
+            "--gpus",
+            str(gpus),
+        ]
         name, process = _spawn(node_id, args, self.env, self.home / "logs")
         self.processes.append((name, process))
         return process
@@ -110,8 +137,13 @@ class Cluster:
 def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = (log_dir / f"{name}.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "trainyard", *args], env=env, stdout=log_file,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainyard", *args],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     log_file.close()
     return name, process
 
@@ -130,9 +162,15 @@ def _wait_ready(api_url: str, cluster: Cluster) -> None:
     raise RuntimeError(f"the API did not answer at {api_url} within {READY_TIMEOUT_S:.0f} s")
 
 
-def start_cluster(workers: int = 2, slots: int = 2, gpus: int = 0, port: int | None = None,
-                  pool: str = "default", home: Path | None = None,
-                  extra_env: dict[str, str] | None = None) -> Cluster:
+def start_cluster(
+    workers: int = 2,
+    slots: int = 2,
+    gpus: int = 0,
+    port: int | None = None,
+    pool: str = "default",
+    home: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Cluster:
     """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes.
 
     `home` and `extra_env` override TRAINYARD_HOME and other variables of this process's

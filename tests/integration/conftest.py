@@ -15,8 +15,9 @@ REDIS_DB = {"sqlite": 1, "postgresql": 2}
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            redis_server: str) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server: str
+) -> Iterator[Cluster]:
     backend = request.param
     home: Path = tmp_path_factory.mktemp(f"cluster-{backend}")
     database_url = (
@@ -24,9 +25,15 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     )
     redis_url = redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB[backend]}"
     started = start_cluster(
-        workers=2, slots=4, home=home,
-        extra_env={"TRAINYARD_DATABASE_URL": database_url, "TRAINYARD_REDIS_URL": redis_url,
-                   "TRAINYARD_ADMIN_TOKEN": "", "TRAINYARD_SECRET_KEY": ""},
+        workers=2,
+        slots=4,
+        home=home,
+        extra_env={
+            "TRAINYARD_DATABASE_URL": database_url,
+            "TRAINYARD_REDIS_URL": redis_url,
+            "TRAINYARD_ADMIN_TOKEN": "",
+            "TRAINYARD_SECRET_KEY": "",
+        },
     )
     try:
         yield started
@@ -45,5 +52,9 @@ def cli_env(cluster: Cluster) -> dict[str, str]:
     """Environment for running the `trainyard` CLI against this cluster."""
     import os
 
-    return dict(os.environ, TRAINYARD_API_URL=cluster.api_url, TRAINYARD_TOKEN=cluster.admin_token,
-                TRAINYARD_HOME=str(cluster.home))
+    return dict(
+        os.environ,
+        TRAINYARD_API_URL=cluster.api_url,
+        TRAINYARD_TOKEN=cluster.admin_token,
+        TRAINYARD_HOME=str(cluster.home),
+    )

@@ -40,8 +40,12 @@ def _wait_all(client: Client, ids: list[str], timeout_s: float = 180) -> dict[st
 def test_fifty_jobs_with_mixed_exit_codes_end_right_with_their_output(client: Client) -> None:
     codes = [0, 1, 2, 0, 7, 0, 42, 0, 3, 0] * 5
     specs = [
-        {"name": f"mixed-{i}", "experiment": "mixed", "max_retries": 0,
-         "command": f"printf 'out-{i}\\n'; printf 'err-{i}\\n' >&2; exit {code}"}
+        {
+            "name": f"mixed-{i}",
+            "experiment": "mixed",
+            "max_retries": 0,
+            "command": f"printf 'out-{i}\\n'; printf 'err-{i}\\n' >&2; exit {code}",
+        }
         for i, code in enumerate(codes)
     ]
     jobs = client.submit_many(specs)

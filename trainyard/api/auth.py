@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,9 +33,7 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def principal(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> Principal:
+def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing bearer token")
     admin_token: str | None = request.app.state.settings.admin_token
@@ -43,7 +42,7 @@ def principal(
     raise _unauthorized("invalid token")
 
 
-def require(role: str) -> object:
+def require(role: str) -> Any:
     """A dependency: the caller's principal, if its role is at least `role` (else 403)."""
 
     def check(who: Principal = Depends(principal)) -> Principal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -68,10 +69,9 @@ def _store(request: Request, new_jobs: list[NewJob], who: Principal) -> list[str
 
 
 def _wake_scheduler(request: Request) -> None:
-    try:
+    # The scheduler also wakes on its own timer: the job is stored either way.
+    with contextlib.suppress(Exception):
         transport.publish_event(request.app.state.redis, {"kind": "wake"})
-    except Exception:  # the scheduler also wakes on its own timer; the job is stored either way
-        pass
 
 
 def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
@@ -167,8 +167,9 @@ def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | N
     ).first()
 
 
-def _follow(request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str],
-            offset: int) -> Iterator[bytes]:
+def _follow(
+    request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str], offset: int
+) -> Iterator[bytes]:
     """Stream bytes as they reach storage until the attempt has ended and every byte is read."""
     storage, sessions = request.app.state.storage, request.app.state.sessions
     rank, stream = prefix_args
@@ -203,8 +204,12 @@ def _follow(request: Request, job_id: str, attempt: int | None, prefix_args: tup
         time.sleep(FOLLOW_POLL_S)
 
 
-@router.get("/jobs/{job_id}/logs", summary="A job's stdout or stderr, from a byte offset",
-            response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/jobs/{job_id}/logs",
+    summary="A job's stdout or stderr, from a byte offset",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 def logs(
     request: Request,
     job_id: str,
@@ -222,14 +227,19 @@ def logs(
         raise HTTPException(status_code=404, detail=f"job {job_id} has no attempt {attempt}")
     if follow:
         number = row.number if row is not None else None
-        return StreamingResponse(_follow(request, job_id, number, (rank, stream), offset),
-                                 media_type="application/octet-stream")
+        return StreamingResponse(
+            _follow(request, job_id, number, (rank, stream), offset), media_type="application/octet-stream"
+        )
     if row is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})
-    data = logstore.read_from(request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream),
-                              offset)
-    headers = {"X-Next-Offset": str(offset + len(data)), "X-Attempt": str(row.number),
-               "X-Attempt-Ended": "true" if row.ended_at is not None else "false"}
+    data = logstore.read_from(
+        request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream), offset
+    )
+    headers = {
+        "X-Next-Offset": str(offset + len(data)),
+        "X-Attempt": str(row.number),
+        "X-Attempt-Ended": "true" if row.ended_at is not None else "false",
+    }
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -26,6 +26,12 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE changed: how a compare-and-set tells whether it won."""
+    cursor: CursorResult[Any] = result  # type: ignore[assignment]
+    return int(cursor.rowcount)
 
 
 def make_engine(url: str) -> Engine:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Part, utcnow
 from trainyard.spec import JobSpec, JobState
 
@@ -188,11 +189,11 @@ def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:
     now = utcnow()
     if job.state == JobState.QUEUED.value:
         # CAS on state and attempt: the scheduler may be placing this very job right now.
-        done = session.execute(
+        done = rowcount(session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.QUEUED.value, Job.attempt == job.attempt)
             .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
-        ).rowcount
+        ))
         if done:
             session.add(Event(at=now, kind="cancelled", job_id=job_id, actor=actor, detail={}))
             return JobState.CANCELLED.value

@@ -56,16 +56,14 @@ class Dispatcher:
             return
         wanted = set(job_ids)
         jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([j for j, _ in wanted])))}
-        parts = session.scalars(
-            select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))
-        ).all()
+        parts = session.scalars(select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))).all()
         addresses = dict(session.execute(select(Node.id, Node.address)).tuples().all())
         by_attempt: dict[tuple[str, int], list[Part]] = {}
         for part in parts:
             if (part.job_id, part.attempt) in wanted:
                 by_attempt.setdefault((part.job_id, part.attempt), []).append(part)
         pipe = self.redis.pipeline(transaction=False)
-        for (job_id, attempt), job_parts in by_attempt.items():
+        for job_id, attempt in by_attempt:
             job = jobs[job_id]
             if job.secrets_enc is not None:
                 pipe.set(transport.secrets_key(job_id, attempt), job.secrets_enc, ex=SECRETS_TTL_S)
@@ -83,16 +81,21 @@ class Dispatcher:
         now = utcnow()
         for job_id, attempt in by_attempt:
             session.execute(
-                update(Part).where(Part.job_id == job_id, Part.attempt == attempt, Part.dispatched_at.is_(None))
+                update(Part)
+                .where(Part.job_id == job_id, Part.attempt == attempt, Part.dispatched_at.is_(None))
                 .values(dispatched_at=now)
             )
 
     def reconcile(self, sessions: sessionmaker[Session]) -> None:
         """Re-send parts that were placed but never marked dispatched (a scheduler died in between)."""
         with sessions.begin() as session:
-            rows = session.execute(
-                select(Part.job_id, Part.attempt).where(Part.active.is_(True), Part.dispatched_at.is_(None))
-            ).tuples().all()
+            rows = (
+                session.execute(
+                    select(Part.job_id, Part.attempt).where(Part.active.is_(True), Part.dispatched_at.is_(None))
+                )
+                .tuples()
+                .all()
+            )
             self.send_parts(session, list(set(rows)))
 
     def send_stop(self, node_id: str, job_id: str, attempt: int, reason: str, grace_s: float = 10.0) -> None:

@@ -116,9 +116,12 @@ class Scheduler:
         """Read a batch of events, apply it in one transaction, then acknowledge it."""
         start_id = "0" if pending else ">"
         while True:
-            reply = self.redis.xreadgroup(
-                transport.EVENTS_GROUP, "leader", {transport.EVENTS_STREAM: start_id},
-                count=EVENT_BATCH, block=None if pending else block_ms,
+            reply: Any = self.redis.xreadgroup(
+                transport.EVENTS_GROUP,
+                "leader",
+                {transport.EVENTS_STREAM: start_id},
+                count=EVENT_BATCH,
+                block=None if pending else block_ms,
             )
             entries = reply[0][1] if reply else []
             if not entries:
@@ -206,8 +209,12 @@ class Scheduler:
             seen = self._heartbeat_seen.setdefault(node.id, time.monotonic())
             if seen < deadline:
                 count = outcomes.mark_node_lost(session, node, now, effects)
-                log.warning("node %s lost (no heartbeat for %.0f s); requeued %d attempt(s)",
-                            node.id, self.settings.node_lost_after_s, count)
+                log.warning(
+                    "node %s lost (no heartbeat for %.0f s); requeued %d attempt(s)",
+                    node.id,
+                    self.settings.node_lost_after_s,
+                    count,
+                )
 
     # -- periodic work ------------------------------------------------------------------------
 
@@ -236,6 +243,7 @@ class Scheduler:
             self._stop_sent = {k: v for k, v in self._stop_sent.items() if now - v < 3600}
         # A cancelled job whose attempt was placed but not yet dispatched has no parts running.
         session.execute(
-            update(Job).where(Job.cancel_requested.is_(True), Job.state == "queued")
+            update(Job)
+            .where(Job.cancel_requested.is_(True), Job.state == "queued")
             .values(state="cancelled", ended_at=utcnow())
         )

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Node, Part
 from trainyard.spec import AttemptReason, JobState
 
@@ -43,18 +44,32 @@ def retry_delay_s(retry_number: int) -> float:
 
 def _record_stale(session: Session, effects: Effects, event: dict[str, Any], now: datetime) -> None:
     effects.stale_writes += 1
-    session.add(Event(at=now, kind="stale_rejected", job_id=event.get("job_id"), attempt=event.get("attempt"),
-                      node_id=event.get("node"), detail={"event": event.get("kind")}))
+    session.add(
+        Event(
+            at=now,
+            kind="stale_rejected",
+            job_id=event.get("job_id"),
+            attempt=event.get("attempt"),
+            node_id=event.get("node"),
+            detail={"event": event.get("kind")},
+        )
+    )
 
 
 def part_started(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
     job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
-    changed = session.execute(
+    changed = rowcount(session.execute(
         update(Part)
-        .where(Part.job_id == job_id, Part.attempt == attempt, Part.rank == rank,
-               Part.active.is_(True), Part.state == "scheduled", Part.node_id == event["node"])
+        .where(
+            Part.job_id == job_id,
+            Part.attempt == attempt,
+            Part.rank == rank,
+            Part.active.is_(True),
+            Part.state == "scheduled",
+            Part.node_id == event["node"],
+        )
         .values(state="running", started_at=now)
-    ).rowcount
+    ))
     if not changed:
         part = session.get(Part, (job_id, attempt, rank))
         if part is None or not part.active or part.node_id != event["node"]:
@@ -63,11 +78,13 @@ def part_started(session: Session, event: dict[str, Any], now: datetime, effects
         return
     # The job becomes running with its first running part (CAS on state and attempt).
     session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.state == JobState.SCHEDULED.value)
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.state == JobState.SCHEDULED.value)
         .values(state=JobState.RUNNING.value, updated_at=now)
     )
     session.execute(
-        update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt, Attempt.state == "scheduled")
+        update(Attempt)
+        .where(Attempt.job_id == job_id, Attempt.number == attempt, Attempt.state == "scheduled")
         .values(state="running", started_at=now)
     )
 
@@ -76,13 +93,24 @@ def part_exited(session: Session, event: dict[str, Any], now: datetime, effects:
     job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
     reason = str(event.get("reason") or "exit")
     exit_code = event.get("exit_code")
-    changed = session.execute(
+    changed = rowcount(session.execute(
         update(Part)
-        .where(Part.job_id == job_id, Part.attempt == attempt, Part.rank == rank,
-               Part.active.is_(True), Part.node_id == event["node"])
-        .values(active=False, state="exited", reason=reason, exit_code=exit_code, ended_at=now,
-                logs_complete=bool(event.get("logs_complete", True)))
-    ).rowcount
+        .where(
+            Part.job_id == job_id,
+            Part.attempt == attempt,
+            Part.rank == rank,
+            Part.active.is_(True),
+            Part.node_id == event["node"],
+        )
+        .values(
+            active=False,
+            state="exited",
+            reason=reason,
+            exit_code=exit_code,
+            ended_at=now,
+            logs_complete=bool(event.get("logs_complete", True)),
+        )
+    ))
     if not changed:
         _record_stale(session, effects, event, now)
         return
@@ -121,9 +149,7 @@ def _first_failure(parts: list[Part]) -> int | None:
     return None
 
 
-def finish_attempt(
-    session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects
-) -> None:
+def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects) -> None:
     job = session.get(Job, job_id)
     if job is None or job.attempt != attempt or JobState(job.state).is_terminal():
         return
@@ -142,23 +168,28 @@ def finish_attempt(
         attempt_state = "cancelled"
     elif reason in ("exit", "prepare_failed") and job.retries_used < job.max_retries:
         delay_s = retry_delay_s(job.retries_used + 1)
-        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, retries_used=job.retries_used + 1,
-                      not_before=now + timedelta(seconds=delay_s))
+        values.update(
+            state=JobState.QUEUED.value,
+            attempt=attempt + 1,
+            retries_used=job.retries_used + 1,
+            not_before=now + timedelta(seconds=delay_s),
+        )
         attempt_state = "failed"
     else:
         values.update(state=JobState.FAILED.value, ended_at=now)
         attempt_state = "failed"
     # CAS: only the current attempt of a non-terminal job may move it.
-    moved = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(("scheduled", "running")))
+    moved = rowcount(session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(("scheduled", "running")))
         .values(**values)
-    ).rowcount
+    ))
     if not moved:
         return
     session.execute(
-        update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt)
-        .values(state=attempt_state, reason=reason, ended_at=now,
-                logs_complete=all(p.logs_complete for p in parts))
+        update(Attempt)
+        .where(Attempt.job_id == job_id, Attempt.number == attempt)
+        .values(state=attempt_state, reason=reason, ended_at=now, logs_complete=all(p.logs_complete for p in parts))
     )
     effects.ended_attempts.append((job_id, attempt))
     if values["state"] == JobState.QUEUED.value:
@@ -166,7 +197,12 @@ def finish_attempt(
 
 
 def teardown_attempt(
-    session: Session, job_id: str, attempt: int, reason: str, now: datetime, effects: Effects,
+    session: Session,
+    job_id: str,
+    attempt: int,
+    reason: str,
+    now: datetime,
+    effects: Effects,
     lost_nodes: frozenset[str] = frozenset(),
 ) -> None:
     """End an attempt from the scheduler's side (node lost, preempted): free its parts, requeue."""
@@ -187,7 +223,8 @@ def mark_node_lost(session: Session, node: Node, now: datetime, effects: Effects
         select(Part.job_id, Part.attempt).where(Part.node_id == node.id, Part.active.is_(True))
     ).all()
     for job_id, attempt in set(attempts):
-        teardown_attempt(session, job_id, attempt, AttemptReason.NODE_LOST.value, now, effects,
-                         lost_nodes=frozenset({node.id}))
+        teardown_attempt(
+            session, job_id, attempt, AttemptReason.NODE_LOST.value, now, effects, lost_nodes=frozenset({node.id})
+        )
     session.add(Event(at=now, kind="node_lost", node_id=node.id, detail={"attempts": len(set(attempts))}))
     return len(set(attempts))

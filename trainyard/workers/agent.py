@@ -6,6 +6,7 @@ scheduler applies what it says, compare-and-set on the attempt number.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -138,7 +139,7 @@ class NodeAgent:
                 time.sleep(CONTROL_POLL_S)
                 continue
             if item is not None:
-                self.handle_control(transport.decode({b"data": item[1]}))
+                self.handle_control(json.loads(item[1]))
 
     def handle_control(self, message: dict[str, Any]) -> None:
         if message.get("kind") != "stop":
@@ -166,10 +167,10 @@ class NodeAgent:
     def _secrets_for(self, message: dict[str, Any]) -> dict[str, str]:
         if not message.get("has_secrets"):
             return {}
-        token = self.redis.get(transport.secrets_key(message["job_id"], int(message["attempt"])))
+        token: Any = self.redis.get(transport.secrets_key(message["job_id"], int(message["attempt"])))
         if token is None or not self.settings.secret_key:
             raise RuntimeError("the job's secrets could not be fetched for launch")
-        return decrypt_secrets(token.decode(), self.settings.secret_key)
+        return decrypt_secrets(token.decode() if isinstance(token, bytes) else str(token), self.settings.secret_key)
 
     def _context(self, message: dict[str, Any]) -> LaunchContext:
         job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from trainyard.db.engine import make_engine
 from trainyard.db.models import Base
 
