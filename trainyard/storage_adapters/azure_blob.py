@@ -15,7 +15,7 @@ from azure.storage.blob import (
     BlobClient,
     BlobServiceClient,
     ContainerClient,
-    ExponentialRetry,
+    LinearRetry,
     StorageErrorCode,
 )
 
@@ -41,8 +41,9 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 
 
-def _retry_policy() -> ExponentialRetry:
-    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
+def _retry_policy() -> LinearRetry:
+    # Two retries 0-2 s apart, like botocore's standard mode on the S3 side.
+    return LinearRetry(backoff=1, retry_total=2, random_jitter_range=1)
 
 
 def _service_client() -> BlobServiceClient:
@@ -145,6 +146,8 @@ class _AzureBlockWriter(StreamWriter):
 class AzureBlobStorage(Storage):
     """Blobs under `prefix/` in one container; credentials from the AZURE_STORAGE_* variables."""
 
+    list_page_size = 5000  # Azure's largest page; tests lower it to cross page boundaries cheaply
+
     def __init__(self, url: str):
         parts = urlsplit(url)
         if parts.scheme != "az" or not parts.netloc:
@@ -188,7 +191,9 @@ class AzureBlobStorage(Storage):
         try:
             found = [
                 ObjectInfo(blob.name[len(self.root) :], blob.size)
-                for blob in self._container.list_blobs(name_starts_with=self.root + prefix)
+                for blob in self._container.list_blobs(
+                    name_starts_with=self.root + prefix, results_per_page=self.list_page_size
+                )
             ]
         except AzureError as exc:
             raise _storage_error(exc, prefix) from exc

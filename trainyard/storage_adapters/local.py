@@ -81,7 +81,8 @@ class LocalStorage(Storage):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names, not the whole tree.
-        base_dir = check_prefix(prefix).rsplit("/", 1)[0] if "/" in prefix else ""
+        check_prefix(prefix)
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base_dir if base_dir else self.root
         found = []
         for dirpath, _dirs, files in os.walk(start):

@@ -24,11 +24,17 @@ class _MemoryWriter(StreamWriter):
         self._store, self._key, self._buffer = store, key, io.BytesIO()
 
     def write(self, data: bytes) -> None:
-        self._buffer.write(data)
+        self._buffer.write(data)  # a closed buffer raises ValueError, as every adapter does
 
     def close(self) -> None:
+        if self._buffer.closed:
+            return
         with _LOCK:
             self._store[self._key] = self._buffer.getvalue()
+        self._buffer.close()
+
+    def abort(self) -> None:
+        self._buffer.close()
 
 
 class MemoryStorage(Storage):

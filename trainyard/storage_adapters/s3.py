@@ -125,6 +125,8 @@ class _S3MultipartWriter(StreamWriter):
 class S3Storage(Storage):
     """Objects under `prefix/` in one bucket. Endpoint: `?endpoint=` in the URL, else AWS_ENDPOINT_URL."""
 
+    list_page_size = 1000  # S3's largest page; tests lower it to cross page boundaries cheaply
+
     def __init__(self, url: str):
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
@@ -181,7 +183,9 @@ class S3Storage(Storage):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # S3 lists in UTF-8 byte order, which is code point order: the same as sorted(keys).
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.root + check_prefix(prefix)
+            Bucket=self.bucket,
+            Prefix=self.root + check_prefix(prefix),
+            PaginationConfig={"PageSize": self.list_page_size},
         )
         try:
             for page in pages:
