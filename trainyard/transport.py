@@ -8,6 +8,7 @@ never hangs on the broker's visibility timeout (invariant 7) — the scheduler r
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import redis
@@ -39,6 +40,10 @@ def secrets_key(job_id: str, attempt: int) -> str:
     return f"{KEY_PREFIX}secrets:{job_id}:{attempt}"
 
 
+def visibility_timeout_s() -> int:
+    return int(os.environ.get("TRAINYARD_BROKER_VISIBILITY_TIMEOUT_S", str(7 * 24 * 3600)))
+
+
 def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
     """Our Celery app: JSON only, early ack, prefetch 1, one queue per node."""
     app = Celery("trainyard", broker=redis_url, set_as_current=False)
@@ -57,7 +62,10 @@ def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
+        # Tasks are acknowledged on receipt, so this never triggers a redelivery; it only bounds how
+        # long a message prefetched by a worker that then died stays invisible (the scheduler
+        # re-sends such parts itself).
+        broker_transport_options={"visibility_timeout": visibility_timeout_s()},
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
     )

@@ -117,6 +117,15 @@ class Cluster:
         self.processes.append((name, process))
         return process
 
+    def add_scheduler(self, name: str = "scheduler-2") -> subprocess.Popen[bytes]:
+        """Start one more scheduler (it stands by until it holds the lease)."""
+        name, process = _spawn(name, ["scheduler"], self.env, self.home / "logs")
+        self.processes.append((name, process))
+        return process
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for n, p in reversed(self.processes) if n == name)
+
     def stop(self) -> None:
         # Workers first (they kill their jobs), the control plane after, Redis last.
         for _name, process in reversed(self.processes):

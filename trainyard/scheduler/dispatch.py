@@ -50,7 +50,7 @@ class Dispatcher:
         self.redis = redis_client
         self.celery = transport.make_celery(settings.redis_url)
 
-    def send_parts(self, session: Session, job_ids: Sequence[tuple[str, int]]) -> None:
+    def send_parts(self, session: Session, job_ids: Sequence[tuple[str, int]], resend: bool = False) -> None:
         """Send every part of the given (job, attempt)s; secrets go to a key the node reads at launch."""
         if not job_ids:
             return
@@ -80,9 +80,11 @@ class Dispatcher:
                 )
         now = utcnow()
         for job_id, attempt in by_attempt:
+            # A re-send restarts the clock of the lost-message check; a first send stamps it once.
+            unstamped = Part.dispatched_at.is_(None) if not resend else Part.state == "scheduled"
             session.execute(
                 update(Part)
-                .where(Part.job_id == job_id, Part.attempt == attempt, Part.dispatched_at.is_(None))
+                .where(Part.job_id == job_id, Part.attempt == attempt, unstamped)
                 .values(dispatched_at=now)
             )
 

@@ -10,7 +10,7 @@ import logging
 import secrets
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -33,6 +33,10 @@ IDLE_WAKE_MS = 500
 LEASE_TTL_MS = 6000
 LEASE_RENEW_S = 1.0
 STOP_RESEND_S = 5.0
+# A part still not started this long after dispatch, on a node whose later heartbeats do not list
+# it, lost its message (Redis restarted or wiped): send it again. Nodes ignore duplicates.
+REDISPATCH_AFTER_S = 15.0
+REDISPATCH_HEARTBEAT_MARGIN_S = 4.0
 HEARTBEAT_DB_WRITE_S = 5.0
 
 _RENEW_LUA = """
@@ -54,6 +58,8 @@ class Scheduler:
         self._heartbeat_seen: dict[str, float] = {}
         self._heartbeat_written: dict[str, float] = {}
         self._stop_sent: dict[tuple[str, int], float] = {}
+        self._node_running: dict[str, tuple[datetime, set[tuple[str, int, int]]]] = {}
+        self._redis_outage = False
         self._lease_renewed_at = 0.0
         self.stop_event = threading.Event()
         self.stale_writes = 0
@@ -93,6 +99,7 @@ class Scheduler:
                 self.step()
             except redis.RedisError as exc:
                 log.warning("redis unavailable: %s", exc)
+                self._redis_outage = True
                 self.stop_event.wait(1.0)
 
     def _become_leader(self) -> None:
@@ -110,19 +117,32 @@ class Scheduler:
 
     def step(self) -> None:
         self._consume(pending=False, block_ms=IDLE_WAKE_MS)
+        if self._redis_outage:
+            # Nobody could heartbeat while Redis was away: judge the nodes from now on.
+            self._redis_outage = False
+            now = time.monotonic()
+            self._heartbeat_seen = dict.fromkeys(self._heartbeat_seen, now)
         self._tick()
 
     def _consume(self, pending: bool, block_ms: int | None = None) -> None:
         """Read a batch of events, apply it in one transaction, then acknowledge it."""
         start_id = "0" if pending else ">"
         while True:
-            reply: Any = self.redis.xreadgroup(
-                transport.EVENTS_GROUP,
-                "leader",
-                {transport.EVENTS_STREAM: start_id},
-                count=EVENT_BATCH,
-                block=None if pending else block_ms,
-            )
+            try:
+                reply: Any = self.redis.xreadgroup(
+                    transport.EVENTS_GROUP,
+                    "leader",
+                    {transport.EVENTS_STREAM: start_id},
+                    count=EVENT_BATCH,
+                    block=None if pending else block_ms,
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data: rebuild our stream group and re-send what never started.
+                log.warning("events stream lost (Redis was wiped); recreating it")
+                self._become_leader()
+                return
             entries = reply[0][1] if reply else []
             if not entries:
                 return
@@ -190,6 +210,7 @@ class Scheduler:
             if node is None:
                 return
         self._heartbeat_seen[node_id] = time.monotonic()
+        self._node_running[node_id] = (now, {(j, int(a), int(r)) for j, a, r in event.get("running") or []})
         if time.monotonic() - self._heartbeat_written.get(node_id, 0.0) > HEARTBEAT_DB_WRITE_S:
             node.last_heartbeat_at = now
             self._heartbeat_written[node_id] = time.monotonic()
@@ -223,10 +244,29 @@ class Scheduler:
         with self.sessions.begin() as session:
             self._check_liveness(session, effects)
             self._send_cancels(session, effects)
+            self._redispatch_lost_messages(session)
         self._after_commit(effects)
         placed = run_pass(self.sessions, self.dispatcher)
         if placed:
             log.debug("placed %d job(s)", placed)
+
+    def _redispatch_lost_messages(self, session: Session) -> None:
+        cutoff = utcnow() - timedelta(seconds=REDISPATCH_AFTER_S)
+        rows = session.execute(
+            select(Part.job_id, Part.attempt, Part.rank, Part.node_id, Part.dispatched_at).where(
+                Part.active.is_(True), Part.state == "scheduled", Part.dispatched_at < cutoff
+            )
+        ).tuples()
+        resend: set[tuple[str, int]] = set()
+        for job_id, attempt, rank, node_id, dispatched_at in rows:
+            seen_at, running = self._node_running.get(node_id, (None, set()))
+            margin = timedelta(seconds=REDISPATCH_HEARTBEAT_MARGIN_S)
+            if seen_at is not None and dispatched_at is not None and seen_at > dispatched_at + margin:
+                if (job_id, attempt, rank) not in running:
+                    resend.add((job_id, attempt))
+        if resend:
+            log.warning("re-sending %d attempt(s) whose messages were lost", len(resend))
+            self.dispatcher.send_parts(session, sorted(resend), resend=True)
 
     def _send_cancels(self, session: Session, effects: Effects) -> None:
         rows = session.execute(

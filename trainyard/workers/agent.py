@@ -13,6 +13,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from trainyard import transport
 from trainyard.config import Settings
 from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import open_storage
+from trainyard.workers import watchdog
 from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
 from trainyard.workers.logpump import PartLogs
 
@@ -32,6 +34,7 @@ PUMP_DRAIN_TIMEOUT_S = 5.0
 EVENT_RETRY_MAX_S = 5.0
 CONTROL_POLL_S = 1.0
 CANCELLED_MEMORY_S = 3600.0
+SEEN_PARTS_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class NodeAgent:
         self.node_dir = settings.home / "nodes" / node.node_id
         self._active: dict[tuple[str, int, int], ActivePart] = {}
         self._stopped_attempts: dict[tuple[str, int], tuple[str, float]] = {}
+        # Parts this process has taken on: a re-sent message for one of them is ignored, so a
+        # scheduler that re-dispatches after a crash or a Redis loss never starts a part twice.
+        self._seen_parts: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
 
@@ -70,6 +76,7 @@ class NodeAgent:
 
     def start(self) -> None:
         self.node_dir.mkdir(parents=True, exist_ok=True)
+        self._watchdog = watchdog.start(self.session_id)
         self.publish(self._registration())
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._control_loop, name="control", daemon=True).start()
@@ -188,6 +195,7 @@ class NodeAgent:
             checkpoint_dir=self.node_dir / "checkpoints" / job_id,
             master_port=int(message.get("master_port", 29500)),
             secrets=self._secrets_for(message),
+            extra_env={watchdog.SESSION_ENV: self.session_id},
         )
 
     def run_part(self, message: dict[str, Any]) -> int:
@@ -197,6 +205,13 @@ class NodeAgent:
         report = {"job_id": job_id, "attempt": attempt, "rank": rank}
         with self._lock:
             stopped = self._stopped_attempts.get((job_id, attempt))
+            duplicate = key in self._seen_parts
+            self._seen_parts[key] = None
+            while len(self._seen_parts) > SEEN_PARTS_MAX:
+                self._seen_parts.popitem(last=False)
+        if duplicate:
+            log.info("ignoring a second message for part %s", key)
+            return 0
         if stopped is not None:
             self.publish({"kind": "part_exited", **report, "exit_code": None, "reason": stopped[0],
                           "logs_complete": True})
