@@ -28,6 +28,10 @@ pool_app = typer.Typer(help="Pools of nodes.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(node_app, name="node")
 app.add_typer(pool_app, name="pool")
+token_app = typer.Typer(help="API tokens: create (shown once), list, delete. Admin only.", no_args_is_help=True)
+audit_app = typer.Typer(help="Who submitted, cancelled and drained what, and when. Admin only.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 # Wide tables when piped: rich would otherwise fold IDs at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
@@ -70,17 +74,22 @@ def up(
     slots: Annotated[int, typer.Option(help="job slots (CPUs) per node")] = 2,
     gpus: Annotated[int, typer.Option(help="GPUs declared per node")] = 0,
     port: Annotated[int, typer.Option(help="API port")] = 8642,
-    flower: Annotated[bool, typer.Option(help="also start Flower")] = False,
+    flower: Annotated[bool, typer.Option(help="also start Flower (with generated basic-auth credentials)")] = False,
+    flower_port: Annotated[int, typer.Option(help="Flower's port, with --flower")] = 5555,
 ) -> None:
     """Run everything on this machine, in the foreground, until Ctrl-C."""
     from trainyard.up import start_cluster
 
     try:
-        cluster = start_cluster(workers=workers, slots=slots, gpus=gpus, port=port)
+        cluster = start_cluster(workers=workers, slots=slots, gpus=gpus, port=port,
+                                flower_port=flower_port if flower else None)
     except RuntimeError as exc:
         _fail(str(exc))
     console.print(f"trainyard is up: API [bold]{cluster.api_url}[/bold], {workers} node(s)")
     console.print(f"admin token: {cluster.admin_token}", highlight=False)
+    if cluster.flower_url:
+        console.print(f"Flower: {cluster.flower_url} (basic auth {cluster.flower_auth}; also in "
+                      f"{cluster.home / 'flower-auth'})", highlight=False)
     console.print(f"(also in {cluster.home / 'api-url'} and {cluster.home / 'admin-token'}); Ctrl-C stops it")
     stopping = False
 
@@ -142,6 +151,28 @@ def scheduler(log_level: str = "INFO") -> None:
     signal.signal(signal.SIGTERM, lambda *_: service.stop_event.set())
     with contextlib.suppress(KeyboardInterrupt):
         service.run()
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="port")] = 5555,
+    address: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None, typer.Option("--basic-auth", help="user:pass (or FLOWER_BASIC_AUTH); required unless --no-auth")
+    ] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="run Flower without any authentication")] = False,
+) -> None:
+    """Serve Flower on trainyard's Celery app: job parts appear as trainyard.run tasks."""
+    from trainyard.config import load_settings
+    from trainyard.flower import FlowerAuthMissing, resolve_basic_auth, run_flower
+
+    try:
+        credentials = resolve_basic_auth(basic_auth, os.environ, no_auth)
+    except FlowerAuthMissing as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    if credentials is None:
+        errors.print("[yellow]warning:[/yellow] Flower runs without authentication (--no-auth)")
+    raise typer.Exit(run_flower(load_settings(), address, port, credentials))
 
 
 @app.command()
@@ -372,6 +403,95 @@ def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for p in pools:
         table.add_row(p["name"], ", ".join(f"{k}={v}" for k, v in p["nodes"].items()), str(p["min_nodes"]),
                       "" if p["max_nodes"] is None else str(p["max_nodes"]))
+    console.print(table)
+
+
+# -- tokens and audit ------------------------------------------------------------------------
+
+
+def _admin_call(method: str, path: str, **kwargs: Any) -> Any:
+    """A call to an admin route: 422 exits 2 with its problems, other refusals exit 1."""
+    try:
+        return _client()._request(method, path, **kwargs)
+    except SpecRejected as exc:
+        _problems(exc.problems)
+    except TrainyardError as exc:
+        _fail(str(exc))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin, user or viewer")],
+    workspace: Annotated[str | None, typer.Option(help="workspace it may act in (admin: all when omitted)")] = None,
+    name: Annotated[str | None, typer.Option(help="a name for the audit trail")] = None,
+    expires_in: Annotated[str | None, typer.Option(help="lifetime: 3600, 90m, 30d; default never")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the token object, token included, as JSON")] = False,
+) -> None:
+    """Create an API token. It is printed this once: the server keeps only its hash."""
+    if role not in ("admin", "user", "viewer"):
+        _fail("--role must be admin, user or viewer", EXIT_BAD_INPUT)
+    body = {k: v for k, v in {"role": role, "workspace": workspace, "name": name, "expires_in": expires_in}.items()
+            if v is not None}
+    created = _admin_call("POST", "/v1/tokens", json=body)
+    if as_json:
+        _print_json(created)
+        return
+    errors.print(f"created token {created['id']} ({created['name']}, role {created['role']}, workspace "
+                 f"{created['workspace'] or 'all'}); it is shown only now:", highlight=False)
+    sys.stdout.write(created["token"] + "\n")
+
+
+@token_app.command("list")
+def token_list(
+    include_deleted: Annotated[bool, typer.Option(help="also list deleted tokens")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """API tokens (never their values)."""
+    tokens = _admin_call("GET", "/v1/tokens", params={"include_deleted": include_deleted})["tokens"]
+    if as_json:
+        _print_json(tokens)
+        return
+    table = Table("ID", "NAME", "ROLE", "WORKSPACE", "CREATED", "BY", "EXPIRES", "DELETED")
+    for t in tokens:
+        table.add_row(t["id"], t["name"], t["role"], t["workspace"] or "(all)", t["created_at"], t["created_by"],
+                      t["expires_at"] or "never", t["deleted_at"] or "")
+    console.print(table)
+
+
+@token_app.command("delete")
+def token_delete(token_id: str) -> None:
+    """Delete an API token: it stops working at once."""
+    deleted = _admin_call("DELETE", f"/v1/tokens/{token_id}")
+    console.print(f"{deleted['id']} deleted", highlight=False)
+
+
+@audit_app.command("list")
+def audit_list(
+    kind: Annotated[str | None, typer.Option(help="submitted, cancelled, cancel_requested, drained, token_created…")]
+    = None,
+    actor: Annotated[str | None, typer.Option(help="actor, token id or token name")] = None,
+    job: Annotated[str | None, typer.Option(help="only this job")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The audit trail, newest first."""
+    filters = {"kind": kind, "actor": actor, "job_id": job, "since": since}
+    params: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+    events: list[dict[str, Any]] = []
+    while len(events) < limit:
+        page = _admin_call("GET", "/v1/audit", params={**params, "limit": min(1000, limit - len(events))})
+        events.extend(page["events"])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    if as_json:
+        _print_json(events)
+        return
+    table = Table("ID", "AT", "KIND", "ACTOR", "JOB", "NODE", "DETAIL")
+    for e in events:
+        table.add_row(str(e["id"]), e["at"], e["kind"], e["actor"] or "", e["job_id"] or "", e["node_id"] or "",
+                      json.dumps(e["detail"]) if e["detail"] else "")
     console.print(table)
 
 

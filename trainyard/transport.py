@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from celery import Celery
@@ -20,6 +22,7 @@ EVENTS_STREAM = KEY_PREFIX + "events"
 EVENTS_GROUP = "scheduler"
 EVENTS_STREAM_MAXLEN = 1_000_000
 SCHEDULER_LEASE_KEY = KEY_PREFIX + "scheduler:leader"
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
 def node_queue(node_id: str) -> str:
@@ -40,6 +43,30 @@ def secrets_key(job_id: str, attempt: int) -> str:
     return f"{KEY_PREFIX}secrets:{job_id}:{attempt}"
 
 
+def scheduler_metrics_key() -> str:
+    """A hash of the scheduler's own figures (pass time, start latency, log lag) that /metrics reads."""
+    return f"{KEY_PREFIX}metrics:scheduler"
+
+
+def redis_ssl_options(redis_url: str) -> dict[str, Any] | None:
+    """TLS settings of a `rediss://` URL, from the `ssl_*` query parameters redis-py also reads.
+
+    Certificates are verified unless the URL says `ssl_cert_reqs=none`.
+    """
+    parts = urlsplit(redis_url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {reqs!r}")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if key in query:
+            options[key] = query[key]
+    return options
+
+
 def visibility_timeout_s() -> int:
     return int(os.environ.get("TRAINYARD_BROKER_VISIBILITY_TIMEOUT_S", str(7 * 24 * 3600)))
 
@@ -50,8 +77,13 @@ def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
+        # JSON only, everywhere (SPEC §2 invariant 10): a pickled message is refused, not loaded.
         accept_content=["json"],
+        result_accept_content=["json"],
         event_serializer="json",
+        broker_use_ssl=redis_ssl_options(redis_url),
+        # Flower shows a part as STARTED while it runs, then SUCCESS or FAILURE.
+        task_track_started=True,
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=False,

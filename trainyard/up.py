@@ -95,6 +95,8 @@ class Cluster:
     admin_token: str
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    flower_url: str = ""
+    flower_auth: str = field(default="", repr=False)
 
     def add_worker(
         self, node_id: str, address: str, pool: str = "default", slots: int = 2, gpus: int = 0
@@ -171,6 +173,31 @@ def _wait_ready(api_url: str, cluster: Cluster) -> None:
     raise RuntimeError(f"the API did not answer at {api_url} within {READY_TIMEOUT_S:.0f} s")
 
 
+def start_flower(cluster: Cluster, port: int | None = None) -> subprocess.Popen[bytes]:
+    """Start `trainyard flower` with basic auth (FLOWER_BASIC_AUTH, else generated `admin:<random>`)."""
+    credentials = cluster.env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(18)}"
+    port = port or free_port()
+    env = dict(cluster.env, FLOWER_BASIC_AUTH=credentials)
+    name, process = _spawn("flower", ["flower", "--port", str(port)], env, cluster.home / "logs")
+    cluster.processes.append((name, process))
+    cluster.flower_url, cluster.flower_auth = f"http://127.0.0.1:{port}", credentials
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Flower exited; see {cluster.home / 'logs' / 'flower.log'}")
+        try:  # /healthcheck is Flower's one route without auth
+            if httpx.get(f"{cluster.flower_url}/healthcheck", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"Flower did not answer at {cluster.flower_url} within {READY_TIMEOUT_S:.0f} s")
+    write_private(cluster.home / "flower-url", cluster.flower_url)
+    write_private(cluster.home / "flower-auth", credentials)
+    return process
+
+
 def start_cluster(
     workers: int = 2,
     slots: int = 2,
@@ -179,11 +206,13 @@ def start_cluster(
     pool: str = "default",
     home: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    flower_port: int | None = None,
 ) -> Cluster:
     """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes.
 
     `home` and `extra_env` override TRAINYARD_HOME and other variables of this process's
     environment for the started services (tests and benchmarks run several clusters).
+    With `flower_port` (0: any free port) Flower starts too, before any job can run.
     """
     env = dict(os.environ, **(extra_env or {}))
     home = (home or Path(env.get("TRAINYARD_HOME", "./.trainyard"))).resolve()
@@ -215,6 +244,8 @@ def start_cluster(
         for index in range(workers):
             cluster.add_worker(f"node-{index + 1}", f"127.0.0.{index + 2}", pool, slots, gpus)
         _wait_ready(api_url, cluster)
+        if flower_port is not None:
+            start_flower(cluster, flower_port)
     except BaseException:
         cluster.stop()
         raise

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
@@ -13,19 +11,37 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import logstore, transport
+from trainyard import transport
+from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
+from trainyard.api.schemas import (
+    BatchSubmitted,
+    ErrorResponse,
+    JobOut,
+    JobPage,
+    ValidationFailed,
+    nul_fields,
+    plausible_id,
+)
 from trainyard.crypto import encrypt_secrets
 from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
 from trainyard.db.models import Attempt, Job
+from trainyard.db.sweeps import fill_specs
 from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
 
 router = APIRouter(prefix="/v1")
 
 MAX_BATCH = 10_000
 LIST_LIMIT_MAX = 1000
-FOLLOW_POLL_S = 0.2
-FOLLOW_STATE_CHECK_S = 0.5
+MAX_CURSOR = 2**63 - 1
+MAX_ATTEMPT = 2**31 - 1
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such job in your workspace"}
+}
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "the idempotency key belongs to a job with another spec"},
+    422: {"model": ValidationFailed, "description": "the spec is invalid: every problem is named"},
+}
 
 
 def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
@@ -33,6 +49,10 @@ def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
 
 
 def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> NewJob:
+    if isinstance(data, dict) and "workspace" not in data and who.workspace is not None:
+        data = {**data, "workspace": who.workspace}  # a workspace's token submits there by default
+    if nul_fields(data):
+        raise SpecError([{"field": prefix + f, "reason": "NUL characters are not allowed"} for f in nul_fields(data)])
     try:
         spec = parse_job_spec(data)
     except SpecError as exc:
@@ -75,13 +95,14 @@ def _wake_scheduler(request: Request) -> None:
 
 
 def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if plausible_id(job_id) else None
     if job is None or not who.sees(job.workspace):
         raise HTTPException(status_code=404, detail=f"no job {job_id}")
     return job
 
 
-@router.post("/jobs", status_code=201, summary="Submit a job")
+@router.post("/jobs", status_code=201, summary="Submit a job", response_model=JobOut,
+             response_model_exclude_unset=True, responses=_SUBMIT_RESPONSES)
 def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     try:
         new = _validate(request, body, who)
@@ -92,7 +113,8 @@ def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principa
         return load_job_dict(session, job_id)
 
 
-@router.post("/jobs:batch", status_code=201, summary="Submit many jobs at once (all or none)")
+@router.post("/jobs:batch", status_code=201, summary="Submit many jobs at once (all or none)",
+             response_model=BatchSubmitted, response_model_exclude_unset=True, responses=_SUBMIT_RESPONSES)
 def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     specs = body.get("jobs")
     if not isinstance(specs, list) or not specs:
@@ -111,7 +133,8 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
     return {"jobs": [{"id": job_id, "name": new.spec.name} for job_id, new in zip(ids, new_jobs, strict=True)]}
 
 
-@router.get("/jobs", summary="List jobs, newest first, with filters and a cursor")
+@router.get("/jobs", summary="List jobs, newest first, with filters and a cursor", response_model=JobPage,
+            response_model_exclude_unset=True)
 def list_jobs(
     request: Request,
     state: str | None = None,
@@ -120,7 +143,7 @@ def list_jobs(
     sweep: str | None = None,
     name_prefix: str | None = None,
     limit: int = Query(100, ge=1, le=LIST_LIMIT_MAX),
-    cursor: int | None = Query(None, description="next_cursor of the previous page"),
+    cursor: int | None = Query(None, ge=0, le=MAX_CURSOR, description="next_cursor of the previous page"),
     who: Principal = require("viewer"),
 ) -> Any:
     query = select(Job).order_by(Job.seq.desc()).limit(limit + 1)
@@ -136,19 +159,22 @@ def list_jobs(
         query = query.where(Job.seq < cursor)
     with request.app.state.sessions() as session:
         jobs = session.scalars(query).all()
+        fill_specs(session, jobs[:limit])  # sweep jobs are stored compact: render their spec
     page = jobs[:limit]
     next_cursor = page[-1].seq if len(jobs) > limit else None
     return {"jobs": [job_dict(job) for job in page], "next_cursor": next_cursor}
 
 
-@router.get("/jobs/{job_id}", summary="One job with its attempts")
+@router.get("/jobs/{job_id}", summary="One job with its attempts", response_model=JobOut,
+            response_model_exclude_unset=True, responses=_NOT_FOUND)
 def get_job(request: Request, job_id: str, who: Principal = require("viewer")) -> Any:
     with request.app.state.sessions() as session:
         _job_or_404(session, job_id, who)
         return load_job_dict(session, job_id)
 
 
-@router.post("/jobs/{job_id}:cancel", summary="Cancel a job")
+@router.post("/jobs/{job_id}:cancel", summary="Cancel a job", response_model=JobOut,
+             response_model_exclude_unset=True, responses=_NOT_FOUND)
 def cancel(request: Request, job_id: str, who: Principal = require("user")) -> Any:
     with request.app.state.sessions.begin() as session:
         _job_or_404(session, job_id, who)
@@ -167,56 +193,20 @@ def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | N
     ).first()
 
 
-def _follow(
-    request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str], offset: int
-) -> Iterator[bytes]:
-    """Stream bytes as they reach storage until the attempt has ended and every byte is read."""
-    storage, sessions = request.app.state.storage, request.app.state.sessions
-    rank, stream = prefix_args
-    number, ended, checked_at = attempt, False, 0.0
-    while True:
-        if time.monotonic() - checked_at > FOLLOW_STATE_CHECK_S:
-            checked_at = time.monotonic()
-            with sessions() as session:
-                job = session.get(Job, job_id)
-                row = _log_attempt(session, job, number) if job else None
-                if row is not None:
-                    number = row.number
-                    ended = row.ended_at is not None
-                elif job is not None and job.state in ("succeeded", "failed", "cancelled"):
-                    return
-        if number is None:
-            time.sleep(FOLLOW_POLL_S)
-            continue
-        data = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
-        if data:
-            offset += len(data)
-            yield data
-            continue
-        if ended:
-            # The attempt ended after its last upload: one more read catches the tail, then stop.
-            tail = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
-            if tail:
-                offset += len(tail)
-                yield tail
-                continue
-            return
-        time.sleep(FOLLOW_POLL_S)
-
-
 @router.get(
     "/jobs/{job_id}/logs",
     summary="A job's stdout or stderr, from a byte offset",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+               **_NOT_FOUND},
 )
 def logs(
     request: Request,
     job_id: str,
-    rank: int = Query(0, ge=0),
+    rank: int = Query(0, ge=0, le=MAX_ATTEMPT),
     stream: str = Query("stdout", pattern="^(stdout|stderr)$"),
-    attempt: int | None = Query(None, ge=1),
-    offset: int = Query(0, ge=0),
+    attempt: int | None = Query(None, ge=1, le=MAX_ATTEMPT),
+    offset: int = Query(0, ge=0, le=MAX_CURSOR),
     follow: bool = False,
     who: Principal = require("viewer"),
 ) -> Response:
@@ -228,17 +218,16 @@ def logs(
     if follow:
         number = row.number if row is not None else None
         return StreamingResponse(
-            _follow(request, job_id, number, (rank, stream), offset), media_type="application/octet-stream"
+            logreads.follow(request.app, job_id, number, rank, stream, offset), media_type="application/octet-stream"
         )
     if row is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})
-    data = logstore.read_from(
-        request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream), offset
-    )
+    data = logreads.read(request.app, job_id, row.number, rank, stream, offset)
     headers = {
         "X-Next-Offset": str(offset + len(data)),
         "X-Attempt": str(row.number),
         "X-Attempt-Ended": "true" if row.ended_at is not None else "false",
+        "X-Logs-Complete": "true" if row.logs_complete else "false",
     }
     return Response(data, media_type="application/octet-stream", headers=headers)
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select, update
 
 from trainyard.api.auth import Principal, require
+from trainyard.api.schemas import ErrorResponse, NodeList, NodeOut, PoolList, plausible_id
 from trainyard.db.jobs import iso
 from trainyard.db.models import Event, Node, Part, Pool, utcnow
 
@@ -46,7 +47,8 @@ def node_dict(node: Node, used_cpus: float, used_gpus: list[int], running: int) 
     }
 
 
-@router.get("/nodes", summary="Nodes with their resources and state")
+@router.get("/nodes", summary="Nodes with their resources and state", response_model=NodeList,
+            response_model_exclude_unset=True)
 def list_nodes(request: Request, who: Principal = require("viewer")) -> Any:
     with request.app.state.sessions() as session:
         cpus, gpus, parts = _usage(session)
@@ -54,10 +56,12 @@ def list_nodes(request: Request, who: Principal = require("viewer")) -> Any:
         return {"nodes": [node_dict(n, cpus[n.id], gpus[n.id], parts[n.id]) for n in nodes]}
 
 
-@router.post("/nodes/{node_id}:drain", summary="Drain a node: no new work; running work finishes")
+@router.post("/nodes/{node_id}:drain", summary="Drain a node: no new work; running work finishes",
+             response_model=NodeOut, response_model_exclude_unset=True,
+             responses={404: {"model": ErrorResponse, "description": "no such node"}})
 def drain_node(request: Request, node_id: str, who: Principal = require("admin")) -> Any:
     with request.app.state.sessions.begin() as session:
-        node = session.get(Node, node_id)
+        node = session.get(Node, node_id) if plausible_id(node_id) else None
         if node is None:
             raise HTTPException(status_code=404, detail=f"no node {node_id}")
         session.execute(update(Node).where(Node.id == node_id, Node.state == "up").values(state="draining"))
@@ -69,7 +73,7 @@ def drain_node(request: Request, node_id: str, who: Principal = require("admin")
         return node_dict(node, cpus[node_id], gpus[node_id], parts[node_id])
 
 
-@router.get("/pools", summary="Pools and their nodes")
+@router.get("/pools", summary="Pools and their nodes", response_model=PoolList, response_model_exclude_unset=True)
 def list_pools(request: Request, who: Principal = require("viewer")) -> Any:
     with request.app.state.sessions() as session:
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

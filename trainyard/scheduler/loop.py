@@ -21,6 +21,7 @@ from trainyard import transport
 from trainyard.config import Settings
 from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.models import Job, Node, Part, utcnow
+from trainyard.metrics import SchedulerMetrics
 from trainyard.scheduler import outcomes
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.outcomes import Effects
@@ -54,6 +55,7 @@ class Scheduler:
         self.sessions = make_sessionmaker(self.engine)
         self.redis = transport.redis_client(settings.redis_url)
         self.dispatcher = Dispatcher(settings, self.redis)
+        self.metrics = SchedulerMetrics(self.redis)
         self.identity = secrets.token_hex(6)
         self._heartbeat_seen: dict[str, float] = {}
         self._heartbeat_written: dict[str, float] = {}
@@ -164,8 +166,11 @@ class Scheduler:
         kind = event.get("kind")
         if kind == "part_started":
             outcomes.part_started(session, event, now, effects)
+            self.metrics.part_started(session, event, now)
         elif kind == "part_exited":
             outcomes.part_exited(session, event, now, effects)
+        elif kind == "logs_done":
+            outcomes.logs_done(session, event, now, effects)
         elif kind == "node_register":
             self._register_node(session, event, now, effects)
         elif kind == "heartbeat":
@@ -210,6 +215,7 @@ class Scheduler:
             if node is None:
                 return
         self._heartbeat_seen[node_id] = time.monotonic()
+        self.metrics.heartbeat(event)
         self._node_running[node_id] = (now, {(j, int(a), int(r)) for j, a, r in event.get("running") or []})
         if time.monotonic() - self._heartbeat_written.get(node_id, 0.0) > HEARTBEAT_DB_WRITE_S:
             node.last_heartbeat_at = now
@@ -246,7 +252,9 @@ class Scheduler:
             self._send_cancels(session, effects)
             self._redispatch_lost_messages(session)
         self._after_commit(effects)
-        placed = run_pass(self.sessions, self.dispatcher)
+        with self.metrics.timed_pass():
+            placed = run_pass(self.sessions, self.dispatcher)
+        self.metrics.flush()
         if placed:
             log.debug("placed %d job(s)", placed)
 
