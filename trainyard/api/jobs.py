@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
@@ -11,8 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import transport
-from trainyard.api import logreads
+from trainyard import logstore, transport
 from trainyard.api.auth import Principal, require
 from trainyard.api.schemas import (
     BatchSubmitted,
@@ -26,7 +27,6 @@ from trainyard.api.schemas import (
 from trainyard.crypto import encrypt_secrets
 from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
 from trainyard.db.models import Attempt, Job
-from trainyard.db.sweeps import fill_specs
 from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
 
 router = APIRouter(prefix="/v1")
@@ -42,6 +42,8 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the idempotency key belongs to a job with another spec"},
     422: {"model": ValidationFailed, "description": "the spec is invalid: every problem is named"},
 }
+FOLLOW_POLL_S = 0.2
+FOLLOW_STATE_CHECK_S = 0.5
 
 
 def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
@@ -159,7 +161,6 @@ def list_jobs(
         query = query.where(Job.seq < cursor)
     with request.app.state.sessions() as session:
         jobs = session.scalars(query).all()
-        fill_specs(session, jobs[:limit])  # sweep jobs are stored compact: render their spec
     page = jobs[:limit]
     next_cursor = page[-1].seq if len(jobs) > limit else None
     return {"jobs": [job_dict(job) for job in page], "next_cursor": next_cursor}
@@ -193,6 +194,43 @@ def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | N
     ).first()
 
 
+def _follow(
+    request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str], offset: int
+) -> Iterator[bytes]:
+    """Stream bytes as they reach storage until the attempt has ended and every byte is read."""
+    storage, sessions = request.app.state.storage, request.app.state.sessions
+    rank, stream = prefix_args
+    number, ended, checked_at = attempt, False, 0.0
+    while True:
+        if time.monotonic() - checked_at > FOLLOW_STATE_CHECK_S:
+            checked_at = time.monotonic()
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                row = _log_attempt(session, job, number) if job else None
+                if row is not None:
+                    number = row.number
+                    ended = row.ended_at is not None
+                elif job is not None and job.state in ("succeeded", "failed", "cancelled"):
+                    return
+        if number is None:
+            time.sleep(FOLLOW_POLL_S)
+            continue
+        data = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
+        if data:
+            offset += len(data)
+            yield data
+            continue
+        if ended:
+            # The attempt ended after its last upload: one more read catches the tail, then stop.
+            tail = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
+            if tail:
+                offset += len(tail)
+                yield tail
+                continue
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
 @router.get(
     "/jobs/{job_id}/logs",
     summary="A job's stdout or stderr, from a byte offset",
@@ -218,16 +256,17 @@ def logs(
     if follow:
         number = row.number if row is not None else None
         return StreamingResponse(
-            logreads.follow(request.app, job_id, number, rank, stream, offset), media_type="application/octet-stream"
+            _follow(request, job_id, number, (rank, stream), offset), media_type="application/octet-stream"
         )
     if row is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})
-    data = logreads.read(request.app, job_id, row.number, rank, stream, offset)
+    data = logstore.read_from(
+        request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream), offset
+    )
     headers = {
         "X-Next-Offset": str(offset + len(data)),
         "X-Attempt": str(row.number),
         "X-Attempt-Ended": "true" if row.ended_at is not None else "false",
-        "X-Logs-Complete": "true" if row.logs_complete else "false",
     }
     return Response(data, media_type="application/octet-stream", headers=headers)
 
