@@ -1,0 +1,307 @@
+"""End to end: short jobs through trainyard vs. a bare Celery runner, idle dispatch latency, log lag.
+
+One run starts a private cluster (`trainyard up` with 2 worker nodes x K slots, embedded Redis,
+SQLite) and, on the same Redis, bare Celery workers with the same total concurrency (2 worker
+processes x K threads). It prints JSON lines (see harness.py):
+- e2e_throughput: N `/bin/true` jobs, first submit → all terminal, jobs/s (median of alternating
+  rounds); baseline = bare Celery, tasks sent with `send_task` in a loop.
+- dispatch_latency_p50/p99: idle submit → the job's own process reads the clock (`date +%s.%N`).
+- log_lag_p99: a job prints a timestamp every 100 ms; a reader follows its logs through the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bare_celery
+import redis
+from harness import REPO_ROOT, TERMINAL_STATES, JobCounter, emit, note, percentile, private_cluster
+
+from trainyard.client import Client
+
+POLL_S = 0.01
+IDLE_GAP_S = 0.1
+DATE_ARGV = ["/bin/date", "+%s.%N"]
+LOG_LINE_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True)
+class Options:
+    jobs: int
+    workers: int
+    slots: int
+    latency_samples: int
+    log_seconds: float
+    rounds: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    jobs: int
+    seconds: float
+    submit_seconds: float
+    failed: int
+
+    @property
+    def per_s(self) -> float:
+        return self.jobs / self.seconds
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not done within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+
+
+def throughput_timeout_s(jobs: int) -> float:
+    return max(120.0, jobs / 10)
+
+
+# -- trainyard ---------------------------------------------------------------------------------
+
+
+class TrainyardRunner:
+    """Submits through the SDK; sees progress in the cluster's database, read-only."""
+
+    def __init__(self, cluster: Any):
+        self.client = Client(api_url=cluster.api_url, token=cluster.admin_token)
+        self.db = JobCounter(Path(cluster.home) / "trainyard.db").__enter__()
+
+    def close(self) -> None:
+        self.client.close()
+        self.db.__exit__()
+
+    def throughput(self, jobs: int, argv: list[str]) -> Throughput:
+        experiment = f"bench-{uuid.uuid4().hex[:8]}"
+        specs = [{"name": f"e2e-{i}", "command": argv, "experiment": experiment} for i in range(jobs)]
+        start = time.perf_counter()
+        self.client.submit_many(specs)
+        submitted = time.perf_counter()
+        wait_until(lambda: self.db.terminal(experiment) >= jobs, throughput_timeout_s(jobs), "trainyard jobs")
+        elapsed = time.perf_counter() - start
+        failed = jobs - self.db.count_state(experiment, "succeeded")
+        return Throughput(jobs, elapsed, submitted - start, failed)
+
+    def start_latency_s(self, index: int) -> float:
+        """Submit one job reading the clock; seconds from before the submit call to its process start."""
+        sent = time.time()
+        spec = {"name": f"latency-{index}", "command": DATE_ARGV, "experiment": "bench-latency"}
+        job = self.client.submit(spec)
+        wait_until(lambda: self.db.job_state(job.id) in TERMINAL_STATES, 60, "latency job")
+        return float(job.log_bytes().decode()) - sent
+
+    def log_lags_s(self, seconds: float) -> list[float]:
+        """Follow a job printing a timestamp every 100 ms; lag of each line = read time - printed time."""
+        lines = max(1, round(seconds / LOG_LINE_PERIOD_S))
+        script = f"i=0; while [ $i -lt {lines} ]; do date +%s.%N; sleep {LOG_LINE_PERIOD_S}; i=$((i+1)); done"
+        job = self.client.submit({"name": "log-lag", "command": ["/bin/sh", "-c", script],
+                                  "experiment": "bench-loglag"})
+        lags: list[float] = []
+        pending = b""
+        for chunk in job.log_chunks(follow=True):
+            now = time.time()
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            lags.extend(now - float(line) for line in complete if line.strip())
+        if len(lags) < lines:
+            note(f"log lag: read {len(lags)} of {lines} lines")
+        return lags
+
+
+# -- bare Celery -------------------------------------------------------------------------------
+
+
+class BareCeleryRunner:
+    """The baseline: `bench.bare_celery` workers on the same Redis, completion counted in Redis."""
+
+    def __init__(self, redis_url: str, out_dir: Path):
+        self.app = bare_celery.make_app(redis_url)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.out_dir = out_dir
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def _run(self, count: int, argv: list[str], done_key: str) -> None:
+        for i in range(count):
+            bare_celery.send(self.app, argv, str(self.out_dir / f"{done_key}-{i}"), done_key)
+
+    def _done(self, done_key: str) -> int:
+        return int(self.redis.get(done_key) or 0)
+
+    def throughput(self, jobs: int, argv: list[str]) -> Throughput:
+        done_key = f"bench:bare:{uuid.uuid4().hex[:8]}"
+        start = time.perf_counter()
+        self._run(jobs, argv, done_key)
+        submitted = time.perf_counter()
+        wait_until(lambda: self._done(done_key) >= jobs, throughput_timeout_s(jobs), "bare Celery tasks")
+        elapsed = time.perf_counter() - start
+        self.redis.delete(done_key)
+        return Throughput(jobs, elapsed, submitted - start, 0)
+
+    def start_latency_s(self, index: int) -> float:
+        done_key = f"bench:bare-latency:{uuid.uuid4().hex[:8]}"
+        sent = time.time()
+        self._run(1, DATE_ARGV, done_key)
+        wait_until(lambda: self._done(done_key) >= 1, 60, "bare latency task")
+        self.redis.delete(done_key)
+        return float((self.out_dir / f"{done_key}-0.out").read_text()) - sent
+
+
+@contextmanager
+def bare_workers(redis_url: str, workers: int, threads: int, log_dir: Path) -> Iterator[None]:
+    """Start `workers` bare Celery worker processes (threads pool, `threads` each); stop them after."""
+    env = dict(os.environ, BENCH_REDIS_URL=redis_url)
+    processes = []
+    for index in range(workers):
+        args = [sys.executable, "-m", "celery", "-A", "bench.bare_celery", "worker", "-P", "threads",
+                "-c", str(threads), "-Q", bare_celery.QUEUE, "--prefetch-multiplier", "1", "-O", "fair",
+                "--without-mingle", "--without-gossip", "--loglevel", "WARNING",
+                "-n", f"bare{index + 1}@127.0.0.1"]
+        with (log_dir / f"bare{index + 1}.log").open("ab") as log:
+            processes.append(subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    ours: list[Throughput]
+    bare: list[Throughput]
+    ours_latency_ms: list[float]
+    bare_latency_ms: list[float]
+    log_lags_s: list[float]
+
+
+def warm_up(runner: TrainyardRunner | BareCeleryRunner, opts: Options) -> None:
+    """Fill every slot twice so imports, connections and caches are warm before timing."""
+    runner.throughput(2 * opts.workers * opts.slots, ["/bin/true"])
+
+
+def throughput_rounds(ours: TrainyardRunner, bare: BareCeleryRunner, opts: Options) -> tuple[
+        list[Throughput], list[Throughput]]:
+    """Alternate the two runners so that load from elsewhere on the machine hits both alike."""
+    ours_runs, bare_runs = [], []
+    for round_index in range(opts.rounds):
+        ours_runs.append(ours.throughput(opts.jobs, ["/bin/true"]))
+        bare_runs.append(bare.throughput(opts.jobs, ["/bin/true"]))
+        note(f"round {round_index + 1}: trainyard {ours_runs[-1].per_s:.0f} jobs/s, "
+             f"bare Celery {bare_runs[-1].per_s:.0f} jobs/s")
+    return ours_runs, bare_runs
+
+
+def latency_samples(ours: TrainyardRunner, bare: BareCeleryRunner, samples: int) -> tuple[
+        list[float], list[float]]:
+    """Sequential single submits on an idle system, alternating trainyard and bare Celery (ms)."""
+    ours_ms, bare_ms = [], []
+    for index in range(samples):
+        ours_ms.append(ours.start_latency_s(index) * 1000)
+        time.sleep(IDLE_GAP_S)
+        bare_ms.append(bare.start_latency_s(index) * 1000)
+        time.sleep(IDLE_GAP_S)
+    return ours_ms, bare_ms
+
+
+def median_per_s(runs: list[Throughput]) -> float:
+    return statistics.median(run.per_s for run in runs)
+
+
+def report(results: Results, opts: Options) -> None:
+    ours, bare = results.ours, results.bare
+    emit("e2e_throughput", median_per_s(ours), "jobs/s", "ratio >= 0.8", baseline=median_per_s(bare),
+         jobs=opts.jobs, workers=opts.workers, slots=opts.slots, rounds=opts.rounds,
+         per_round=[round(run.per_s, 1) for run in ours], baseline_per_round=[round(run.per_s, 1) for run in bare],
+         submit_seconds=[round(run.submit_seconds, 3) for run in ours],
+         baseline_submit_seconds=[round(run.submit_seconds, 3) for run in bare],
+         failed=sum(run.failed for run in ours))
+    for pct, goal in ((50, "<= 50 ms"), (99, "<= 250 ms")):
+        emit(f"dispatch_latency_p{pct}", percentile(results.ours_latency_ms, pct), "ms", goal,
+             baseline=percentile(results.bare_latency_ms, pct), samples=len(results.ours_latency_ms))
+    lags = results.log_lags_s
+    emit("log_lag_p99", percentile(lags, 99), "s", "<= 2 s", p50_s=round(percentile(lags, 50), 3),
+         max_s=round(max(lags, default=float("nan")), 3), lines=len(lags))
+
+
+def measure(cluster: Any, bare_dir: Path, opts: Options) -> Results:
+    home = Path(cluster.home)
+    redis_url = (home / "redis-url").read_text().strip()
+    ours = TrainyardRunner(cluster)
+    bare = BareCeleryRunner(redis_url, bare_dir)
+    try:
+        with bare_workers(redis_url, opts.workers, opts.slots, home / "logs"):
+            note(f"up: {opts.workers} nodes x {opts.slots} slots, and as many bare Celery threads; warming up")
+            warm_up(ours, opts)
+            warm_up(bare, opts)
+            ours_runs, bare_runs = throughput_rounds(ours, bare, opts)
+            note(f"idle latency: {opts.latency_samples} single submits each")
+            ours_ms, bare_ms = latency_samples(ours, bare, opts.latency_samples)
+            note(f"log lag: a job printing every {LOG_LINE_PERIOD_S} s for {opts.log_seconds:.0f} s")
+            lags = ours.log_lags_s(opts.log_seconds)
+    finally:
+        ours.close()
+        bare.close()
+    return Results(ours_runs, bare_runs, ours_ms, bare_ms, lags)
+
+
+def run(opts: Options) -> None:
+    with private_cluster(opts.workers, opts.slots) as cluster, \
+            tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
+        results = measure(cluster, Path(bare_dir), opts)
+    report(results, opts)
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per throughput run (default 1000)")
+    parser.add_argument("--workers", type=int, default=2, help="worker nodes (and bare worker processes)")
+    parser.add_argument("--slots", type=int, default=4, help="slots per node (and threads per bare worker)")
+    parser.add_argument("--latency-samples", type=int, default=None, help="sequential single submits (100)")
+    parser.add_argument("--log-seconds", type=float, default=None, help="how long the log job prints (10)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating throughput rounds each (3)")
+    parser.add_argument("--quick", action="store_true", help="fewer jobs and samples: a smoke run")
+    args = parser.parse_args(argv)
+    quick = args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") == "1"
+    return Options(
+        jobs=args.jobs or (200 if quick else 1000),
+        workers=args.workers,
+        slots=args.slots,
+        latency_samples=args.latency_samples or (20 if quick else 100),
+        log_seconds=args.log_seconds or (3.0 if quick else 10.0),
+        rounds=args.rounds or (1 if quick else 3),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
