@@ -9,13 +9,17 @@ full-node jobs, and CPU-only work lands on nodes with no free GPUs before it tou
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from trainyard.scheduler.views import EPSILON, JobView, NodeView, PartPlacement, RunningView
 
 # (empty node?, free GPUs, free CPUs): ascending order is the packing preference.
 PackingKey = tuple[int, int, float]
+# (pool, nodes, cpus, gpus, memory_bytes): jobs of one shape fit or fail alike, up to backfill.
+Shape = tuple[str, int, float, int, int | None]
+shape_of: Callable[[JobView], Shape] = attrgetter("pool", "nodes", "cpus", "gpus", "memory_bytes")
 
 
 @dataclass(slots=True)
@@ -113,28 +117,35 @@ class PoolIndex:
 class Capacity:
     """Every node's state for one pass, and the per-pool indexes of those taking new work."""
 
-    def __init__(self, nodes: list[NodeView]) -> None:
+    def __init__(self, nodes: list[NodeView], running: list[RunningView], now_s: float) -> None:
         self.nodes: dict[str, NodeState] = {}
         self.pools: dict[str, PoolIndex] = {}
         self.pool_node_counts: dict[str, list[int]] = {}  # pool → [schedulable, not schedulable]
-        self.occupants_by_job: dict[str, list[Occupant]] = {}
+        self._running = running
+        self._now_s = now_s
         self._occupants_loaded = False
+        self._pool_nodes: dict[str, list[NodeState]] = {}
         for view in nodes:
             self._add_view(view)
 
     def _add_view(self, view: NodeView) -> None:
         node = NodeState(
-            id=view.id, pool=view.pool, cpus=view.cpus, gpu_count=len(view.gpus), memory_bytes=view.memory_bytes,
-            free_cpus=view.free_cpus, free_gpus=sorted(view.free_gpus), free_memory_bytes=view.free_memory_bytes,
-            schedulable=view.schedulable,
-        )
+            view.id, view.pool, view.cpus, len(view.gpus), view.memory_bytes,
+            view.free_cpus, sorted(view.free_gpus), view.free_memory_bytes, view.schedulable,
+        )  # fmt: skip
         self.nodes[node.id] = node
         counts = self.pool_node_counts.setdefault(node.pool, [0, 0])
         counts[0 if node.schedulable else 1] += 1
         if node.schedulable:
             self.pools.setdefault(node.pool, PoolIndex()).add(node)
+            self._pool_nodes.setdefault(node.pool, []).append(node)
 
-    def take(self, node: NodeState, job: JobView, rank: int, now_s: float) -> PartPlacement:
+    def pool_nodes(self, pool: str) -> list[NodeState]:
+        """The pool's schedulable nodes, their running parts loaded."""
+        self._load_occupants()
+        return self._pool_nodes.get(pool, [])
+
+    def take(self, node: NodeState, job: JobView, rank: int) -> PartPlacement:
         """Give the job's per-node share on this node to it (lowest free GPU indices first)."""
         index = self.pools[node.pool]
         index.remove(node)
@@ -145,35 +156,31 @@ class Capacity:
             node.free_memory_bytes -= job.memory_bytes
         index.add(node)
         # Placed this pass: holds its room until its wall clock at the latest; not preemptible yet.
-        node.occupants.append(Occupant(
-            job_id=job.id, attempt=0, priority=job.priority, preemptible=False, stopping=False,
-            end_s=now_s + job.max_wall_clock_s, cpus=job.cpus, gpus=job.gpus, memory_bytes=job.memory_bytes or 0,
-        ))
+        end_s = self._now_s + job.max_wall_clock_s
+        node.occupants.append(
+            Occupant(job.id, 0, job.priority, False, False, end_s, job.cpus, job.gpus, job.memory_bytes or 0)
+        )
         return PartPlacement(rank=rank, node_id=node.id, cpus=job.cpus, gpus=gpus)
 
-    def load_occupants(self, running: list[RunningView], now_s: float) -> None:
+    def _load_occupants(self) -> None:
         """Attach running parts to their nodes; only reservations and preemption need them, so lazily."""
         if self._occupants_loaded:
             return
         self._occupants_loaded = True
-        for job in running:
-            end_s = max(now_s, job.expected_end_s)
+        nodes = self.nodes
+        for job in self._running:
+            end_s = max(self._now_s, job.expected_end_s)
             for part in job.parts:
-                node = self.nodes.get(part.node_id)
-                if node is None:
-                    continue
-                occupant = Occupant(
-                    job_id=job.job_id, attempt=job.attempt, priority=job.priority, preemptible=job.preemptible,
-                    stopping=job.stopping, end_s=end_s, cpus=part.cpus, gpus=len(part.gpus),
-                    memory_bytes=part.memory_bytes or 0,
-                )
-                node.occupants.append(occupant)
-                self.occupants_by_job.setdefault(job.job_id, []).append(occupant)
-
-    def pool_nodes(self, pool: str) -> list[NodeState]:
-        return [node for node in self.nodes.values() if node.pool == pool and node.schedulable]
+                node = nodes.get(part.node_id)
+                if node is not None:
+                    node.occupants.append(Occupant(
+                        job.job_id, job.attempt, job.priority, job.preemptible, job.stopping, end_s,
+                        part.cpus, len(part.gpus), part.memory_bytes or 0,
+                    ))  # fmt: skip
 
     def mark_stopping(self, job_id: str) -> None:
         """A victim's parts on every node count as leaving from now on."""
-        for occupant in self.occupants_by_job.get(job_id, ()):
-            occupant.stopping = True
+        for node in self.nodes.values():
+            for occupant in node.occupants:
+                if occupant.job_id == job_id:
+                    occupant.stopping = True

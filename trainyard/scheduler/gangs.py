@@ -30,8 +30,10 @@ def start_time_s(node: NodeState, job: JobView, now_s: float) -> float | None:
         free_gpus += occupant.gpus
         if free_memory_bytes is not None:
             free_memory_bytes += occupant.memory_bytes
-        if free_cpus + EPSILON >= job.cpus and free_gpus >= job.gpus and (
-            job.memory_bytes is None or free_memory_bytes is None or free_memory_bytes >= job.memory_bytes
+        if (
+            free_cpus + EPSILON >= job.cpus
+            and free_gpus >= job.gpus
+            and (job.memory_bytes is None or free_memory_bytes is None or free_memory_bytes >= job.memory_bytes)
         ):
             return max(now_s, occupant.end_s)
     return None
@@ -50,6 +52,8 @@ def reserve(job: JobView, pool_nodes: Iterable[NodeState], now_s: float) -> Rese
         return None
     chosen = heapq.nsmallest(job.nodes, starts)
     return Reservation(
-        job_id=job.id, pool=job.pool, node_ids=[node_id for _, _, node_id in chosen],
+        job_id=job.id,
+        pool=job.pool,
+        node_ids=[node_id for _, _, node_id in chosen],
         expected_start_s=chosen[-1][0],
     )

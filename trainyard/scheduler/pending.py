@@ -1,6 +1,8 @@
-"""Why a job is pending, in words a user understands; and the submit-time check for jobs that can never fit."""
+"""Why a job is pending, in words a user understands; and the submit-time check for jobs that never fit."""
 
 from __future__ import annotations
+
+from itertools import repeat
 
 from trainyard.scheduler.views import EPSILON, JobView, NodeView, Reservation
 
@@ -28,7 +30,9 @@ def about(seconds: float) -> str:
 def bytes_text(memory_bytes: int) -> str:
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
         if memory_bytes >= size:
-            return f"{memory_bytes / size:g} {unit}" if memory_bytes % size == 0 else f"{memory_bytes / size:.1f} {unit}"
+            return (
+                f"{memory_bytes / size:g} {unit}" if memory_bytes % size == 0 else f"{memory_bytes / size:.1f} {unit}"
+            )
     return f"{memory_bytes} bytes"
 
 
@@ -45,14 +49,16 @@ def share_text(job: JobView, free: str = "free ") -> str:
 
 
 def needs(job: JobView, nodes_with_room: int) -> str:
-    """"needs 2 nodes with 4 free GPUs in pool gpu; 1 has them"."""
+    """ "needs 2 nodes with 4 free GPUs in pool gpu; 1 has them"."""
     verb = "has" if nodes_with_room == 1 else "have"
-    return f"needs {plural(job.nodes, 'node')} with {share_text(job)} in pool {job.pool}; {nodes_with_room:,} {verb} them"
+    asks = f"{plural(job.nodes, 'node')} with {share_text(job)} in pool {job.pool}"
+    return f"needs {asks}; {nodes_with_room:,} {verb} them"
 
 
 def reserved_for_it(reservation: Reservation, now_s: float) -> str:
     count = len(reservation.node_ids)
-    return f"{plural(count, 'node')} reserved for it, expected to start in {about(reservation.expected_start_s - now_s)}"
+    when = about(reservation.expected_start_s - now_s)
+    return f"{plural(count, 'node')} reserved for it, expected to start in {when}"
 
 
 def waiting_for_reservation(reservation: Reservation, now_s: float) -> str:
@@ -79,7 +85,8 @@ def sweep_limit(limit: int) -> str:
 
 
 def workspace_quota(workspace: str, quota: int, in_use: int, need: int) -> str:
-    return f"workspace {workspace} GPU quota reached: {in_use:,} of {quota:,} GPUs in use, this job needs {need:,}"
+    used = f"{in_use:,} of {quota:,} GPUs in use"
+    return f"workspace {workspace} GPU quota reached: {used}, this job needs {need:,}"
 
 
 def pool_unavailable(pool: str, draining: int) -> str:
@@ -91,7 +98,7 @@ def pool_unavailable(pool: str, draining: int) -> str:
 
 
 def behind(jobs_ahead: int, pool: str) -> tuple[str, int]:
-    """"behind 37 jobs in the queue for pool gpu", and the count from which the text changes."""
+    """ "behind 37 jobs in the queue for pool gpu", and the count from which the text changes."""
     if jobs_ahead < EXACT_POSITION_BELOW:
         return f"behind {plural(jobs_ahead, 'job')} in the queue for pool {pool}", jobs_ahead + 1
     step = 10 ** (len(str(jobs_ahead)) - 2)
@@ -120,6 +127,20 @@ class QueuePosition:
         self._text[pool] = (changes_at, text)
         return text
 
+    def behind_many(self, pool: str, count: int) -> list[str]:
+        """`behind()` for `count` jobs in a row, built a run of equal texts at a time."""
+        first = self._ahead.get(pool, 0)
+        end = first + count
+        texts: list[str] = []
+        position = first
+        while position < end:
+            text, changes_at = behind(position, pool)
+            run = min(changes_at, end) - position
+            texts.extend(repeat(text, run))
+            position += run
+        self._ahead[pool] = end
+        return texts
+
 
 def never_fits(job: JobView, nodes: list[NodeView], gpu_quota: int | None = None) -> str | None:
     """Why the job can never run on its pool as it stands (draining nodes count), or None.
@@ -127,8 +148,7 @@ def never_fits(job: JobView, nodes: list[NodeView], gpu_quota: int | None = None
     A pool with no nodes yet says nothing: nodes may still join.
     """
     if gpu_quota is not None and job.gpus * job.nodes > gpu_quota:
-        return (f"asks for {plural(job.gpus * job.nodes, 'GPU')} in all but the workspace's GPU quota is "
-                f"{gpu_quota:,}")
+        return f"asks for {plural(job.gpus * job.nodes, 'GPU')} in all but the workspace's GPU quota is {gpu_quota:,}"
     pool_nodes = [node for node in nodes if node.pool == job.pool]
     if not pool_nodes:
         return None
@@ -140,21 +160,26 @@ def never_fits(job: JobView, nodes: list[NodeView], gpu_quota: int | None = None
     big_enough = sum(1 for node in pool_nodes if _is_big_enough(node, job))
     if big_enough >= job.nodes:
         return None
-    return (f"needs {plural(job.nodes, 'node')} with {share_text(job, free='')} each but only "
-            f"{plural(big_enough, 'node')} in pool {job.pool} {'is' if big_enough == 1 else 'are'} that big")
+    return (
+        f"needs {plural(job.nodes, 'node')} with {share_text(job, free='')} each but only "
+        f"{plural(big_enough, 'node')} in pool {job.pool} {'is' if big_enough == 1 else 'are'} that big"
+    )
 
 
 def _single_dimension_too_big(job: JobView, pool_nodes: list[NodeView]) -> str | None:
     largest_gpus = max(len(node.gpus) for node in pool_nodes)
     if job.gpus > largest_gpus:
-        return f"asks {plural(job.gpus, 'GPU')} per node but the largest node in pool {job.pool} has {largest_gpus:,}"
+        largest = f"the largest node in pool {job.pool} has {largest_gpus:,}"
+        return f"asks {plural(job.gpus, 'GPU')} per node but {largest}"
     largest_cpus = max(node.cpus for node in pool_nodes)
     if job.cpus > largest_cpus + EPSILON:
         return f"asks {job.cpus:g} CPUs per node but the largest node in pool {job.pool} has {largest_cpus:g}"
     memories = [node.memory_bytes for node in pool_nodes if node.memory_bytes is not None]
     if job.memory_bytes is not None and len(memories) == len(pool_nodes) and job.memory_bytes > max(memories):
-        return (f"asks {bytes_text(job.memory_bytes)} memory per node but the largest node in pool {job.pool} "
-                f"has {bytes_text(max(memories))}")
+        return (
+            f"asks {bytes_text(job.memory_bytes)} memory per node but the largest node in pool {job.pool} "
+            f"has {bytes_text(max(memories))}"
+        )
     return None
 
 
