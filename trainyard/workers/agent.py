@@ -198,6 +198,19 @@ class NodeAgent:
             extra_env={watchdog.SESSION_ENV: self.session_id},
         )
 
+    def _wall_clock_timer(self, message: dict[str, Any], part: ActivePart) -> threading.Timer:
+        """Enforce max_wall_clock on the node itself: it holds even while the scheduler is away."""
+        limit_s = float(message["spec"].get("max_wall_clock") or 7 * 86400)
+
+        def expire() -> None:
+            part.stop_reason = "wall_clock"
+            launcher_for(part.launcher_name).stop(part.running, grace_s=10.0)
+
+        timer = threading.Timer(limit_s, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def run_part(self, message: dict[str, Any]) -> int:
         """The body of the `trainyard.run` task: run one part to its end and report it."""
         job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])
@@ -231,8 +244,10 @@ class NodeAgent:
         with self._lock:
             self._active[key] = part
         self.publish({"kind": "part_started", **report, "pid": running.process.pid})
+        wall_clock = self._wall_clock_timer(message, part)
         pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
         exit_code = launcher_for(launcher_name).wait(running)
+        wall_clock.cancel()
         for pump in pumps:
             pump.join(PUMP_DRAIN_TIMEOUT_S)
         if any(p.is_alive() for p in pumps):
