@@ -25,6 +25,7 @@ from trainyard.config import Settings
 from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import open_storage
 from trainyard.workers import watchdog
+from trainyard.workers.outbox import EventOutbox
 from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
 from trainyard.workers.logpump import PartLogs
 
@@ -62,6 +63,7 @@ class NodeAgent:
         self.settings, self.node = settings, node
         self.session_id = secrets.token_hex(8)
         self.redis = transport.redis_client(settings.redis_url)
+        self.outbox = EventOutbox(transport.redis_client(settings.redis_url))
         self.storage = open_storage(settings.storage_url)
         self.node_dir = settings.home / "nodes" / node.node_id
         self._active: dict[tuple[str, int, int], ActivePart] = {}
@@ -110,15 +112,7 @@ class NodeAgent:
         """Send an event to the scheduler; while Redis is away, keep trying (events are not dropped)."""
         payload.setdefault("node", self.node.node_id)
         payload.setdefault("session", self.session_id)
-        delay_s = 0.1
-        while True:
-            try:
-                transport.publish_event(self.redis, payload)
-                return
-            except redis.RedisError as exc:
-                log.warning("event publish failed, retrying: %s", exc)
-                time.sleep(delay_s)
-                delay_s = min(EVENT_RETRY_MAX_S, delay_s * 2)
+        self.outbox.put(payload)
 
     def _heartbeat_loop(self) -> None:
         period_s = self.settings.heartbeat_period_s

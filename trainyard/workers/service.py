@@ -54,3 +54,4 @@ def run_worker(settings: Settings, node: NodeConfig, loglevel: str = "WARNING") 
         optimization="fair",
     )
     worker.start()
+    agent.outbox.flush(timeout_s=10.0)  # the exits of parts stopped at shutdown reach the scheduler
