@@ -105,3 +105,123 @@ def private_postgres_database() -> Iterator[str]:
 
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None
+
+
+# -- blob servers (moto for S3, Azurite for Azure Blob) that a test may stop and start again --
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AZURITE_ACCOUNT = "devstoreaccount1"
+# The well-known development key every Azurite accepts (public, not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+BLOB_SERVER_START_TIMEOUT_S = 60.0
+
+
+def azurite_binary() -> str:
+    """Path of azurite-blob, installed by scripts/install-azurite.sh on first use (skips/fails if it cannot)."""
+    script = REPO_ROOT / "scripts" / "install-azurite.sh"
+    try:
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=240, check=False)
+    except subprocess.TimeoutExpired:
+        unavailable("installing Azurite took longer than 240 s")
+        raise
+    if done.returncode != 0:
+        unavailable(f"Azurite could not be installed: {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def moto_binary() -> str:
+    import sys
+
+    binary = Path(sys.executable).with_name("moto_server")
+    if not binary.exists():
+        unavailable("moto_server is not installed: pip install 'moto[server]'")
+    return str(binary)
+
+
+def azurite_connection_string(endpoint: str) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={endpoint};"
+    )
+
+
+class BlobServer:
+    """A moto or Azurite server on a fixed loopback port; stop() and start() again keep the port.
+
+    Azurite keeps its blobs in `data_dir` (--location), so they survive a restart; moto keeps
+    them in memory only.
+    """
+
+    def __init__(self, kind: str, data_dir: Path, port: int | None = None):
+        self.kind, self.data_dir = kind, data_dir
+        self.port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        base = f"http://127.0.0.1:{self.port}"
+        return f"{base}/{AZURITE_ACCOUNT}" if self.kind == "azurite" else base
+
+    def _command(self) -> list[str]:
+        if self.kind == "moto":
+            return [moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
+        return [azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                "--location", str(self.data_dir), "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+
+    def start(self) -> None:
+        with (self.data_dir / f"{self.kind}.log").open("ab") as log:
+            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + BLOB_SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                unavailable(f"{self.kind} exited with {self.process.returncode}; see {self.data_dir}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        unavailable(f"{self.kind} did not listen on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        """SIGTERM, so that Azurite writes its metadata out; SIGKILL after 10 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> BlobServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """The ecosystem's own variables (SPEC §9) that point clients at this server."""
+        if self.kind == "moto":
+            return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        return {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(self.endpoint)}
+
+    def create_root(self, name: str) -> str:
+        """A fresh bucket (moto) or container (Azurite); returns the storage URL of its root."""
+        if self.kind == "moto":
+            import boto3
+
+            env = self.environment()
+            boto3.session.Session().client(
+                "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                aws_secret_access_key="testing", region_name="us-east-1",
+            ).create_bucket(Bucket=name)
+            return f"s3://{name}"
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(azurite_connection_string(self.endpoint))
+        service.create_container(name)
+        return f"az://{name}"

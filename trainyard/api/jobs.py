@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
@@ -13,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import logstore, transport
+from trainyard import transport
+from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
 from trainyard.api.schemas import (
     BatchSubmitted,
@@ -28,6 +27,7 @@ from trainyard.crypto import encrypt_secrets
 from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
 from trainyard.db.models import Attempt, Job
 from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
+from trainyard.storage_adapters import StorageError
 
 router = APIRouter(prefix="/v1")
 
@@ -42,8 +42,6 @@ _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "the idempotency key belongs to a job with another spec"},
     422: {"model": ValidationFailed, "description": "the spec is invalid: every problem is named"},
 }
-FOLLOW_POLL_S = 0.2
-FOLLOW_STATE_CHECK_S = 0.5
 
 
 def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
@@ -194,43 +192,6 @@ def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | N
     ).first()
 
 
-def _follow(
-    request: Request, job_id: str, attempt: int | None, prefix_args: tuple[int, str], offset: int
-) -> Iterator[bytes]:
-    """Stream bytes as they reach storage until the attempt has ended and every byte is read."""
-    storage, sessions = request.app.state.storage, request.app.state.sessions
-    rank, stream = prefix_args
-    number, ended, checked_at = attempt, False, 0.0
-    while True:
-        if time.monotonic() - checked_at > FOLLOW_STATE_CHECK_S:
-            checked_at = time.monotonic()
-            with sessions() as session:
-                job = session.get(Job, job_id)
-                row = _log_attempt(session, job, number) if job else None
-                if row is not None:
-                    number = row.number
-                    ended = row.ended_at is not None
-                elif job is not None and job.state in ("succeeded", "failed", "cancelled"):
-                    return
-        if number is None:
-            time.sleep(FOLLOW_POLL_S)
-            continue
-        data = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
-        if data:
-            offset += len(data)
-            yield data
-            continue
-        if ended:
-            # The attempt ended after its last upload: one more read catches the tail, then stop.
-            tail = logstore.read_from(storage, logstore.stream_prefix(job_id, number, rank, stream), offset)
-            if tail:
-                offset += len(tail)
-                yield tail
-                continue
-            return
-        time.sleep(FOLLOW_POLL_S)
-
-
 @router.get(
     "/jobs/{job_id}/logs",
     summary="A job's stdout or stderr, from a byte offset",
@@ -256,17 +217,19 @@ def logs(
     if follow:
         number = row.number if row is not None else None
         return StreamingResponse(
-            _follow(request, job_id, number, (rank, stream), offset), media_type="application/octet-stream"
+            logreads.follow(request.app, job_id, number, rank, stream, offset), media_type="application/octet-stream"
         )
     if row is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})
-    data = logstore.read_from(
-        request.app.state.storage, logstore.stream_prefix(job_id, row.number, rank, stream), offset
-    )
+    try:
+        data = logreads.read(request.app, job_id, row.number, rank, stream, offset)
+    except StorageError as exc:
+        raise HTTPException(status_code=503, detail=f"the log store is unavailable: {exc}") from None
     headers = {
         "X-Next-Offset": str(offset + len(data)),
         "X-Attempt": str(row.number),
         "X-Attempt-Ended": "true" if row.ended_at is not None else "false",
+        "X-Logs-Complete": "true" if row.logs_complete else "false",
     }
     return Response(data, media_type="application/octet-stream", headers=headers)
 

@@ -169,6 +169,8 @@ class Scheduler:
             self.metrics.part_started(session, event, now)
         elif kind == "part_exited":
             outcomes.part_exited(session, event, now, effects)
+        elif kind == "logs_done":
+            outcomes.logs_done(session, event, now, effects)
         elif kind == "node_register":
             self._register_node(session, event, now, effects)
         elif kind == "heartbeat":

@@ -117,6 +117,33 @@ def part_exited(session: Session, event: dict[str, Any], now: datetime, effects:
     end_attempt_if_done(session, job_id, attempt, now, effects, failed_part=(reason != "exit" or exit_code != 0))
 
 
+def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
+    """A node finished uploading a part's logs after reporting its exit (the store had been down)."""
+    job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
+    # Only the node whose exit report was accepted may finalise the part's logs (fencing).
+    changed = rowcount(session.execute(
+        update(Part)
+        .where(
+            Part.job_id == job_id,
+            Part.attempt == attempt,
+            Part.rank == rank,
+            Part.node_id == event["node"],
+            Part.state == "exited",
+        )
+        .values(logs_complete=True)
+    ))
+    if not changed:
+        _record_stale(session, effects, event, now)
+        return
+    parts = session.scalars(select(Part).where(Part.job_id == job_id, Part.attempt == attempt)).all()
+    if all(p.logs_complete for p in parts):
+        session.execute(
+            update(Attempt)
+            .where(Attempt.job_id == job_id, Attempt.number == attempt, Attempt.ended_at.is_not(None))
+            .values(logs_complete=True)
+        )
+
+
 def end_attempt_if_done(
     session: Session, job_id: str, attempt: int, now: datetime, effects: Effects, failed_part: bool = False
 ) -> None:

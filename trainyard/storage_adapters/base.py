@@ -94,6 +94,12 @@ class Storage(abc.ABC):
 
     # Everything below is built on the primitives.
 
+    def list_after(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Like list(prefix), but only keys sorting after `start_after`; adapters may do it natively."""
+        for info in self.list(prefix):
+            if start_after is None or info.key > start_after:
+                yield info
+
     def exists(self, key: str) -> bool:
         try:
             self.get(key, 0, 0)

@@ -181,11 +181,17 @@ class S3Storage(Storage):
         return data
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.list_after(prefix, None)
+
+    def list_after(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
         # S3 lists in UTF-8 byte order, which is code point order: the same as sorted(keys).
+        # StartAfter lets the server skip what a reader already knows (log followers).
+        extra = {"StartAfter": self.root + start_after} if start_after else {}
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket,
             Prefix=self.root + check_prefix(prefix),
             PaginationConfig={"PageSize": self.list_page_size},
+            **extra,
         )
         try:
             for page in pages:

@@ -27,7 +27,7 @@ from trainyard.storage_adapters import open_storage
 from trainyard.workers import watchdog
 from trainyard.workers.outbox import EventOutbox
 from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
-from trainyard.workers.logpump import PartLogs
+from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class NodeAgent:
         self.redis = transport.redis_client(settings.redis_url)
         self.outbox = EventOutbox(transport.redis_client(settings.redis_url))
         self.storage = open_storage(settings.storage_url)
+        self.spool_budget = SpoolBudget(spool_max_bytes())  # shared by every part of this node
         self.node_dir = settings.home / "nodes" / node.node_id
         self._active: dict[tuple[str, int, int], ActivePart] = {}
         self._stopped_attempts: dict[tuple[str, int], tuple[str, float]] = {}
@@ -224,7 +225,8 @@ class NodeAgent:
                           "logs_complete": True})
             return 0
         launcher_name = str(message["spec"].get("launcher", "process"))
-        logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank)
+        logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank,
+                        budget=self.spool_budget)
         try:
             ctx = self._context(message)
             running = launcher_for(launcher_name).start(ctx)
@@ -233,6 +235,7 @@ class NodeAgent:
             complete = logs.finish()
             self.publish({"kind": "part_exited", **report, "exit_code": 127, "reason": "exit",
                           "logs_complete": complete})
+            self._report_logs_done_later(logs, complete, report)
             return 127
         part = ActivePart(launcher_name, running)
         with self._lock:
@@ -247,13 +250,21 @@ class NodeAgent:
         if any(p.is_alive() for p in pumps):
             # A background child still holds the pipe: the part is over, so end its whole tree.
             launcher_for(launcher_name).stop(running, grace_s=1.0)
+            for pump in pumps:  # what the tree wrote before it died is still in the pipe
+                pump.join(PUMP_DRAIN_TIMEOUT_S)
         complete = logs.finish()
         with self._lock:
             self._active.pop(key, None)
         shutil.rmtree(ctx.workdir, ignore_errors=True)
         self.publish({"kind": "part_exited", **report, "exit_code": exit_code,
                       "reason": part.stop_reason or "exit", "logs_complete": complete})
+        self._report_logs_done_later(logs, complete, report)
         return exit_code
+
+    def _report_logs_done_later(self, logs: PartLogs, complete: bool, report: dict[str, Any]) -> None:
+        """The exit report said the logs were incomplete (store down): say so when they are in."""
+        if not complete:
+            logs.notify_when_shipped(lambda: self.publish({"kind": "logs_done", **report}))
 
 
 def default_address() -> str:

@@ -1,16 +1,21 @@
-"""Log pump: job output goes to a spool file on the node's disk first, then to blob storage as segments.
+"""Log pump: job output goes to spool files on the node's disk first, then to blob storage as segments.
 
 Reading a pipe never waits on the store: a slow or absent store only delays upload (retried with
-backoff) and nothing is lost while the spool has room. Memory stays bounded: pipes are read and
-segments uploaded in fixed-size chunks.
+backoff) and nothing is lost while the spool has room. The spool of a stream is a series of
+files named by the offset they start at; a file is deleted once every byte of it is in the store,
+so the node-wide budget (`SpoolBudget`) frees as uploads catch up. When the budget or the disk is
+exhausted, output is dropped and the stream later says so in a marker line. Memory stays bounded:
+pipes are read in 64 KiB chunks and segments uploaded at most 4 MiB at a time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trainyard.logstore import STREAMS, segment_key
@@ -20,58 +25,229 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
 SEGMENT_MAX_BYTES = 4 * 1024 * 1024
+SPOOL_FILE_BYTES = 8 * 1024 * 1024
 FLUSH_PERIOD_S = 0.25
 RETRY_MAX_S = 5.0
+DEFAULT_SPOOL_MAX_BYTES = 4 * 1024**3
+SPOOL_MAX_ENV = "TRAINYARD_SPOOL_MAX_BYTES"
+META_FILE = "meta.json"
+
+
+def spool_max_bytes() -> int:
+    """The node's spool budget: TRAINYARD_SPOOL_MAX_BYTES, else 4 GiB."""
+    return int(os.environ.get(SPOOL_MAX_ENV) or DEFAULT_SPOOL_MAX_BYTES)
+
+
+def drop_marker(dropped: int, at_line_start: bool) -> bytes:
+    """The line a stream gets where output was dropped because the spool was full."""
+    text = f"[trainyard: {dropped} bytes dropped: spool full]\n"
+    return (text if at_line_start else "\n" + text).encode()
+
+
+class SpoolBudget:
+    """Bytes every spool file of the node may hold together; shared by all parts of a node."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.max_bytes:
+                return False
+            self.used += size
+            return True
+
+    def force_reserve(self, size: int) -> None:
+        with self._lock:
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - size)
 
 
 class SpooledStream:
-    """One stream of one part: appended to a spool file, shipped to storage from a byte offset."""
+    """One stream of one part: appended to spool files, shipped to storage from a byte offset."""
 
-    def __init__(self, storage: Storage, spool_path: Path, job_id: str, attempt: int, rank: int, stream: str):
-        self.storage, self.spool_path = storage, spool_path
-        self._key_args = (job_id, attempt, rank, stream)
-        spool_path.parent.mkdir(parents=True, exist_ok=True)
-        self._spool = spool_path.open("ab")
-        self.written = self._spool.tell()
-        self.uploaded = 0
+    def __init__(self, storage: Storage, spool_dir: Path, key_args: tuple[str, int, int, str], budget: SpoolBudget):
+        self.storage, self.spool_dir, self.budget = storage, spool_dir, budget
+        self._key_args = key_args
+        self.name = key_args[3]
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.written = 0  # stream offset of the next byte accepted
+        self.uploaded = 0  # every byte before this offset is in the store
+        self.dropped_total = 0
+        self._dropped = 0  # dropped since the last marker
+        self._at_line_start = True
+        self._files: list[tuple[int, Path]] = []  # (start offset, path), oldest first
+        self._fd: int | None = None
+        self._pending: tuple[int, int] | None = None  # a segment tried and not yet confirmed
+        self._closed = False
         self._lock = threading.Lock()
 
+    # -- writing (pump threads) --------------------------------------------------------------
+
     def append(self, data: bytes) -> None:
+        """Spool `data`; when the budget or the disk is full, drop it and remember how much."""
+        if not data:
+            return
         with self._lock:
-            self._spool.write(data)
-            self._spool.flush()
-            self.written += len(data)
+            if self._closed:
+                return
+            payload = drop_marker(self._dropped, self._at_line_start) + data if self._dropped else data
+            if not self.budget.try_reserve(len(payload)):
+                self._count_dropped(len(data))
+                return
+            if not self._write(payload):
+                self.budget.release(len(payload))
+                self._count_dropped(len(data))
+                return
+            self._dropped = 0
+            self._at_line_start = payload.endswith(b"\n")
+
+    def _count_dropped(self, size: int) -> None:
+        if not self._dropped:
+            log.warning("spool full: dropping output of %s/%s", "/".join(map(str, self._key_args[:3])), self.name)
+        self._dropped += size
+        self.dropped_total += size
+
+    def _write(self, payload: bytes) -> bool:
+        """All or nothing: a write the disk refuses half-way is cut back (ENOSPC keeps the worker up)."""
+        try:
+            if self._fd is None:
+                path = self.spool_dir / f"{self.name}.{self.written:016d}.spool"
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._files.append((self.written, path))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            log.warning("spool write failed for %s: %s", self.name, exc)
+            self._cut_back()
+            return False
+        self.written += len(payload)
+        if self.written - self._files[-1][0] >= SPOOL_FILE_BYTES:
+            self._close_file()  # the next append starts a new file: old ones can go once shipped
+        return True
+
+    def _cut_back(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self.written - self._files[-1][0])
+        except OSError:
+            # Bytes past the accepted end stay in that file, unread: segments stop at the next
+            # file's start, and the next append opens a new file at the accepted offset.
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        start, path = self._files[-1]
+        if start == self.written:  # nothing accepted in it: a new file may take its name
+            self._files.pop()
+            path.unlink(missing_ok=True)
+
+    # -- shipping (the shipper thread) -------------------------------------------------------
 
     def pending_bytes(self) -> int:
         return self.written - self.uploaded
 
+    def _next_segment(self) -> tuple[int, int, int, Path] | None:
+        """(offset, size, spool file start, spool file) of the segment to upload next, if any."""
+        with self._lock:
+            if self._pending is None:
+                if self.uploaded >= self.written:
+                    return None
+                _start, file_end = self._file_span(self.uploaded)
+                size = min(self.written, file_end, self.uploaded + SEGMENT_MAX_BYTES) - self.uploaded
+                self._pending = (self.uploaded, size)
+            offset, size = self._pending
+            file_start, _end = self._file_span(offset)
+            path = next(path for start, path in self._files if start == file_start)
+            return offset, size, file_start, path
+
+    def _file_span(self, offset: int) -> tuple[int, int]:
+        for i, (start, _path) in enumerate(self._files):
+            end = self._files[i + 1][0] if i + 1 < len(self._files) else self.written
+            if start <= offset < end:
+                return start, end
+        raise RuntimeError(f"spool of {self.name} lost offset {offset}")
+
     def upload_some(self) -> bool:
-        """Upload one segment of what is spooled; True when something was shipped."""
-        if self.uploaded >= self.written:
+        """Upload one segment of what is spooled; True when something was shipped.
+
+        A failed upload is retried with exactly the same range, so a segment's key always names
+        the same bytes (readers rely on it) even when the first try did reach the store.
+        """
+        found = self._next_segment()
+        if found is None:
             return False
-        size = min(self.written - self.uploaded, SEGMENT_MAX_BYTES)
-        with self.spool_path.open("rb") as source:
-            source.seek(self.uploaded)
+        offset, size, file_start, path = found
+        with path.open("rb") as source:
+            source.seek(offset - file_start)
             data = source.read(size)
-        self.storage.put(segment_key(*self._key_args, offset=self.uploaded), data)
-        self.uploaded += len(data)
+        if len(data) != size:
+            raise RuntimeError(f"spool file {path} is short: wanted {size} bytes at {offset}")
+        self.storage.put(segment_key(*self._key_args, offset=offset), data)
+        with self._lock:
+            self._pending = None
+            self.uploaded = offset + size
+            self._delete_shipped_files()
         return True
 
+    def _delete_shipped_files(self) -> None:
+        """Spool files wholly in the store go; so does the open one when everything is shipped."""
+        if self._files and self.uploaded >= self.written:
+            self._close_file()  # the next append opens a new file at the current offset
+        while self._files:
+            start, path = self._files[0]
+            end = self._files[1][0] if len(self._files) > 1 else self.written
+            if end > self.uploaded or (len(self._files) == 1 and self._fd is not None):
+                break
+            self._files.pop(0)
+            path.unlink(missing_ok=True)
+            self.budget.release(end - start)
+
     def close(self) -> None:
-        self._spool.close()
+        """No more appends (a late write of an ended part is ignored); a pending drop marker is written."""
+        with self._lock:
+            if self._dropped:
+                # The stream must say that it lost bytes even when nothing came after the loss:
+                # a marker line is small enough to go over the budget.
+                marker = drop_marker(self._dropped, self._at_line_start)
+                self.budget.force_reserve(len(marker))
+                if self._write(marker):
+                    self._dropped = 0
+                else:
+                    self.budget.release(len(marker))
+            self._closed = True
+            self._close_file()
 
 
 class PartLogs:
-    """stdout and stderr of one part, with a background shipper thread."""
+    """stdout and stderr of one part, with a background shipper thread that outlives the part if needed."""
 
-    def __init__(self, storage: Storage, spool_dir: Path, job_id: str, attempt: int, rank: int):
+    def __init__(
+        self, storage: Storage, spool_dir: Path, job_id: str, attempt: int, rank: int, budget: SpoolBudget | None = None
+    ):
+        self.spool_dir = spool_dir
+        budget = budget or SpoolBudget(spool_max_bytes())
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        (spool_dir / META_FILE).write_text(json.dumps({"job_id": job_id, "attempt": attempt, "rank": rank}))
         self.streams = {
-            name: SpooledStream(storage, spool_dir / f"{name}.log", job_id, attempt, rank, name)
-            for name in STREAMS
+            name: SpooledStream(storage, spool_dir, (job_id, attempt, rank, name), budget) for name in STREAMS
         }
-        self._stop = threading.Event()
+        self._closing = threading.Event()
         self._wake = threading.Event()
-        self._shipper = threading.Thread(target=self._ship_loop, name=f"logs-{job_id}", daemon=True)
+        self._shipped = threading.Event()
+        self._on_shipped: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self._shipper = threading.Thread(target=self._ship_loop, name=f"logs-{job_id}-{rank}", daemon=True)
         self._shipper.start()
 
     def pump(self, fd: int, stream: str) -> threading.Thread:
@@ -79,9 +255,11 @@ class PartLogs:
         target = self.streams[stream]
 
         def read_loop() -> None:
-            while chunk := os.read(fd, READ_CHUNK_BYTES):
-                target.append(chunk)
-            os.close(fd)
+            try:
+                while chunk := os.read(fd, READ_CHUNK_BYTES):
+                    target.append(chunk)
+            finally:
+                os.close(fd)
 
         thread = threading.Thread(target=read_loop, name=f"pump-{stream}", daemon=True)
         thread.start()
@@ -92,35 +270,53 @@ class PartLogs:
             while stream.upload_some():
                 pass
 
+    def _all_shipped(self) -> bool:
+        return all(stream.pending_bytes() == 0 for stream in self.streams.values())
+
     def _ship_loop(self) -> None:
         backoff_s = FLUSH_PERIOD_S
-        while not self._stop.is_set():
+        while True:
             self._wake.wait(backoff_s)
             self._wake.clear()
+            closing = self._closing.is_set()  # read before shipping: nothing is appended after it
             try:
                 self._ship_once()
                 backoff_s = FLUSH_PERIOD_S
             except Exception as exc:  # the store is down or refusing: keep spooling, retry later
                 log.warning("log upload failed, will retry: %s", exc)
                 backoff_s = min(RETRY_MAX_S, backoff_s * 2)
+                continue
+            if closing and self._all_shipped():
+                self._done()
+                return
 
-    def finish(self, timeout_s: float = 30.0) -> bool:
-        """Stop the shipper and upload the rest; True when every byte reached the store."""
-        self._stop.set()
-        self._wake.set()
-        self._shipper.join()
-        deadline = time.monotonic() + timeout_s
-        delay_s = 0.2
-        while True:
-            try:
-                self._ship_once()
-                break
-            except Exception as exc:
-                if time.monotonic() + delay_s > deadline:
-                    log.warning("log upload incomplete at finish: %s", exc)
-                    break
-                time.sleep(delay_s)
-                delay_s = min(RETRY_MAX_S, delay_s * 2)
+    def _done(self) -> None:
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        with self._lock:
+            self._shipped.set()
+            callback = self._on_shipped
+        if callback is not None:
+            callback()
+
+    def finish(self, wait_s: float = 5.0) -> bool:
+        """No more output: ship the rest. True when every byte reached the store within `wait_s`.
+
+        When False, the shipper keeps going in the background (retrying while the store is down);
+        `notify_when_shipped` says when it is done.
+        """
         for stream in self.streams.values():
             stream.close()
-        return all(stream.pending_bytes() == 0 for stream in self.streams.values())
+        self._closing.set()
+        self._wake.set()
+        return self._shipped.wait(wait_s)
+
+    def notify_when_shipped(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every byte is in the store (at once if it already is)."""
+        with self._lock:
+            if not self._shipped.is_set():
+                self._on_shipped = callback
+                return
+        callback()
+
+    def dropped_bytes(self) -> int:
+        return sum(stream.dropped_total for stream in self.streams.values())
