@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 from tests.scheduler.builders import NOW_S, job, node, occupy
+from trainyard.scheduler.capacity import PoolIndex
 from trainyard.scheduler.pending import never_fits
 from trainyard.scheduler.placement import PassPlan, Snapshot, plan
 from trainyard.scheduler.priority import AGING_STEP_S, effective_priority, queue_order
@@ -390,3 +392,16 @@ def test_plan_leaves_the_snapshot_untouched() -> None:
     before = copy.deepcopy(snapshot)
     plan(snapshot)
     assert snapshot == before
+
+
+# Speed, structurally: blocked jobs of a shape that already failed cost no node lookup.
+
+
+def test_ten_thousand_blocked_jobs_of_three_shapes_cost_a_few_lookups() -> None:
+    nodes = [node(f"n{i}") for i in range(50)]
+    running = [occupy([n], f"r{i}", gpus=4) for i, n in enumerate(nodes)]
+    queued = [job(f"j{i}", i, gpus=1 + i % 3, max_wall_clock_s=3600) for i in range(10_000)]
+    with mock.patch.object(PoolIndex, "candidates", autospec=True, side_effect=PoolIndex.candidates) as lookups:
+        result = plan(Snapshot(nodes=nodes, queued=queued, running=running, now_s=NOW_S))
+    assert len(result.pending) == 10_000
+    assert lookups.call_count == 3  # one per shape

@@ -73,16 +73,25 @@ class _Saturation:
         self.unavailable: set[Shape] = set()  # pool has no node taking new work
         self._shortest_wall_s = min(map(_wall_of, queued), default=0.0)
         self._top_priority = max(map(_priority_of, queued), default=0)
+        self._live: list[Shape] | None = None  # shapes not yet known dead
 
     def reached(self, failed_wall_s: dict[Shape, float], floor: dict[Shape, int]) -> bool:
         """Every shape failed for the shortest wall clock queued and may not preempt at the top priority."""
         if len(failed_wall_s) + len(self.unavailable) < len(self.shapes):
             return False  # cheap: some shape has not even been tried
-        return all(
-            shape in self.unavailable
-            or (failed_wall_s.get(shape, _NEVER_S) <= self._shortest_wall_s and floor[shape] >= self._top_priority)
-            for shape in self.shapes
-        )
+        if self._live is None:
+            self._live = list(self.shapes)
+        # A shape once dead stays dead (failed wall clocks only shrink, preemption floors only
+        # grow), so each is dropped at most once and a check costs O(1) amortized.
+        live = self._live
+        while live and self._dead(live[-1], failed_wall_s, floor):
+            live.pop()
+        return not live
+
+    def _dead(self, shape: Shape, failed_wall_s: dict[Shape, float], floor: dict[Shape, int]) -> bool:
+        if shape in self.unavailable:
+            return True
+        return failed_wall_s.get(shape, _NEVER_S) <= self._shortest_wall_s and floor[shape] >= self._top_priority
 
 
 class _Found:
