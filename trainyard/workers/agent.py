@@ -193,6 +193,17 @@ class NodeAgent:
             extra_env={watchdog.SESSION_ENV: self.session_id},
         )
 
+    def abort_part(self, message: dict[str, Any], error: BaseException) -> None:
+        """A part's handling crashed inside trainyard: stop what it started and report it failed."""
+        key = (message["job_id"], int(message["attempt"]), int(message["rank"]))
+        with self._lock:
+            part = self._active.pop(key, None)
+        if part is not None:
+            launcher_for(part.launcher_name).stop(part.running, grace_s=2.0)
+        self.publish({"kind": "part_exited", "job_id": key[0], "attempt": key[1], "rank": key[2],
+                      "exit_code": 1, "reason": "exit", "logs_complete": True,
+                      "error": f"trainyard node error: {type(error).__name__}: {error}"})
+
     def _wall_clock_timer(self, message: dict[str, Any], part: ActivePart) -> threading.Timer:
         """Enforce max_wall_clock on the node itself: it holds even while the scheduler is away."""
         limit_s = float(message["spec"].get("max_wall_clock") or 7 * 86400)

@@ -25,7 +25,13 @@ class PartFailed(Exception):
 def register_run_task(app: Celery, agent: NodeAgent) -> None:
     @app.task(name=transport.RUN_TASK, bind=True, throws=(PartFailed,), acks_late=False, ignore_result=True)
     def run(self: Any, **message: Any) -> dict[str, Any]:
-        exit_code = agent.run_part(message)
+        try:
+            exit_code = agent.run_part(message)
+        except Exception as exc:
+            # Never leave a part hanging as "scheduled": the scheduler hears it failed.
+            log.exception("part %s.%s.%s crashed", message.get("job_id"), message.get("attempt"), message.get("rank"))
+            agent.abort_part(message, exc)
+            raise
         if exit_code != 0:
             raise PartFailed(f"job {message['job_id']} attempt {message['attempt']} rank "
                              f"{message['rank']} exited with {exit_code}")
