@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "JobSpec", "__version__"]
+__all__ = ["Client", "JobSpec", "__version__", "report"]
 
 if TYPE_CHECKING:
     from trainyard.client import Client
+    from trainyard.reporting import report
     from trainyard.spec import JobSpec
 
 
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from trainyard.spec import JobSpec
 
         return JobSpec
+    if name == "report":
+        from trainyard.reporting import report
+
+        return report
     raise AttributeError(name)

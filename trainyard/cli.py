@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trainyard.cli_sweeps import sweep_app
 from trainyard.client import Client, SpecRejected, TrainyardError
 from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
 
@@ -28,6 +29,7 @@ pool_app = typer.Typer(help="Pools of nodes.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(node_app, name="node")
 app.add_typer(pool_app, name="pool")
+app.add_typer(sweep_app, name="sweep")
 token_app = typer.Typer(help="API tokens: create (shown once), list, delete. Admin only.", no_args_is_help=True)
 audit_app = typer.Typer(help="Who submitted, cancelled and drained what, and when. Admin only.", no_args_is_help=True)
 app.add_typer(token_app, name="token")

@@ -114,6 +114,61 @@ class Job:
             yield pending.decode("utf-8", "surrogateescape")
 
 
+class Sweep:
+    """A sweep as the API last described it: state counts, progress, and its leaderboard when asked."""
+
+    def __init__(self, client: Client, data: dict[str, Any]):
+        self._client = client
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Sweep({self.id!r}, state={self.data.get('state')!r}, total={self.data.get('total')!r})"
+
+    def refresh(self) -> Sweep:
+        self.data = self._client.get_sweep(self.id).data
+        return self
+
+    def show(self, metric: str | None = None, order: str = "min", top: int = 20) -> dict[str, Any]:
+        """The sweep object now (with `leaderboard` when a metric is named)."""
+        self.data = self._client.get_sweep(self.id, metric=metric, order=order, top=top).data
+        return self.data
+
+    def leaderboard(self, metric: str, order: str = "min", top: int = 20) -> list[dict[str, Any]]:
+        """Points that reported `metric`, best first: rank, job_id, name, state, params, value, metrics."""
+        return list(self.show(metric=metric, order=order, top=top)["leaderboard"])
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+        return self._client.jobs(state=state, limit=limit, sweep=self.id)
+
+    def add_points(self, points: list[dict[str, Any]]) -> Sweep:
+        self.data = self._client._request("POST", f"/v1/sweeps/{self.id}/points", json={"points": points})
+        return self
+
+    def cancel(self) -> Sweep:
+        self.data = self._client.cancel_sweep(self.id).data
+        return self
+
+    def wait(self, timeout: float | None = None, poll_s: float = WAIT_POLL_S) -> str:
+        """Block until no job of the sweep can run any more; returns `finished` or `cancelled`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.refresh().data["state"] in ("finished", "cancelled"):
+                return str(self.data["state"])
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {self.id} still {self.data['state']} after {timeout} s")
+            time.sleep(poll_s)
+
+
 class Client:
     def __init__(self, api_url: str | None = None, token: str | None = None, timeout_s: float = 60.0):
         self.api_url = (api_url or load_settings().api_url).rstrip("/")
@@ -207,6 +262,52 @@ class Client:
                 response.read()
                 _raise_for(response)
             yield from response.iter_bytes()
+
+    # -- sweeps --------------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        template: dict[str, Any] | JobSpec | str | Path,
+        grid: dict[str, list[Any]] | None = None,
+        random: dict[str, dict[str, Any]] | None = None,
+        points: list[dict[str, Any]] | None = None,
+        samples: int | None = None,
+        seed: int | None = None,
+        max_concurrency: int | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sweep:
+        """Submit a sweep: the template's `{param}` placeholders are filled per point (SPEC §3)."""
+        options = {"grid": grid, "random": random, "points": points, "samples": samples, "seed": seed,
+                   "max_concurrency": max_concurrency, "name": name, "idempotency_key": idempotency_key}
+        body = {"template": _as_dict(template), **{k: v for k, v in options.items() if v is not None}}
+        return self.submit_sweep(body)
+
+    def submit_sweep(self, definition: dict[str, Any] | str | Path) -> Sweep:
+        """Submit a whole sweep definition: a dict, or a YAML/JSON file (`template:` or a flat job spec)."""
+        body = load_spec_file(definition) if isinstance(definition, (str, Path)) else definition
+        return Sweep(self, self._request("POST", "/v1/sweeps", json=body))
+
+    def get_sweep(self, sweep_id: str, metric: str | None = None, order: str = "min", top: int = 20) -> Sweep:
+        params: dict[str, Any] = {"order": order, "top": top}
+        if metric is not None:
+            params["metric"] = metric
+        return Sweep(self, self._request("GET", f"/v1/sweeps/{sweep_id}", params=params))
+
+    def sweeps(self, limit: int | None = None) -> list[Sweep]:
+        """Sweeps, newest first (follows the cursor across pages)."""
+        found: list[Sweep] = []
+        params: dict[str, Any] = {}
+        while True:
+            params["limit"] = min(1000, limit - len(found)) if limit else 1000
+            reply = self._request("GET", "/v1/sweeps", params=params)
+            found.extend(Sweep(self, item) for item in reply["sweeps"])
+            if reply["next_cursor"] is None or (limit and len(found) >= limit):
+                return found
+            params["cursor"] = reply["next_cursor"]
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        return Sweep(self, self._request("POST", f"/v1/sweeps/{sweep_id}:cancel"))
 
     # -- nodes ---------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from trainyard.api.schemas import (
 from trainyard.crypto import encrypt_secrets
 from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
 from trainyard.db.models import Attempt, Job
+from trainyard.db.sweeps import fill_specs
 from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
 from trainyard.storage_adapters import StorageError
 
@@ -159,6 +160,7 @@ def list_jobs(
         query = query.where(Job.seq < cursor)
     with request.app.state.sessions() as session:
         jobs = session.scalars(query).all()
+        fill_specs(session, jobs[:limit])  # sweep jobs are stored compact: render their spec
     page = jobs[:limit]
     next_cursor = page[-1].seq if len(jobs) > limit else None
     return {"jobs": [job_dict(job) for job in page], "next_cursor": next_cursor}

@@ -59,6 +59,10 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     spec_digest: Mapped[str] = mapped_column(String(64))
     sweep_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A sweep's point (its parameter values), and the last metrics rank 0 reported (trainyard.report).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metrics_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -167,3 +171,38 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Deleted tokens stay as rows so that audit entries keep naming who acted.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Sweep(Base):
+    """A parameter sweep: its template job spec is stored once here; each point is a job row."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    workspace: Mapped[str] = mapped_column(String(64), default="default")
+    experiment: Mapped[str] = mapped_column(String(64), default="default")
+    kind: Mapped[str] = mapped_column(String(16))  # grid, random or points
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    parameters: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The public template (secrets as names only) with its {placeholders}; secrets encrypted once.
+    template: Mapped[dict[str, Any]] = mapped_column(JSON)
+    secrets_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Points so far: job ids are `<sweep id>-<index>` for index < total; grows when points are added.
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    digest: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seq: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_sweeps_workspace", "workspace", "seq"),
+        Index("ix_sweeps_idempotency", "workspace", "idempotency_key", unique=True),
+    )
+
+
+# A sweep's jobs: pages in submit order, counts by state, cancel of the queued ones.
+Index("ix_jobs_sweep", Job.sweep_id, Job.state, Job.seq)

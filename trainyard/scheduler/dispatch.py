@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from trainyard import transport
 from trainyard.config import Settings
 from trainyard.db.models import Job, Node, Part, utcnow
+from trainyard.db.sweeps import fill_specs
+from trainyard.sweeps import formatted
 
 SECRETS_TTL_S = 7 * 24 * 3600
 MASTER_PORT_BASE = 20000
@@ -42,6 +44,7 @@ def part_message(job: Job, part: Part, hosts: list[str]) -> dict[str, Any]:
         "master_port": master_port(job.id, part.attempt),
         "has_secrets": job.secrets_enc is not None,
         "spec": job.spec,
+        "params": formatted(job.params or {}),  # a sweep point's values: TRAINYARD_PARAM_<NAME>
     }
 
 
@@ -57,6 +60,7 @@ class Dispatcher:
             return
         wanted = set(job_ids)
         jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([j for j, _ in wanted])))}
+        fill_specs(session, jobs.values())  # sweep jobs are stored compact: render their spec
         parts = session.scalars(select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))).all()
         addresses = dict(session.execute(select(Node.id, Node.address)).tuples().all())
         by_attempt: dict[tuple[str, int], list[Part]] = {}

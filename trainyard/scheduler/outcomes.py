@@ -114,6 +114,9 @@ def part_exited(session: Session, event: dict[str, Any], now: datetime, effects:
     if not changed:
         _record_stale(session, effects, event, now)
         return
+    if rank == 0 and event.get("metrics"):  # what trainyard.report last said (CAS: this attempt only)
+        session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt)
+                        .values(metrics=event["metrics"], metrics_step=event.get("metrics_step")))
     end_attempt_if_done(session, job_id, attempt, now, effects, failed_part=(reason != "exit" or exit_code != 0))
 
 

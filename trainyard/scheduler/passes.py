@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Job, Node, Part, utcnow
+from trainyard.db.sweeps import sweep_limits
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.placement import JobView, NodeView, Placement, Snapshot, plan
 
@@ -144,7 +145,10 @@ def run_pass(sessions: sessionmaker[Session], dispatcher: Dispatcher) -> int:
         if not queued:
             return 0
         nodes = _node_views(session)
-        result = plan(Snapshot(nodes=nodes, queued=queued))
+        # Each sweep's max_concurrency against its jobs scheduled or running now (QueueLimits holds the rest).
+        sweep_max, sweep_running = sweep_limits(session, {job.sweep_id for job in queued if job.sweep_id})
+        snapshot = Snapshot(nodes=nodes, queued=queued, sweep_max_concurrency=sweep_max, sweep_running=sweep_running)
+        result = plan(snapshot)
         attempts: dict[str, Any] = {}
         if result.placements:
             placed_ids = [p.job_id for p in result.placements]

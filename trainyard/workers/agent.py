@@ -26,6 +26,7 @@ from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import open_storage
 from trainyard.workers import watchdog
 from trainyard.workers.outbox import EventOutbox
+from trainyard.workers.job_metrics import job_python_env, metrics_file, read_metrics
 from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
 from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
 
@@ -190,7 +191,8 @@ class NodeAgent:
             checkpoint_dir=self.node_dir / "checkpoints" / job_id,
             master_port=int(message.get("master_port", 29500)),
             secrets=self._secrets_for(message),
-            extra_env={watchdog.SESSION_ENV: self.session_id},
+            extra_env={watchdog.SESSION_ENV: self.session_id, **job_python_env(self.node_dir, message["spec"])},
+            params={str(k): str(v) for k, v in (message.get("params") or {}).items()},
         )
 
     def abort_part(self, message: dict[str, Any], error: BaseException) -> None:
@@ -266,9 +268,10 @@ class NodeAgent:
         complete = logs.finish()
         with self._lock:
             self._active.pop(key, None)
+        metrics = read_metrics(metrics_file(ctx.workdir))  # what trainyard.report wrote, before the dir goes
         shutil.rmtree(ctx.workdir, ignore_errors=True)
         self.publish({"kind": "part_exited", **report, "exit_code": exit_code,
-                      "reason": part.stop_reason or "exit", "logs_complete": complete})
+                      "reason": part.stop_reason or "exit", "logs_complete": complete, **metrics})
         self._report_logs_done_later(logs, complete, report)
         return exit_code
 

@@ -33,6 +33,7 @@ class LaunchContext:
     master_port: int
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     extra_env: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)  # a sweep point's values, formatted
 
 
 @dataclass
@@ -70,8 +71,10 @@ def base_environment(ctx: LaunchContext) -> dict[str, str]:
             "RANK": str(ctx.rank),
             "LOCAL_RANK": "0",
             "PYTHONUNBUFFERED": "1",
+            "TRAINYARD_METRICS_FILE": str(ctx.workdir / ".trainyard-metrics.jsonl"),  # trainyard.report
         }
     )
+    env.update({f"TRAINYARD_PARAM_{name.upper()}": value for name, value in ctx.params.items()})
     env.update(ctx.extra_env)
     return env
 

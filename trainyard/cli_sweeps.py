@@ -1,0 +1,183 @@
+"""`trainyard sweep …`: submit a sweep file; show progress, state counts, the leaderboard and a plot; cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trainyard.client import Client, SpecRejected, Sweep, TrainyardError
+from trainyard.spec import SpecError, load_spec_file
+
+sweep_app = typer.Typer(help="Parameter sweeps: many jobs from one template.", no_args_is_help=True)
+
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
+errors = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+WATCH_POLL_S = 1.0
+PLOT_POINTS_MAX = 10_000
+STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _problems(problems: list[dict[str, str]]) -> NoReturn:
+    errors.print("[red]invalid sweep:[/red]")
+    for problem in problems:
+        errors.print(f"  {problem['field']}: {problem['reason']}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@sweep_app.command("submit")
+def sweep_submit(
+    file: Annotated[Path, typer.Argument(help="sweep file, YAML or JSON: a job spec plus grid, random or points")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
+) -> None:
+    """Submit a sweep: one job per point of its grid, random draws or explicit points."""
+    try:
+        data = load_spec_file(file)
+        sweep = Client().submit_sweep(data)
+    except SpecError as exc:
+        _problems(exc.problems)
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc}", EXIT_BAD_INPUT)
+    except SpecRejected as exc:
+        _problems(exc.problems)
+    if as_json:
+        _print_json(sweep.data)
+        return
+    limit = sweep.data.get("max_concurrency")
+    console.print(f"submitted sweep [bold]{sweep.id}[/bold] ({sweep.data['name']}): {sweep.data['total']:,} jobs, "
+                  f"at most {limit or 'unlimited'} at once; experiment {sweep.data['experiment']}", highlight=False)
+
+
+def _counts_line(data: dict[str, Any]) -> str:
+    counts = data.get("counts", {})
+    return "  ".join(f"{state} {counts.get(state, 0):,}" for state in STATES if counts.get(state))
+
+
+def _leaderboard_table(data: dict[str, Any]) -> Table:
+    parameters = list(data.get("parameters") or [])
+    table = Table("RANK", "JOB", "STATE", *[p.upper() for p in parameters], data["metric"].upper(), "STEP",
+                  title=f"best by {data['metric']} ({data['order']})")
+    for entry in data.get("leaderboard", []):
+        params = entry.get("params", {})
+        table.add_row(str(entry["rank"]), entry["job_id"], entry["state"],
+                      *[str(params.get(p, "")) for p in parameters], f"{entry['value']:.6g}",
+                      "" if entry.get("step") is None else str(entry["step"]))
+    return table
+
+
+def _print_sweep(data: dict[str, Any]) -> None:
+    console.print(f"[bold]{data['id']}[/bold] {data['name']}  state={data['state']}  kind={data['kind']}  "
+                  f"jobs={data['total']:,}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
+                  f"progress={data['progress']:.1%}", highlight=False)
+    console.print(f"experiment={data['experiment']}  parameters={', '.join(data.get('parameters') or [])}",
+                  highlight=False)
+    console.print(_counts_line(data), highlight=False)
+    if "leaderboard" in data:
+        console.print(_leaderboard_table(data))
+
+
+def _watch(sweep: Sweep) -> None:
+    """A live progress bar until no job of the sweep can run any more."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task(sweep.id, total=sweep.data["total"])
+        while True:
+            data = sweep.refresh().data
+            done = sum(data["counts"].get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+            progress.update(task, total=data["total"], completed=done, description=f"{sweep.id} {_counts_line(data)}")
+            if data["state"] in ("finished", "cancelled"):
+                return
+            time.sleep(WATCH_POLL_S)
+
+
+def _plot(client: Client, sweep_id: str, metric: str, order: str, path: Path) -> None:
+    from trainyard.sweep_plot import plot_metric
+
+    data = client.get_sweep(sweep_id, metric=metric, order=order, top=PLOT_POINTS_MAX).data
+    if not data["leaderboard"]:
+        _fail(f"no job of sweep {sweep_id} has reported {metric!r} yet")
+    drawn = plot_metric(data["leaderboard"], list(data.get("parameters") or []), metric, path,
+                        title=f"{data['name']} ({sweep_id}): {metric}")
+    errors.print(f"plotted {metric} of {drawn:,} points against {', '.join(data['parameters'])} into {path}",
+                 highlight=False)
+
+
+@sweep_app.command("show")
+def sweep_show(
+    sweep_id: str,
+    metric: Annotated[str | None, typer.Option(help="rank the points by this reported metric")] = None,
+    order: Annotated[str, typer.Option(help="min: lowest first; max: highest first")] = "min",
+    top: Annotated[int, typer.Option(help="how many ranked points to show")] = 20,
+    watch: Annotated[bool, typer.Option("--watch", help="a live progress bar until the sweep ends")] = False,
+    plot: Annotated[Path | None, typer.Option(help="draw the metric against each parameter into this PNG")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
+) -> None:
+    """A sweep's progress, state counts and, with --metric, its points ranked by that metric."""
+    if order not in ("min", "max"):
+        _fail("--order must be min or max", EXIT_BAD_INPUT)
+    if plot is not None and metric is None:
+        _fail("--plot needs --metric: which metric to draw", EXIT_BAD_INPUT)
+    client = Client()
+    try:
+        sweep = client.get_sweep(sweep_id)
+        if watch:
+            _watch(sweep)
+        data = client.get_sweep(sweep_id, metric=metric, order=order, top=top).data
+        if plot is not None and metric is not None:
+            _plot(client, sweep_id, metric, order, plot)
+    except SpecRejected as exc:
+        _problems(exc.problems)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(data)
+    else:
+        _print_sweep(data)
+
+
+@sweep_app.command("cancel")
+def sweep_cancel(sweep_id: str) -> None:
+    """Cancel a sweep: its queued jobs end now, its running ones are stopped."""
+    try:
+        data = Client().cancel_sweep(sweep_id).data
+    except TrainyardError as exc:
+        _fail(str(exc))
+    console.print(f"{sweep_id} {data['state']}: {_counts_line(data)}", highlight=False)
+
+
+@sweep_app.command("list")
+def sweep_list(
+    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Sweeps, newest first."""
+    sweeps = Client().sweeps(limit=limit)
+    if as_json:
+        _print_json([sweep.data for sweep in sweeps])
+        return
+    table = Table("ID", "NAME", "STATE", "JOBS", "PROGRESS", "MAX", "CREATED")
+    for sweep in sweeps:
+        d = sweep.data
+        table.add_row(d["id"], d["name"], d["state"], f"{d['total']:,}", f"{d['progress']:.1%}",
+                      str(d.get("max_concurrency") or ""), d.get("created_at") or "")
+    console.print(table)

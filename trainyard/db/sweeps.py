@@ -1,0 +1,209 @@
+"""Sweep records: store a sweep and one compact job row per point, add points, cancel, and limits.
+
+A sweep's template is stored once, on its row; each job row carries only what the scheduler
+and the lists need (name, resources, priority, state) plus its point's `params`, and an empty
+`spec`. `fill_specs` renders the full spec from the template when a job is shown or dispatched.
+Job ids are `<sweep id>-<index>`, so a point's index is in its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from trainyard import sweeps
+from trainyard.db.bulk import insert_shared, reserve_seq
+from trainyard.db.engine import rowcount
+from trainyard.db.models import Event, Job, Sweep, utcnow
+from trainyard.spec import JobSpec, JobState, SpecError
+
+ACTIVE = (JobState.SCHEDULED.value, JobState.RUNNING.value)
+NOT_TERMINAL = (JobState.QUEUED.value, *ACTIVE)
+
+
+class SweepConflict(Exception):
+    """The sweep cannot take this change (HTTP 409): cancelled, or an idempotency key reused."""
+
+
+def new_sweep_id() -> str:
+    return "s" + secrets.token_hex(6)
+
+
+def sweep_digest(spec: sweeps.SweepSpec) -> str:
+    """Digest of the whole sweep (secrets included): same key + same sweep → the same sweep."""
+    body = spec.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datetime) -> dict[str, Any]:
+    return {
+        "workspace": template.workspace,
+        "experiment": experiment,
+        "pool": template.pool,
+        "state": JobState.QUEUED.value,
+        "priority": template.priority,
+        "attempt": 1,
+        "nodes": template.nodes,
+        "gpus": template.resources.gpus,
+        "cpus": template.resources.cpus,
+        "memory_bytes": template.resources.memory_bytes,
+        "max_wall_clock_s": template.max_wall_clock,
+        "preemptible": template.preemptible,
+        "max_retries": template.max_retries,
+        "retries_used": 0,
+        "spec": {},
+        "secrets_enc": None,
+        "idempotency_key": None,
+        "spec_digest": "",
+        "sweep_id": sweep_id,
+        "cancel_requested": False,
+        "submitted_at": now,
+        "updated_at": now,
+    }
+
+
+def _insert_points(session: Session, sweep: Sweep, points: Sequence[sweeps.Point], first_index: int) -> None:
+    """One compact job row per point, in bulk: only id, name, seq and params differ between them."""
+    template = JobSpec.model_validate({**sweep.template, "secrets": {}})
+    shared = _shared_values(template, sweep.id, sweep.experiment, utcnow())
+    encoder = sweeps.PointEncoder(str(sweep.template["name"]))
+    base_seq = reserve_seq(len(points))
+    rows = []
+    for offset, point in enumerate(points):
+        job_name, params = encoder.encode(point)
+        if len(job_name) > 200:
+            raise SpecError([{"field": "template.name", "reason": f"point {offset} makes a name over 200 characters"}])
+        rows.append((f"{sweep.id}-{first_index + offset}", job_name, base_seq + offset, params))
+    insert_shared(session, Job.__table__, ("id", "name", "seq", "params"), rows, shared)  # type: ignore[arg-type]
+
+
+def _existing(session: Session, workspace: str, key: str, digest: str) -> str | None:
+    found = session.scalars(select(Sweep).where(Sweep.workspace == workspace, Sweep.idempotency_key == key)).first()
+    if found is None:
+        return None
+    if found.digest != digest:
+        raise SweepConflict(f"idempotency_key {key!r} belongs to sweep {found.id} with another definition")
+    return found.id
+
+
+def create_sweep(
+    session: Session, spec: sweeps.SweepSpec, points: Sequence[sweeps.Point], secrets_enc: str | None, actor: str = ""
+) -> str:
+    """Store the sweep and a queued job per point; the caller commits (all or nothing)."""
+    template = spec.template
+    digest = sweep_digest(spec)
+    if spec.idempotency_key and (found := _existing(session, template.workspace, spec.idempotency_key, digest)):
+        return found
+    sweep_id = new_sweep_id()
+    experiment = template.experiment if "experiment" in template.model_fields_set else sweep_id
+    now = utcnow()
+    stored_template = {**template.public_dict(), "experiment": experiment}
+    sweep = Sweep(
+        id=sweep_id, name=spec.name or template.name, workspace=template.workspace, experiment=experiment,
+        kind=spec.kind, definition=spec.definition(), parameters=spec.parameters, template=stored_template,
+        secrets_enc=secrets_enc, max_concurrency=spec.max_concurrency, total=len(points), cancel_requested=False,
+        idempotency_key=spec.idempotency_key, digest=digest, created_at=now, updated_at=now, seq=reserve_seq(1),
+    )  # fmt: skip
+    session.add(sweep)
+    session.flush()
+    _insert_points(session, sweep, points, 0)
+    session.add(Event(at=now, kind="sweep_submitted", actor=actor, detail={"sweep": sweep_id, "points": len(points)}))
+    return sweep_id
+
+
+def add_points(session: Session, sweep_id: str, points: Sequence[sweeps.Point], actor: str = "") -> int:
+    """Append points to a sweep that is not cancelled; returns the index of the first new one."""
+    for _ in range(5):
+        sweep = session.get(Sweep, sweep_id, populate_existing=True)
+        if sweep is None:
+            raise KeyError(sweep_id)
+        if sweep.cancel_requested:
+            raise SweepConflict(f"sweep {sweep_id} is cancelled")
+        first = sweep.total
+        # CAS on total: two concurrent additions must not hand out the same job ids.
+        claimed = rowcount(session.execute(
+            update(Sweep).where(Sweep.id == sweep_id, Sweep.total == first)
+            .values(total=first + len(points), updated_at=utcnow())
+        ))  # fmt: skip
+        if claimed:
+            _insert_points(session, sweep, points, first)
+            detail = {"sweep": sweep_id, "points": len(points), "first": first}
+            session.add(Event(kind="sweep_points_added", actor=actor, detail=detail))
+            return first
+    raise SweepConflict(f"sweep {sweep_id} is being changed by someone else; try again")
+
+
+def cancel_sweep(session: Session, sweep_id: str, actor: str = "") -> dict[str, int]:
+    """Queued jobs end at once; scheduled and running ones are flagged, and the scheduler stops them."""
+    now = utcnow()
+    session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancel_requested=True, updated_at=now))
+    # CAS on state: a job the scheduler claims meanwhile is no longer queued and is flagged below.
+    ended = rowcount(session.execute(
+        update(Job).where(Job.sweep_id == sweep_id, Job.state == JobState.QUEUED.value)
+        .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
+    ))  # fmt: skip
+    stopping = rowcount(session.execute(
+        update(Job).where(Job.sweep_id == sweep_id, Job.state.in_(ACTIVE), Job.cancel_requested.is_(False))
+        .values(cancel_requested=True, updated_at=now)
+    ))  # fmt: skip
+    detail = {"sweep": sweep_id, "cancelled": ended, "stopping": stopping}
+    session.add(Event(at=now, kind="sweep_cancelled", actor=actor, detail=detail))
+    return {"cancelled": ended, "stopping": stopping}
+
+
+def sweep_limits(session: Session, sweep_ids: Iterable[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """For the scheduler: (max_concurrency per sweep, its jobs scheduled or running now).
+
+    Only sweeps with a limit appear; `sweep_ids` are those with queued jobs in this pass.
+    """
+    wanted = list(set(sweep_ids))
+    if not wanted:
+        return {}, {}
+    limits: dict[str, int] = {}
+    for chunk in _chunks(wanted, 500):
+        rows = session.execute(
+            select(Sweep.id, Sweep.max_concurrency).where(Sweep.id.in_(chunk), Sweep.max_concurrency.is_not(None))
+        ).tuples()
+        limits.update({sweep_id: int(limit) for sweep_id, limit in rows if limit is not None})
+    running: dict[str, int] = {}
+    for chunk in _chunks(list(limits), 500):
+        counted = session.execute(
+            select(Job.sweep_id, func.count()).where(Job.sweep_id.in_(chunk), Job.state.in_(ACTIVE))
+            .group_by(Job.sweep_id)
+        ).tuples()  # fmt: skip
+        running.update({str(sweep_id): int(count) for sweep_id, count in counted})
+    return limits, running
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def fill_specs(session: Session, jobs: Iterable[Job]) -> None:
+    """Give sweep jobs (stored compact) their full spec and secrets, rendered from the sweep's template.
+
+    Sets the loaded values without marking the rows changed: nothing is written back.
+    """
+    compact = [job for job in jobs if job.sweep_id is not None and not job.spec]
+    if not compact:
+        return
+    ids = list({job.sweep_id for job in compact if job.sweep_id is not None})
+    rows = session.execute(select(Sweep.id, Sweep.template, Sweep.secrets_enc).where(Sweep.id.in_(ids))).tuples()
+    templates = {sweep_id: (template, secrets_enc) for sweep_id, template, secrets_enc in rows}
+    for job in compact:
+        found = templates.get(str(job.sweep_id))
+        if found is None:
+            continue
+        template, secrets_enc = found
+        set_committed_value(job, "spec", sweeps.render_spec(template, job.params or {}))
+        if job.secrets_enc is None:
+            set_committed_value(job, "secrets_enc", secrets_enc)

@@ -1,0 +1,66 @@
+"""`trainyard sweep show ID --plot FILE`: a metric against each parameter of a sweep, one panel each.
+
+matplotlib (the `plot` extra) is imported only here, with the Agg backend: no display needed.
+Numeric parameters are scatter plots (a log axis when the values span more than two decades);
+others are drawn at one position per distinct value.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+PANEL_WIDTH_IN = 4.0
+PANEL_HEIGHT_IN = 3.2
+LOG_SPAN = 100.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _wants_log(values: list[float]) -> bool:
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) > LOG_SPAN
+
+
+def plot_metric(entries: list[dict[str, Any]], parameters: list[str], metric: str, path: Path, title: str) -> int:
+    """Draw `metric` against every parameter of the ranked `entries` into `path`; returns points drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = parameters or sorted({name for entry in entries for name in entry.get("params", {})})
+    columns = max(1, min(3, len(names)))
+    rows = max(1, math.ceil(len(names) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(PANEL_WIDTH_IN * columns, PANEL_HEIGHT_IN * rows),
+                                squeeze=False)
+    for index, name in enumerate(names):
+        _panel(axes[index // columns][index % columns], entries, name, metric)
+    for extra in range(len(names), rows * columns):
+        axes[extra // columns][extra % columns].set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return len(entries)
+
+
+def _panel(ax: Any, entries: list[dict[str, Any]], name: str, metric: str) -> None:
+    pairs = [(entry["params"][name], float(entry["value"])) for entry in entries if name in entry.get("params", {})]
+    xs = [x for x, _ in pairs]
+    ys = [y for _, y in pairs]
+    if xs and all(_is_number(x) for x in xs):
+        ax.scatter(xs, ys, s=12, alpha=0.7)
+        if _wants_log([float(x) for x in xs]):
+            ax.set_xscale("log")
+    else:
+        labels = sorted({str(x) for x in xs})
+        position = {label: i for i, label in enumerate(labels)}
+        ax.scatter([position[str(x)] for x in xs], ys, s=12, alpha=0.7)
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_xlabel(name)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)

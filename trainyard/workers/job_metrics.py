@@ -1,0 +1,80 @@
+"""The node's side of `trainyard.report`: make it importable in the job, and read back what it wrote.
+
+A job may run any Python, with or without trainyard installed. The agent puts a directory that
+holds only this node's `trainyard` package (a symlink) at the end of the job's PYTHONPATH, so
+`import trainyard; trainyard.report(...)` works everywhere (`trainyard.reporting` needs nothing
+outside the standard library); where trainyard is installed it is the same package anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import trainyard
+
+METRICS_FILE_NAME = ".trainyard-metrics.jsonl"
+# What is read back at the part's end: the tail of a long file holds the latest values.
+MAX_READ_BYTES = 8 * 1024 * 1024
+
+
+def metrics_file(workdir: Path) -> Path:
+    return workdir / METRICS_FILE_NAME
+
+
+def python_shim(node_dir: Path) -> Path:
+    """A directory whose only entry is `trainyard`, a link to this node's package (made once)."""
+    shim = node_dir / "python"
+    link = shim / "trainyard"
+    package = Path(trainyard.__file__).resolve().parent
+    if not link.exists() or link.resolve() != package:
+        shim.mkdir(parents=True, exist_ok=True)
+        temporary = shim / f".trainyard-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        temporary.symlink_to(package, target_is_directory=True)
+        temporary.replace(link)  # atomic: parts starting at once never see a missing link
+    return shim
+
+
+def job_python_env(node_dir: Path, spec: dict[str, Any]) -> dict[str, str]:
+    """PYTHONPATH for the job: its own (spec env, else the node's), then the shim last."""
+    current = (spec.get("env") or {}).get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")
+    shim = str(python_shim(node_dir))
+    return {"PYTHONPATH": f"{current}{os.pathsep}{shim}" if current else shim}
+
+
+def _tail_lines(path: Path) -> list[bytes]:
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - MAX_READ_BYTES))
+        data = handle.read()
+    lines = data.split(b"\n")
+    return lines[1:] if size > MAX_READ_BYTES else lines  # the first may be cut
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """`{"metrics": {name: last finite value}, "metrics_step": last step}` of a part, or {} if none."""
+    try:
+        lines = _tail_lines(path)
+    except OSError:
+        return {}
+    last: dict[str, float] = {}
+    step = None
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill, or not ours
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            continue
+        for name, value in entry["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                last[str(name)] = value
+        if isinstance(entry.get("step"), int):
+            step = entry["step"]
+    return {"metrics": last, "metrics_step": step} if last else {}
