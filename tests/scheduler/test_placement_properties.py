@@ -9,7 +9,6 @@ lower one except by backfill that ends before the reservation, terminal states s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -120,8 +119,7 @@ def _check_preemptions(snapshot: Snapshot, result: PassPlan) -> None:
 
 def plan_without_shortcut(snapshot: Snapshot) -> PassPlan:
     """The same pass with the saturated-tail shortcut off: every job goes through the full loop."""
-    with mock.patch.object(placement._Saturation, "reached", return_value=False):
-        return plan(snapshot)
+    return plan(snapshot, shortcut_tail=False)
 
 
 # The model: what the database would hold, reduced to what scheduling needs.
@@ -344,20 +342,31 @@ _node_views = st.builds(
 )  # fmt: skip
 
 
+_shapes = st.tuples(
+    st.sampled_from(["gpu", "cpu"]), st.sampled_from([1, 1, 2, 3]), st.sampled_from([0, 1, 4, 8]),
+    st.sampled_from([1.0, 4.0]),
+)  # fmt: skip
+
+
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
-    nodes = {n.id: n for n in draw(st.lists(_node_views, min_size=1, max_size=12))}
-    count = draw(st.integers(1, 150))
-    queued = [
-        JobView(id=f"q{i}", pool=draw(st.sampled_from(["gpu", "cpu"])), priority=draw(st.sampled_from([250, 500, 750])),
-                seq=i, nodes=draw(st.integers(1, 3)), gpus=draw(st.sampled_from([0, 1, 4, 8])),
-                cpus=draw(st.sampled_from([1.0, 4.0])), max_wall_clock_s=draw(st.sampled_from([60.0, 3600.0])),
-                sweep_id=draw(st.sampled_from([None, "s1"])), workspace=draw(st.sampled_from(["team-a", "team-b"])),
-                submitted_s=draw(st.floats(0, 20_000)))
-        for i in range(count)
-    ]  # fmt: skip
-    return Snapshot(nodes=list(nodes.values()), queued=queued, now_s=20_000.0, sweep_max_concurrency=SWEEP_LIMITS,
-                    workspace_gpu_quota=GPU_QUOTAS, workspace_usage={"team-a": draw(st.floats(0, 100))})  # fmt: skip
+    """A few nodes and up to 200 jobs of a few shapes: queues deep enough for the tail shortcut."""
+    nodes = {n.id: n for n in draw(st.lists(_node_views, min_size=1, max_size=8))}
+    shapes = draw(st.lists(_shapes, min_size=1, max_size=4))
+    queued = []
+    for i in range(draw(st.integers(1, 200))):
+        pool, gang, gpus, cpus = draw(st.sampled_from(shapes))
+        queued.append(JobView(
+            id=f"q{i}", pool=pool, priority=draw(st.sampled_from([250, 500, 750])), seq=i, nodes=gang, gpus=gpus,
+            cpus=cpus, max_wall_clock_s=draw(st.sampled_from([60.0, 3600.0])),
+            sweep_id=draw(st.sampled_from([None, "s1"])), workspace=draw(st.sampled_from(["team-a", "team-b"])),
+            submitted_s=draw(st.floats(0, 20_000)),
+        ))  # fmt: skip
+    return Snapshot(
+        nodes=list(nodes.values()), queued=queued, now_s=20_000.0, sweep_max_concurrency=SWEEP_LIMITS,
+        sweep_running={"s1": draw(st.integers(0, 3))}, workspace_gpu_quota=GPU_QUOTAS,
+        workspace_gpus_in_use={"team-a": draw(st.integers(0, 8))}, workspace_usage={"team-a": draw(st.floats(0, 100))},
+    )  # fmt: skip
 
 
 @settings(max_examples=100, deadline=None)

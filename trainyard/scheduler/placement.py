@@ -59,9 +59,13 @@ _wall_of: Callable[[JobView], float] = attrgetter("max_wall_clock_s")
 _priority_of: Callable[[JobView], int] = attrgetter("priority")
 
 
-def plan(snapshot: Snapshot) -> PassPlan:
-    """Place what fits in queue order; say why the rest waits; reserve and preempt for the blocked."""
-    return _Pass(snapshot).run(queue_order(snapshot))
+def plan(snapshot: Snapshot, *, shortcut_tail: bool = True) -> PassPlan:
+    """Place what fits in queue order; say why the rest waits; reserve and preempt for the blocked.
+
+    `shortcut_tail=False` walks every job through the full loop even once nothing left could
+    start: the same plan, slower; tests compare the two.
+    """
+    return _Pass(snapshot, shortcut_tail).run(queue_order(snapshot))
 
 
 class _Saturation:
@@ -106,7 +110,7 @@ class _Found:
 
 
 class _Pass:
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, shortcut_tail: bool) -> None:
         self.now_s = snapshot.now_s
         self.result = PassPlan()
         self.capacity = Capacity(snapshot.nodes, snapshot.running, snapshot.now_s)
@@ -118,7 +122,7 @@ class _Pass:
         self.failed_wall_s: dict[Shape, float] = {}
         self.held: dict[str, Reservation] = {}  # node id → the reservation holding it
         self.pools_with_waiting_reservation: set[str] = set()
-        self.saturation = _Saturation(snapshot.queued)
+        self.saturation = _Saturation(snapshot.queued) if shortcut_tail else None
 
     def run(self, order: list[JobView]) -> PassPlan:
         done = self._run_head(order)
@@ -144,7 +148,7 @@ class _Pass:
             reason = self._consider(job, shape, failed_at_s)
             if reason is not None:
                 reasons[job.id] = reason
-            if self.saturation.reached(failed_wall_s, floor):
+            if self.saturation is not None and self.saturation.reached(failed_wall_s, floor):
                 return done
         return len(order)
 
@@ -176,7 +180,8 @@ class _Pass:
 
     def _consider(self, job: JobView, shape: Shape, failed_at_s: float | None) -> str | None:
         if job.pool not in self.capacity.pools:
-            self.saturation.unavailable.add(shape)
+            if self.saturation is not None:
+                self.saturation.unavailable.add(shape)
             return self._pool_unavailable(job.pool)
         if failed_at_s is not None and job.max_wall_clock_s >= failed_at_s:
             return self._blocked_again(job, shape)  # here only because it may preempt
