@@ -208,7 +208,9 @@ def test_does_not_preempt_for_a_job_that_could_never_fit() -> None:
     running = [occupy(nodes, "spot", gpus=4, priority=250, preemptible=True)]
     result = plan(Snapshot(nodes=nodes, queued=[job("huge", 1, gpus=8, priority=750)], running=running, now_s=NOW_S))
     assert result.preemptions == []
-    assert "only 0 nodes in pool gpu are big enough" in result.pending["huge"]
+    assert result.pending["huge"] == (
+        "needs 1 node with 8 free GPUs in pool gpu; 0 have them; no node in pool gpu is big enough"
+    )
 
 
 def test_a_stopping_job_is_waited_for_not_preempted_again() -> None:

@@ -74,7 +74,10 @@ def preempting(new_victims: int, stopping: int) -> str:
 
 
 def too_big(big_enough: int, big_enough_draining: int, pool: str) -> str:
-    text = f"only {plural(big_enough, 'node')} in pool {pool} {'is' if big_enough == 1 else 'are'} big enough"
+    if big_enough == 0:
+        text = f"no node in pool {pool} is big enough"
+    else:
+        text = f"only {plural(big_enough, 'node')} in pool {pool} {'is' if big_enough == 1 else 'are'} big enough"
     if big_enough_draining:
         text += f" ({big_enough_draining:,} more draining)"
     return text
