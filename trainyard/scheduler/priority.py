@@ -61,7 +61,7 @@ def order_keys(jobs: list[JobView], workspace_usage: dict[str, float], now_s: fl
     band_span = (max([*ranks.values(), unused_rank]) + 1) * _PRIORITY_SPAN
     offsets = {ws: rank * _PRIORITY_SPAN + MAX_PRIORITY for ws, rank in ranks.items()}
     unused_offset = unused_rank * _PRIORITY_SPAN + MAX_PRIORITY
-    step_s, per_step, cap = AGING_STEP_S, AGING_PER_STEP, MAX_PRIORITY
+    step_s, per_step, cap, offset_of = AGING_STEP_S, AGING_PER_STEP, MAX_PRIORITY, offsets.get
     # One expression per job, no function call (not even min()): at 100k jobs a call per job would
     # double the cost. `aged` is the uncapped effective priority, `effective` the capped one.
     return [
@@ -72,7 +72,7 @@ def order_keys(jobs: list[JobView], workspace_usage: dict[str, float], now_s: fl
                 else priority
             )
         ) // FAIR_SHARE_BAND) * band_span
-        + offsets.get(workspace, unused_offset)
+        + offset_of(workspace, unused_offset)
         - effective
         for priority, submitted_s, workspace in map(_priority_fields, jobs)
     ]  # fmt: skip
