@@ -25,7 +25,7 @@ from trainyard.metrics import SchedulerMetrics
 from trainyard.scheduler import outcomes
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.outcomes import Effects
-from trainyard.scheduler.passes import run_pass
+from trainyard.scheduler.passes import PassRunner
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Scheduler:
         self.sessions = make_sessionmaker(self.engine)
         self.redis = transport.redis_client(settings.redis_url)
         self.dispatcher = Dispatcher(settings, self.redis)
+        self.passes = PassRunner(self.dispatcher)
         self.metrics = SchedulerMetrics(self.redis)
         self.identity = secrets.token_hex(6)
         self._heartbeat_seen: dict[str, float] = {}
@@ -253,7 +254,7 @@ class Scheduler:
             self._redispatch_lost_messages(session)
         self._after_commit(effects)
         with self.metrics.timed_pass():
-            placed = run_pass(self.sessions, self.dispatcher)
+            placed = self.passes.run(self.sessions)
         self.metrics.flush()
         if placed:
             log.debug("placed %d job(s)", placed)
