@@ -19,6 +19,7 @@ from rich.table import Table
 
 from trainyard.cli_sweeps import sweep_app
 from trainyard.client import Client, SpecRejected, TrainyardError
+from trainyard.datarefs import is_local_code
 from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
 
 app = typer.Typer(help="trainyard: batch training jobs on your own GPU/CPU nodes.", no_args_is_help=True,
@@ -252,6 +253,8 @@ def job_submit(
 ) -> None:
     """Submit a job."""
     data = _load_for_submit(file, format_, set_ or [])
+    if isinstance(data.get("code"), str) and is_local_code(data["code"]):
+        data["code"] = str((file.parent / data["code"]).resolve())  # relative to the spec file
     try:
         job = _client().submit(data)
     except SpecRejected as exc:
@@ -365,6 +368,45 @@ def job_cancel(job_id: str) -> None:
     state = job.data["state"]
     suffix = "" if JobState(state) in TERMINAL_STATES else " (stopping)"
     console.print(f"{job_id} {state}{suffix}")
+
+
+@job_app.command("outputs")
+def job_outputs(
+    job_id: str,
+    attempt: Annotated[int | None, typer.Option(help="only this attempt")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A job's output files: attempt, output id, path, size, sha256 and the key to download it by."""
+    try:
+        files = _client().outputs(job_id, attempt=attempt)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(files)
+        return
+    table = Table("ATTEMPT", "RANK", "OUTPUT", "PATH", "SIZE", "SHA256", "KEY")
+    for f in files:
+        table.add_row(str(f["attempt"]), str(f["rank"]), f["output"], f["path"], str(f["size"]), f["sha256"][:16],
+                      f["key"])
+    console.print(table)
+
+
+@job_app.command("download")
+def job_download(
+    job_id: str,
+    dest: Annotated[Path, typer.Argument(help="directory to write <output>/<path> into")] = Path("."),
+    output: Annotated[str | None, typer.Option("--output", help="only this output id")] = None,
+    attempt: Annotated[int | None, typer.Option(help="attempt (default: the latest with outputs)")] = None,
+) -> None:
+    """Download a job's output files, each checked against its sha256."""
+    try:
+        paths = _client().download(job_id, dest, output=output, attempt=attempt)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    for path in paths:
+        console.print(str(path), highlight=False)
+    if not paths:
+        _fail(f"job {job_id} has no output files{f' for output {output!r}' if output else ''}")
 
 
 # -- nodes and pools -------------------------------------------------------------------------

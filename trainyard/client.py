@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -9,7 +11,9 @@ from typing import Any
 
 import httpx
 
+from trainyard.codepack import pack_to_file
 from trainyard.config import client_token, load_settings
+from trainyard.datarefs import is_local_code, safe_relpath
 from trainyard.spec import TERMINAL_STATES, JobSpec, JobState, load_spec_file
 
 BATCH_SIZE = 5000
@@ -53,6 +57,11 @@ def _as_dict(spec: dict[str, Any] | JobSpec | str | Path) -> dict[str, Any]:
     if isinstance(spec, (str, Path)):
         return load_spec_file(spec)
     return dict(spec)
+
+
+def _spec_dir(spec: dict[str, Any] | JobSpec | str | Path) -> Path:
+    """Where a relative `code:` directory is found: beside a spec file, else the current directory."""
+    return Path(spec).resolve().parent if isinstance(spec, (str, Path)) else Path.cwd()
 
 
 class Job:
@@ -112,6 +121,19 @@ class Job:
                 yield (line + b"\n").decode("utf-8", "surrogateescape")
         if pending:
             yield pending.decode("utf-8", "surrogateescape")
+
+
+    def outputs(self, attempt: int | None = None) -> list[dict[str, Any]]:
+        """Output files the job's nodes uploaded: key, attempt, rank, output, path, size, sha256."""
+        return self._client.outputs(self.id, attempt=attempt)
+
+    def manifests(self, attempt: int | None = None) -> list[dict[str, Any]]:
+        """The provenance manifest of each part of each attempt (spec, code, inputs, outputs, nodes, times)."""
+        return self._client.manifests(self.id, attempt=attempt)
+
+    def download(self, dest: str | Path = ".", output: str | None = None, attempt: int | None = None) -> list[Path]:
+        """Download the output files of the latest attempt that has some (or `attempt`) into dest/<output>/<path>."""
+        return self._client.download(self.id, dest, output=output, attempt=attempt)
 
 
 class Sweep:
@@ -194,14 +216,16 @@ class Client:
     # -- jobs ----------------------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any] | JobSpec | str | Path) -> Job:
-        return Job(self, self._request("POST", "/v1/jobs", json=_as_dict(spec)))
+        data = self._with_code(_as_dict(spec), _spec_dir(spec), {})
+        return Job(self, self._request("POST", "/v1/jobs", json=data))
 
     def submit_many(self, specs: Iterable[dict[str, Any] | JobSpec], batch_size: int = BATCH_SIZE) -> list[Job]:
         """Submit many specs, batch_size per call; each batch is stored whole or refused whole."""
         jobs: list[Job] = []
         batch: list[dict[str, Any]] = []
+        uploaded: dict[Path, str] = {}  # one upload per code directory for the whole call
         for spec in specs:
-            batch.append(_as_dict(spec))
+            batch.append(self._with_code(_as_dict(spec), _spec_dir(spec), uploaded))
             if len(batch) >= batch_size:
                 jobs.extend(self._submit_batch(batch))
                 batch = []
@@ -212,6 +236,75 @@ class Client:
     def _submit_batch(self, batch: list[dict[str, Any]]) -> list[Job]:
         reply = self._request("POST", "/v1/jobs:batch", json={"jobs": batch})
         return [Job(self, item) for item in reply["jobs"]]
+
+    def _with_code(self, data: dict[str, Any], base: Path, uploaded: dict[Path, str]) -> dict[str, Any]:
+        """A spec whose `code:` names a local directory gets it packed, uploaded and replaced by its URI."""
+        code = data.get("code")
+        if not isinstance(code, str) or not is_local_code(code):
+            return data
+        directory = (base / code).resolve()
+        if directory not in uploaded:
+            uploaded[directory] = self.upload_code(directory)
+        return {**data, "code": uploaded[directory]}
+
+    def upload_code(self, directory: str | Path) -> str:
+        """Pack a directory (deterministic tar.gz) and upload it; returns the `code` URI to put in a spec."""
+        with tempfile.TemporaryDirectory(prefix="trainyard-code-") as scratch:
+            archive = Path(scratch) / "code.tar.gz"
+            try:
+                pack_to_file(Path(directory), archive)
+            except (OSError, ValueError) as exc:
+                raise SpecRejected(422, {"problems": [{"field": "code", "reason": str(exc)}]}) from None
+            with archive.open("rb") as body:
+                reply = self._request("POST", "/v1/code", content=body,
+                                      headers={"Content-Type": "application/gzip"})
+        return str(reply["code"])
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def outputs(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        params = {} if attempt is None else {"attempt": attempt}
+        return list(self._request("GET", f"/v1/jobs/{job_id}/outputs", params=params)["outputs"])
+
+    def manifests(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        params = {} if attempt is None else {"attempt": attempt}
+        return list(self._request("GET", f"/v1/jobs/{job_id}/manifests", params=params)["manifests"])
+
+    def download(
+        self, job_id: str, dest: str | Path = ".", output: str | None = None, attempt: int | None = None
+    ) -> list[Path]:
+        """Output files into dest/<output>/<path>, each checked against its sha256; returns the paths."""
+        files = [f for f in self.outputs(job_id, attempt=attempt) if output is None or f["output"] == output]
+        if attempt is None and files:
+            latest = max(f["attempt"] for f in files)
+            files = [f for f in files if f["attempt"] == latest]
+        # Ranks of a gang upload to the same URI: one download per path, any rank's checksum.
+        by_path: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for item in files:
+            by_path.setdefault((item["output"], item["path"]), []).append(item)
+        return [self._download_one(job_id, Path(dest), entries) for entries in by_path.values()]
+
+    def _download_one(self, job_id: str, dest: Path, entries: list[dict[str, Any]]) -> Path:
+        first = entries[0]
+        if not safe_relpath(first["path"]) or not safe_relpath(first["output"]):
+            raise TrainyardError(0, f"refusing to write output path {first['path']!r} outside {dest}")
+        target = Path(dest, str(first["output"]), str(first["path"]))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        digest = hashlib.sha256()
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/outputs/{first['key']}", timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            with partial.open("wb") as sink:
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    digest.update(chunk)
+        if digest.hexdigest() not in {e["sha256"] for e in entries}:
+            partial.unlink(missing_ok=True)
+            raise TrainyardError(0, f"{first['output']}/{first['path']}: checksum mismatch (changed in its store?)")
+        partial.replace(target)
+        return target
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._request("GET", f"/v1/jobs/{job_id}"))

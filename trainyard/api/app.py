@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trainyard import __version__, transport
-from trainyard.api import audit, jobs, metrics, nodes, sweeps, tokens
+from trainyard.api import audit, jobs, metrics, nodes, outputs, sweeps, tokens
 from trainyard.api.schemas import ErrorResponse, Health, ValidationFailed
 from trainyard.config import Settings, load_settings
 from trainyard.db.engine import make_engine, make_sessionmaker
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = metrics.make_registry(app.state.sessions, app.state.redis)
     for router in (jobs.router, nodes.router, tokens.router, audit.router, metrics.router, sweeps.router):
         app.include_router(router, responses=AUTH_RESPONSES)
+    app.include_router(outputs.router, responses=AUTH_RESPONSES)
     app.add_exception_handler(SpecError, jobs.spec_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(RefuseNulMiddleware)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import transport
+from trainyard import datarefs, transport
 from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
 from trainyard.api.schemas import (
@@ -58,7 +58,7 @@ def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> 
         spec = parse_job_spec(data)
     except SpecError as exc:
         raise SpecError([{**p, "field": prefix + p["field"]} for p in exc.problems]) from None
-    problems = unsupported_features(spec)
+    problems = unsupported_features(spec) + datarefs.spec_problems(spec)
     if not who.sees(spec.workspace):
         problems.append({"field": "workspace", "reason": f"your token may not submit to {spec.workspace!r}"})
     secrets_enc = None

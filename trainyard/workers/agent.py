@@ -24,7 +24,7 @@ from trainyard import transport
 from trainyard.config import Settings
 from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import open_storage
-from trainyard.workers import watchdog
+from trainyard.workers import staging, watchdog
 from trainyard.workers.outbox import EventOutbox
 from trainyard.workers.job_metrics import job_python_env, metrics_file, read_metrics
 from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
@@ -240,13 +240,18 @@ class NodeAgent:
         launcher_name = str(message["spec"].get("launcher", "process"))
         logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank,
                         budget=self.spool_budget)
+        staged = None
         try:
             ctx = self._context(message)
+            staged = staging.stage(self.storage, self.node_dir, self.node.node_id, ctx)  # code, inputs, checkpoint
             running = launcher_for(launcher_name).start(ctx)
         except Exception as exc:
             logs.streams["stderr"].append(f"trainyard: could not start the job: {exc}\n".encode())
+            if staged is not None:
+                shutil.rmtree(staged.attempt_dir, ignore_errors=True)
             complete = logs.finish()
-            self.publish({"kind": "part_exited", **report, "exit_code": 127, "reason": "exit",
+            reason = "prepare_failed" if isinstance(exc, staging.StagingError) else "exit"
+            self.publish({"kind": "part_exited", **report, "exit_code": 127, "reason": reason,
                           "logs_complete": complete})
             self._report_logs_done_later(logs, complete, report)
             return 127
@@ -265,6 +270,8 @@ class NodeAgent:
             launcher_for(launcher_name).stop(running, grace_s=1.0)
             for pump in pumps:  # what the tree wrote before it died is still in the pipe
                 pump.join(PUMP_DRAIN_TIMEOUT_S)
+        # Outputs, checkpoint and manifest go up before the exit report: a next attempt finds them.
+        exit_code = staging.finish(self.storage, ctx, staged, exit_code, logs.streams["stderr"].append)
         complete = logs.finish()
         with self._lock:
             self._active.pop(key, None)

@@ -33,6 +33,7 @@ class LaunchContext:
     master_port: int
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     extra_env: dict[str, str] = field(default_factory=dict)
+    data_env: dict[str, str] = field(default_factory=dict)  # TRAINYARD_INPUT_/OUTPUT_<ID>, set by staging
     params: dict[str, str] = field(default_factory=dict)  # a sweep point's values, formatted
 
 
@@ -75,6 +76,7 @@ def base_environment(ctx: LaunchContext) -> dict[str, str]:
         }
     )
     env.update({f"TRAINYARD_PARAM_{name.upper()}": value for name, value in ctx.params.items()})
+    env.update(ctx.data_env)
     env.update(ctx.extra_env)
     return env
 
