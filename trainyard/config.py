@@ -66,3 +66,13 @@ def load_settings() -> Settings:
 def client_token() -> str | None:
     """The token the CLI and SDK send: TRAINYARD_TOKEN, else the admin token file of a local `up`."""
     return os.environ.get("TRAINYARD_TOKEN") or _read_file(trainyard_home() / "admin-token")
+
+
+def gpu_quotas() -> dict[str, int]:
+    """Per-workspace GPU quotas from TRAINYARD_GPU_QUOTAS, e.g. `team-a=16,team-b=8` (absent: unlimited)."""
+    quotas: dict[str, int] = {}
+    for item in os.environ.get("TRAINYARD_GPU_QUOTAS", "").split(","):
+        if "=" in item:
+            name, value = item.split("=", 1)
+            quotas[name.strip()] = int(value)
+    return quotas

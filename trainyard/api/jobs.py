@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from trainyard import datarefs, transport
 from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
+from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import (
     BatchSubmitted,
     ErrorResponse,
@@ -102,6 +103,13 @@ def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
     return job
 
 
+def _refuse_unfit(request: Request, new_jobs: list[NewJob], batch: bool) -> None:
+    with request.app.state.sessions() as session:
+        problems = unfit_problems(session, new_jobs, batch)
+    if problems:
+        raise _spec_error(problems)
+
+
 @router.post("/jobs", status_code=201, summary="Submit a job", response_model=JobOut,
              response_model_exclude_unset=True, responses=_SUBMIT_RESPONSES)
 def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
@@ -109,6 +117,7 @@ def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principa
         new = _validate(request, body, who)
     except SpecError as exc:
         raise _spec_error(exc.problems) from None
+    _refuse_unfit(request, [new], batch=False)
     (job_id,) = _store(request, [new], who)
     with request.app.state.sessions() as session:
         return load_job_dict(session, job_id)
@@ -130,6 +139,7 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
             problems.extend(exc.problems)
     if problems:
         raise _spec_error(problems)
+    _refuse_unfit(request, new_jobs, batch=True)
     ids = _store(request, new_jobs, who)
     return {"jobs": [{"id": job_id, "name": new.spec.name} for job_id, new in zip(ids, new_jobs, strict=True)]}
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from trainyard.config import gpu_quotas
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Job, Node, Part, utcnow
 from trainyard.db.sweeps import sweep_limits
@@ -44,16 +45,6 @@ _QUEUED_COLUMNS = (
 
 class _ClaimRace(Exception):
     """A batch claim changed fewer rows than planned: someone (a cancel) got there first."""
-
-
-def gpu_quotas() -> dict[str, int]:
-    """Per-workspace GPU quotas from TRAINYARD_GPU_QUOTAS, e.g. `team-a=16,team-b=8`."""
-    quotas: dict[str, int] = {}
-    for item in os.environ.get("TRAINYARD_GPU_QUOTAS", "").split(","):
-        if "=" in item:
-            name, value = item.split("=", 1)
-            quotas[name.strip()] = int(value)
-    return quotas
 
 
 def _epoch_s(value: datetime | None) -> float | None:
