@@ -16,6 +16,8 @@ from trainyard.config import Settings
 
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 DEFAULT_PORT = 5555
+# The tasks page shows each part's kwargs: job id, name, attempt and rank are what operators look for.
+TASKS_COLUMNS = "name,uuid,state,kwargs,received,started,runtime,worker"
 
 
 class FlowerAuthMissing(ValueError):
@@ -41,7 +43,7 @@ def resolve_basic_auth(flag: str | None, env: Mapping[str, str], no_auth: bool) 
 
 def flower_argv(address: str, port: int) -> list[str]:
     # --conf names no file: Flower would otherwise execute a flowerconfig.py from the current directory.
-    return ["flower", f"--address={address}", f"--port={port}", "--conf=/dev/null"]
+    return ["flower", f"--address={address}", f"--port={port}", "--conf=/dev/null", f"--tasks_columns={TASKS_COLUMNS}"]
 
 
 def run_flower(settings: Settings, address: str, port: int, basic_auth: str | None) -> int:

@@ -61,7 +61,7 @@ def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> 
         raise SpecError([{**p, "field": prefix + p["field"]} for p in exc.problems]) from None
     problems = unsupported_features(spec) + datarefs.spec_problems(spec)
     if not who.sees(spec.workspace):
-        problems.append({"field": "workspace", "reason": f"your token may not submit to {spec.workspace!r}"})
+        raise HTTPException(status_code=403, detail=f"your token may not submit to workspace {spec.workspace!r}")
     secrets_enc = None
     if spec.secrets:
         key = request.app.state.settings.secret_key
