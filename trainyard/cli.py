@@ -184,7 +184,9 @@ def worker(
     node_id: Annotated[str | None, typer.Option(help="node id (default: host name)")] = None,
     address: Annotated[str, typer.Option(help="address other nodes of a gang reach this one at")] = "127.0.0.2",
     slots: Annotated[int, typer.Option(help="job slots (CPUs)")] = 2,
-    gpus: Annotated[int | None, typer.Option(help="GPUs to declare (default: discovered)")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs to declare (default: discovered through NVML)")] = None,
+    docker_url: Annotated[str | None, typer.Option(help="container engine API for image: jobs (default: "
+                                                   "DOCKER_HOST)")] = None,
     log_level: str = "WARNING",
 ) -> None:
     """Run a worker node: a Celery worker on queue node.<id> plus the node agent."""
@@ -192,11 +194,15 @@ def worker(
 
     from trainyard.config import load_settings
     from trainyard.workers.agent import NodeConfig
+    from trainyard.workers.gpus import node_gpus
+    from trainyard.workers.launchers.container import DOCKER_URL_ENV
     from trainyard.workers.service import run_worker
 
     _setup_logging(log_level)
+    if docker_url:
+        os.environ[DOCKER_URL_ENV] = docker_url  # read by the container runtime; never passed to jobs
     node = NodeConfig(node_id=node_id or socket.gethostname(), pool=pool, address=address, slots=slots,
-                      gpus=list(range(gpus or 0)))
+                      gpus=node_gpus(gpus))
     run_worker(load_settings(), node, loglevel=log_level)
 
 

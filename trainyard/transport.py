@@ -43,6 +43,16 @@ def secrets_key(job_id: str, attempt: int) -> str:
     return f"{KEY_PREFIX}secrets:{job_id}:{attempt}"
 
 
+def spawn_requests_key(job_id: str, attempt: int, rank: int) -> str:
+    """A list of spawn requests (MPI's rsh agent) for one part of a gang, popped by its node agent."""
+    return f"{KEY_PREFIX}spawn:{job_id}:{attempt}:{rank}"
+
+
+def spawn_reply_key(job_id: str, attempt: int, spawn_id: str) -> str:
+    """Where the target node answers one spawn request with the spawned command's exit code."""
+    return f"{KEY_PREFIX}spawn:{job_id}:{attempt}:reply:{spawn_id}"
+
+
 def scheduler_metrics_key() -> str:
     """A hash of the scheduler's own figures (pass time, start latency, log lag) that /metrics reads."""
     return f"{KEY_PREFIX}metrics:scheduler"

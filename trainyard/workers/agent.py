@@ -27,7 +27,8 @@ from trainyard.storage_adapters import open_storage
 from trainyard.workers import staging, watchdog
 from trainyard.workers.outbox import EventOutbox
 from trainyard.workers.job_metrics import job_python_env, metrics_file, read_metrics
-from trainyard.workers.launchers import LaunchContext, RunningPart, launcher_for
+from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, gang_token, launcher_for
+from trainyard.workers.launchers.rsh_relay import NO_RELAY, NoRelay, RshRelay, relay_for
 from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class NodeAgent:
             secrets=self._secrets_for(message),
             extra_env={watchdog.SESSION_ENV: self.session_id, **job_python_env(self.node_dir, message["spec"])},
             params={str(k): str(v) for k, v in (message.get("params") or {}).items()},
+            gang_token=gang_token(self.settings.secret_key, job_id, attempt),
         )
 
     def abort_part(self, message: dict[str, Any], error: BaseException) -> None:
@@ -241,24 +243,31 @@ class NodeAgent:
         logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank,
                         budget=self.spool_budget)
         staged = None
+        relay: RshRelay | NoRelay = NO_RELAY
         try:
             ctx = self._context(message)
             staged = staging.stage(self.storage, self.node_dir, self.node.node_id, ctx)  # code, inputs, checkpoint
-            running = launcher_for(launcher_name).start(ctx)
+            launcher = launcher_for(launcher_name, image=ctx.image)
+            # MPI's daemons reach this part from other nodes through the relay (no ssh).
+            relay = relay_for(launcher, self.redis, ctx, logs)
+            self._prepare(key, launcher, ctx, logs)
+            running = launcher.start(ctx)
+            relay.serve(launcher, running)
         except Exception as exc:
             logs.streams["stderr"].append(f"trainyard: could not start the job: {exc}\n".encode())
             if staged is not None:
                 shutil.rmtree(staged.attempt_dir, ignore_errors=True)
             complete = logs.finish()
-            reason = "prepare_failed" if isinstance(exc, staging.StagingError) else "exit"
-            self.publish({"kind": "part_exited", **report, "exit_code": 127, "reason": reason,
+            reason, exit_code = _start_failure(exc)
+            relay.close()
+            self.publish({"kind": "part_exited", **report, "exit_code": exit_code, "reason": reason,
                           "logs_complete": complete})
             self._report_logs_done_later(logs, complete, report)
-            return 127
+            return exit_code
         part = ActivePart(launcher_name, running)
         with self._lock:
             self._active[key] = part
-        self.publish({"kind": "part_started", **report, "pid": running.process.pid})
+        self.publish({"kind": "part_started", **report, "pid": running.pid})
         wall_clock = self._wall_clock_timer(message, part)
         pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
         exit_code = launcher_for(launcher_name).wait(running)
@@ -272,6 +281,7 @@ class NodeAgent:
                 pump.join(PUMP_DRAIN_TIMEOUT_S)
         # Outputs, checkpoint and manifest go up before the exit report: a next attempt finds them.
         exit_code = staging.finish(self.storage, ctx, staged, exit_code, logs.streams["stderr"].append)
+        relay.close()  # after the spawned daemons' output is in the logs
         complete = logs.finish()
         with self._lock:
             self._active.pop(key, None)
@@ -282,10 +292,42 @@ class NodeAgent:
         self._report_logs_done_later(logs, complete, report)
         return exit_code
 
+    def _prepare(self, key: tuple[str, int, int], launcher: Launcher, ctx: LaunchContext, logs: PartLogs) -> None:
+        """Run the spec's `prepare` on this node before the command, output into the job's logs.
+
+        Raises PrepareFailed when it fails (reason prepare_failed) or is stopped meanwhile.
+        """
+        running = launcher.prepare(ctx)
+        if running is None:
+            return
+        part = ActivePart(launcher.name, running)
+        with self._lock:
+            self._active[key] = part
+        pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
+        exit_code = launcher.wait(running)
+        for pump in pumps:
+            pump.join(PUMP_DRAIN_TIMEOUT_S)
+        if any(p.is_alive() for p in pumps):
+            launcher.stop(running, grace_s=1.0)  # a background child of prepare must not outlive it
+        with self._lock:
+            self._active.pop(key, None)
+            stopped = self._stopped_attempts.get(key[:2])
+        if part.stop_reason or stopped:
+            raise PrepareFailed(exit_code, part.stop_reason or (stopped[0] if stopped else "cancelled"))
+        if exit_code != 0:
+            raise PrepareFailed(exit_code)
+
     def _report_logs_done_later(self, logs: PartLogs, complete: bool, report: dict[str, Any]) -> None:
         """The exit report said the logs were incomplete (store down): say so when they are in."""
         if not complete:
             logs.notify_when_shipped(lambda: self.publish({"kind": "logs_done", **report}))
+
+
+def _start_failure(exc: Exception) -> tuple[str, int]:
+    """(reason, exit status) of a part that could not start."""
+    if isinstance(exc, PrepareFailed):
+        return exc.reason, exc.exit_code
+    return ("prepare_failed" if isinstance(exc, staging.StagingError) else "exit"), 127
 
 
 def default_address() -> str:

@@ -1,18 +1,22 @@
-"""The launcher interface: build a part's command and environment, start it, stop its whole tree."""
+"""The launcher interface: what a part runs (command, environment, prepare step, spawns), started through a runtime."""
 
 from __future__ import annotations
 
 import abc
-import os
-import signal
-import subprocess
+import hashlib
+import hmac
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import psutil
+from trainyard.workers.launchers.process_tree import STOP_GRACE_S, kill_tree, part_tag, tagged_processes
+from trainyard.workers.launchers.runtime import HostRuntime, Runtime, Step, host_environment
 
-STOP_GRACE_S = 10.0
+__all__ = [
+    "STOP_GRACE_S", "LaunchContext", "Launcher", "PrepareFailed", "RunningPart", "base_environment",
+    "gang_token", "job_variables", "kill_tree", "part_tag", "tagged_processes",
+]
 
 
 @dataclass
@@ -35,27 +39,27 @@ class LaunchContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     data_env: dict[str, str] = field(default_factory=dict)  # TRAINYARD_INPUT_/OUTPUT_<ID>, set by staging
     params: dict[str, str] = field(default_factory=dict)  # a sweep point's values, formatted
+    # A secret every part of the gang derives alike (Ray's cluster token); empty when none.
+    gang_token: str = field(default="", repr=False)
+    # A short private directory for trainyard's helper files and sockets (the rsh agent);
+    # containers see it at the same path.
+    support_dir: Path | None = None
+
+    @property
+    def processes_per_node(self) -> int:
+        return int(self.spec.get("processes_per_node") or 1)
+
+    @property
+    def image(self) -> str | None:
+        image = self.spec.get("image")
+        return str(image) if image else None
 
 
-@dataclass
-class RunningPart:
-    """A started part: its top process (leader of its own session) and its output pipes."""
-
-    process: subprocess.Popen[bytes]
-    stdout_fd: int
-    stderr_fd: int
-    tag: dict[str, str] = field(default_factory=dict)
-
-
-def base_environment(ctx: LaunchContext) -> dict[str, str]:
-    """SPEC §5: what every job sees, whatever its launcher."""
-    env = dict(os.environ)
-    for key in [k for k in env if k.startswith("TRAINYARD_") and k not in ("TRAINYARD_HOME",)]:
-        env.pop(key)  # the node's own configuration (Redis URL, keys) is not the job's business
-    env.pop("TRAINYARD_HOME", None)
+def job_variables(ctx: LaunchContext) -> dict[str, str]:
+    """SPEC §5: what every job sees, whatever its launcher — without the node's own environment."""
+    env: dict[str, str] = {}
     env.update(ctx.spec.get("env") or {})
     env.update(ctx.secrets)
-    world_size = ctx.num_nodes * int(ctx.spec.get("processes_per_node") or 1)
     env.update(
         {
             "TRAINYARD_JOB_ID": ctx.job_id,
@@ -68,7 +72,7 @@ def base_environment(ctx: LaunchContext) -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in ctx.gpus),
             "MASTER_ADDR": ctx.node_hosts[0] if ctx.node_hosts else ctx.node_address,
             "MASTER_PORT": str(ctx.master_port),
-            "WORLD_SIZE": str(world_size),
+            "WORLD_SIZE": str(ctx.num_nodes * ctx.processes_per_node),
             "RANK": str(ctx.rank),
             "LOCAL_RANK": "0",
             "PYTHONUNBUFFERED": "1",
@@ -81,102 +85,116 @@ def base_environment(ctx: LaunchContext) -> dict[str, str]:
     return env
 
 
-def tagged_processes(tag: dict[str, str]) -> list[psutil.Process]:
-    """Processes whose environment carries every variable of `tag` (a part's job, attempt, rank).
-
-    This finds what escaped the process tree (double fork, setsid) but kept the environment.
-    """
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
-        if all(env.get(key) == value for key, value in tag.items()):
-            found.append(proc)
-    return found
+def base_environment(ctx: LaunchContext) -> dict[str, str]:
+    """The full environment of a part run on the host: the node's own, then the job's variables."""
+    return {**host_environment(), **job_variables(ctx)}
 
 
-def part_tag(job_id: str, attempt: int, rank: int) -> dict[str, str]:
-    return {"TRAINYARD_JOB_ID": job_id, "TRAINYARD_ATTEMPT": str(attempt), "TRAINYARD_NODE_RANK": str(rank)}
+@dataclass
+class RunningPart:
+    """A started part: its main step, what other nodes spawned into it, and how to stop it all."""
 
+    main: Step
+    ctx: LaunchContext
+    job_env: dict[str, str] = field(repr=False)
+    tag: dict[str, str] = field(default_factory=dict)
+    spawns: dict[str, Step] = field(default_factory=dict)
+    # Set when the launcher ends the main step itself and its status is not the part's (rank hosts).
+    exit_override: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-def kill_tree(root_pid: int, grace_s: float = STOP_GRACE_S, tag: dict[str, str] | None = None) -> None:
-    """SIGTERM the part's session and every descendant, then SIGKILL what is left after the grace."""
-    try:
-        family = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    if tag:
-        known = {p.pid for p in family}
-        family += [p for p in tagged_processes(tag) if p.pid not in known]
-    # Descendants that called setsid() left our process group; signal them one by one too.
-    _signal_group(root_pid, signal.SIGTERM)
-    for proc in family:
-        _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    _signal_group(root_pid, signal.SIGKILL)
-    for proc in alive:
-        _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    @property
+    def stdout_fd(self) -> int:
+        return self.main.stdout_fd
 
+    @property
+    def stderr_fd(self) -> int:
+        return self.main.stderr_fd
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    @property
+    def pid(self) -> int | None:
+        return self.main.pid
 
-
-def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
-    try:
-        proc.send_signal(sig)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
+    def running_spawns(self) -> list[Step]:
+        with self.lock:
+            return [step for step in self.spawns.values() if step.poll() is None]
 
 
 class Launcher(abc.ABC):
-    """One way of starting a part. Subclasses say what to run; starting and stopping are shared."""
+    """One way of starting a part. Subclasses say what to run; the runtime says where."""
 
     name: str
+    # Whether other nodes of the gang start programs in this launcher's parts (MPI's orted).
+    accepts_spawns: ClassVar[bool] = False
+
+    def __init__(self, runtime: Runtime | None = None):
+        self.runtime = runtime or HostRuntime()
 
     @abc.abstractmethod
     def argv(self, ctx: LaunchContext) -> list[str]:
         """The command this node runs for its part."""
 
-    def environment(self, ctx: LaunchContext) -> dict[str, str]:
-        return base_environment(ctx)
+    def job_environment(self, ctx: LaunchContext) -> dict[str, str]:
+        """The variables this launcher gives the job (the node's own environment not included)."""
+        return job_variables(ctx)
 
-    def start(self, ctx: LaunchContext) -> RunningPart:
-        """Start the part in a session of its own, stdout and stderr on separate pipes."""
+    def environment(self, ctx: LaunchContext) -> dict[str, str]:
+        """The full environment of the part's main program when it runs on the host."""
+        return {**host_environment(), **self.job_environment(ctx)}
+
+    def _run(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], step_name: str) -> RunningPart:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            process = subprocess.Popen(
-                self.argv(ctx),
-                cwd=ctx.workdir,
-                env=self.environment(ctx),
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            raise
-        os.close(out_w)
-        os.close(err_w)
-        return RunningPart(process=process, stdout_fd=out_r, stderr_fd=err_r,
-                           tag=part_tag(ctx.job_id, ctx.attempt, ctx.rank))
+        tag = part_tag(ctx.job_id, ctx.attempt, ctx.rank)
+        step = self.runtime.run(ctx, argv, job_env, step_name=step_name, tag=tag)
+        return RunningPart(main=step, ctx=ctx, job_env=job_env, tag=tag)
+
+    def prepare(self, ctx: LaunchContext) -> RunningPart | None:
+        """Start the spec's `prepare` script (every node, before the command), or None without one."""
+        script = ctx.spec.get("prepare")
+        if not script:
+            return None
+        return self._run(ctx, ["/bin/sh", "-c", str(script)], self.job_environment(ctx), "prepare")
+
+    def start(self, ctx: LaunchContext) -> RunningPart:
+        """Start the part's main program, stdout and stderr on separate pipes."""
+        return self._run(ctx, self.argv(ctx), self.job_environment(ctx), "main")
+
+    def spawn(self, part: RunningPart, spawn_id: str, command: str) -> Step:
+        """Run a command another node of the gang asked for, inside this part (its environment, its runtime)."""
+        step = self.runtime.run(part.ctx, ["/bin/sh", "-c", command], part.job_env, step_name=f"spawn-{spawn_id}")
+        with part.lock:
+            part.spawns[spawn_id] = step
+        return step
+
+    def spawn_ended(self, part: RunningPart, spawn_id: str, exit_code: int) -> None:  # noqa: B027 (optional hook)
+        """A spawned command ended; launchers whose parts live for their spawns end the part here."""
 
     def stop(self, part: RunningPart, grace_s: float = STOP_GRACE_S) -> None:
-        kill_tree(part.process.pid, grace_s, tag=part.tag)
+        """End the part: its main step (whose tag reaches what escaped the tree) and every spawn."""
+        with part.lock:
+            spawns = list(part.spawns.values())
+        part.main.stop(grace_s)
+        for step in spawns:
+            step.stop(grace_s)
 
     def wait(self, part: RunningPart) -> int:
-        """Wait for the part's top process; a death by signal N reads as 128+N, as in a shell."""
-        code = part.process.wait()
-        return 128 - code if code < 0 else code
+        """Wait for the main step; a death by signal N reads as 128+N, as in a shell."""
+        code = part.main.wait()
+        return code if part.exit_override is None else part.exit_override
+
+
+class PrepareFailed(Exception):
+    """The spec's `prepare` failed (or was stopped): the attempt ends with this reason and exit status."""
+
+    def __init__(self, exit_code: int, reason: str = "prepare_failed"):
+        super().__init__(f"prepare exited with status {exit_code}" if reason == "prepare_failed"
+                         else f"prepare was stopped ({reason})")
+        self.exit_code, self.reason = exit_code, reason
+
+
+def gang_token(secret_key: str | None, job_id: str, attempt: int) -> str:
+    """A secret every node of a gang derives alike from the cluster's key, without talking; '' without a key."""
+    if not secret_key:
+        return ""
+    return hmac.new(secret_key.encode(), f"gang:{job_id}:{attempt}".encode(), hashlib.sha256).hexdigest()

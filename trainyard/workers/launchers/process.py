@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from trainyard.workers.launchers.base import LaunchContext, Launcher
+from trainyard.workers.launchers.tools import command_argv
 
 
 class ProcessLauncher(Launcher):
     name = "process"
 
     def argv(self, ctx: LaunchContext) -> list[str]:
-        command = ctx.spec["command"]
-        if isinstance(command, str):
-            return ["/bin/sh", "-c", command]
-        return [str(part) for part in command]
+        return command_argv(ctx.spec["command"])
