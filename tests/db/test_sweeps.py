@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard import sweeps
@@ -147,3 +147,11 @@ def test_bulk_job_batches_keep_order_and_unique_cursor_values(database_url: str)
     assert [by_id[i][1] for i in ids[:300]] == [f"b{i}" for i in range(300)]
     assert [by_id[i][0] for i in ids] == sorted(by_id[i][0] for i in ids)
     assert by_id[ids[7]][2]["env"] == {"I": "7"}
+
+
+def test_the_migrations_make_the_sweep_tables_columns_and_every_job_index_of_the_models(database_url: str) -> None:
+    inspector = inspect(make_engine(database_url))
+    assert {c["name"] for c in inspector.get_columns("sweeps")} == {c.name for c in Sweep.__table__.columns}
+    assert {"params", "metrics", "metrics_step"} <= {c["name"] for c in inspector.get_columns("jobs")}
+    in_database = {index["name"] for index in inspector.get_indexes("jobs")}
+    assert {str(index.name) for index in Job.__table__.indexes} <= in_database

@@ -23,6 +23,10 @@ _last_seq = 0
 Processor = Callable[[Any], Any] | None
 
 
+class JSONText(str):
+    """A JSON column's value already serialized: passed to the driver as is."""
+
+
 def reserve_seq(count: int) -> int:
     """First of `count` consecutive `seq` values no other insert of this process will use.
 
@@ -135,8 +139,9 @@ def insert_dicts(session: Session, table: Table, rows: Sequence[Mapping[str, Any
     def as_tuple(row: Mapping[str, Any]) -> tuple[Any, ...]:
         values = [row[name] for name in given]
         for index, processor in active:
-            if values[index] is not None:
-                values[index] = processor(values[index])
+            value = values[index]
+            if value is not None and value.__class__ is not JSONText:
+                values[index] = processor(value)
         return (*values, *constant)
 
     insert_tuples(session, table, [*given, *defaults], (as_tuple(row) for row in rows))

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from trainyard.db.bulk import insert_dicts, reserve_seq
+from trainyard.db.bulk import JSONText, insert_dicts, reserve_seq
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Part, utcnow
 from trainyard.db.sweeps import fill_specs
@@ -35,19 +35,21 @@ def new_job_id() -> str:
     return "j" + secrets.token_hex(6)
 
 
-def spec_digest(spec: JobSpec, public: dict[str, Any] | None = None) -> str:
-    """Digest of the whole spec, secrets included, so a changed secret is a different spec.
-
-    `public` (the spec's `public_dict()`, when the caller has it) saves dumping the spec again.
-    """
-    data = spec.model_dump(mode="json") if public is None else {**public, "secrets": dict(spec.secrets)}
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+def spec_digest(spec: JobSpec) -> str:
+    """Digest of the whole spec, secrets included, so a changed secret is a different spec."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _public_json(spec: JobSpec) -> JSONText:
+    """`public_dict()` as JSON text, serialized by pydantic's core (5x json.dumps): secrets as names only."""
+    text = spec.model_dump_json(exclude={"secrets"})
+    names = json.dumps(dict.fromkeys(spec.secrets, "***"))
+    return JSONText(f'{text[:-1]},"secrets":{names}}}')
 
 
 def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
     spec = new.spec
-    public = spec.public_dict()
     return {
         "id": job_id,
         "name": spec.name,
@@ -65,10 +67,11 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
         "preemptible": spec.preemptible,
         "max_retries": spec.max_retries,
         "retries_used": 0,
-        "spec": public,
+        "spec": _public_json(spec),
         "secrets_enc": new.secrets_enc,
         "idempotency_key": spec.idempotency_key,
-        "spec_digest": spec_digest(spec, public),
+        # Compared only for an idempotency key: unkeyed jobs skip a second serialization.
+        "spec_digest": spec_digest(spec) if spec.idempotency_key else "",
         "sweep_id": new.sweep_id,
         "cancel_requested": False,
         "submitted_at": now,
