@@ -82,13 +82,20 @@ def _make_world(cluster: Cluster) -> World:
     token_a = create_token(cluster, "viewer", WS_A, name="sec-target-a")
     with api(cluster, cluster.admin_token) as http:
         assert http.delete(f"/v1/tokens/{tokens['deleted']['id']}").status_code == 200
-        job = http.post("/v1/jobs", json={"name": "sec-job-a", "command": "echo a", "workspace": WS_A}).json()
+        job = http.post("/v1/jobs", json={
+            "name": "sec-job-a", "workspace": WS_A, "command": "echo a > $TRAINYARD_OUTPUT_RESULT/a.txt",
+            "outputs": [{"id": "result", "uri": f"file://{cluster.home / 'outputs-a'}/"}],
+        }).json()
     objects = {"job_id": ("workspace", job["id"]), "token_id": ("workspace", token_a["id"]),
                "node_id": ("global", "node-1")}
     sweep_id = _sweep_in(cluster, WS_A)
     if sweep_id is not None:
         objects["sweep_id"] = ("workspace", sweep_id)
-    wait_for_state(cluster, job["id"], {"succeeded"})
+    assert wait_for_state(cluster, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
+    with api(cluster, cluster.admin_token) as http:
+        outputs = http.get(f"/v1/jobs/{job['id']}/outputs")
+    if outputs.status_code == 200:  # the output files of job A, by their opaque keys
+        objects["key"] = ("workspace", outputs.json()["outputs"][0]["key"])
     time.sleep(max(0.0, expired_after - time.monotonic()))
     return World(cluster=cluster, admin=cluster.admin_token, objects=objects,
                  **{name: created["token"] for name, created in tokens.items()})
