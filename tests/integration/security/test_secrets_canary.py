@@ -195,25 +195,27 @@ def _api_responses(cluster: Cluster, token: str, job_id: str) -> dict[str, bytes
     return found
 
 
-def _run_canary_job(cluster: Cluster, token: str, canary: str) -> tuple[str, bytes, dict[str, bytes]]:
-    """Submit and follow the job; returns its id, the process command lines seen while it ran,
-    and the submit response."""
-    spec = {
-        "name": "canary",
-        "workspace": WS_A,
-        "command": ["python3", "-c", "import hashlib, os, time; "
-                    "print(hashlib.sha256(os.environ['CANARY_SECRET'].encode()).hexdigest(), flush=True); "
-                    "time.sleep(2)"],
-        "secrets": {"CANARY_SECRET": canary},
-        "max_retries": 0,
-    }
+_PRINT_HASH = ("import hashlib, os, time; "
+               "print(hashlib.sha256(os.environ['CANARY_SECRET'].encode()).hexdigest(), flush=True); time.sleep(2)")
+
+
+def _submit_canaries(cluster: Cluster, token: str, canary: str) -> tuple[list[str], dict[str, bytes]]:
+    """A job, and a sweep of two when the API has sweeps, each with the canary as a secret."""
+    template = {"name": "canary", "workspace": WS_A, "command": ["python3", "-c", _PRINT_HASH],
+                "secrets": {"CANARY_SECRET": canary}, "max_retries": 0}
     with api(cluster, token) as http:
-        submitted = http.post("/v1/jobs", json=spec)
-    assert submitted.status_code == 201, submitted.text
-    job_id = submitted.json()["id"]
-    wait_for_state(cluster, job_id, {"running", "succeeded", "failed"})
-    command_lines = process_command_lines()
-    return job_id, command_lines, {"API submit": submitted.content}
+        submitted = http.post("/v1/jobs", json=template)
+        assert submitted.status_code == 201, submitted.text
+        job_ids, responses = [submitted.json()["id"]], {"API submit": submitted.content}
+        if "/v1/sweeps" in http.get("/openapi.json").json()["paths"]:
+            body = {"template": {**template, "name": "canary-{x}"}, "grid": {"x": [1, 2]}}
+            sweep = http.post("/v1/sweeps", json=body)
+            assert sweep.status_code == 201, sweep.text
+            responses["API sweep submit"] = sweep.content
+            responses["API sweep show"] = http.get(f"/v1/sweeps/{sweep.json()['id']}").content
+            job_ids += [j["id"] for j in http.get("/v1/jobs", params={"sweep": sweep.json()["id"]}).json()["jobs"]]
+    assert len(job_ids) in (1, 3)
+    return job_ids, responses
 
 
 def test_a_canary_secret_reaches_its_job_and_nowhere_else(cluster: Cluster, flower: FlowerServer) -> None:
@@ -221,28 +223,30 @@ def test_a_canary_secret_reaches_its_job_and_nowhere_else(cluster: Cluster, flow
     token = create_token(cluster, "user", WS_A, name="canary-user")["token"]
     redis_url = cluster.env["TRAINYARD_REDIS_URL"]
     with RedisMonitor(redis_url) as monitor:
-        job_id, command_lines, places = _run_canary_job(cluster, token, canary)
-        job = wait_for_state(cluster, job_id, {"succeeded", "failed"})
-    assert job["state"] == "succeeded", job
+        job_ids, places = _submit_canaries(cluster, token, canary)
+        wait_for_state(cluster, job_ids[0], {"running", "succeeded", "failed"})
+        places["process command lines"] = process_command_lines()  # while the job runs
+        ended = [wait_for_state(cluster, job_id, {"succeeded", "failed"}) for job_id in job_ids]
+    assert [job["state"] for job in ended] == ["succeeded"] * len(job_ids), ended
+    expected = hashlib.sha256(canary.encode()).hexdigest().encode() + b"\n"
     with api(cluster, token) as http:
-        stdout = http.get(f"/v1/jobs/{job_id}/logs").content
-    assert stdout == hashlib.sha256(canary.encode()).hexdigest().encode() + b"\n", "the job did not get its secret"
-    assert job["spec"]["secrets"] == {"CANARY_SECRET": "***"}
-    assert not redis.Redis.from_url(redis_url).exists(transport.secrets_key(job_id, 1)), "secrets outlived the attempt"
-
-    places.update(_api_responses(cluster, token, job_id))
-    places.update(flower_pages(flower, [f"{job_id}.1.0"]))
+        for job in ended:
+            assert http.get(f"/v1/jobs/{job['id']}/logs").content == expected, "a job did not get its secret"
+            assert job["spec"]["secrets"] == {"CANARY_SECRET": "***"}
+            assert not redis.Redis.from_url(redis_url).exists(transport.secrets_key(job["id"], 1)), "secrets outlived"
+    for job_id in job_ids:
+        places.update({f"{k} {job_id}": v for k, v in _api_responses(cluster, token, job_id).items()})
+    places.update(flower_pages(flower, [f"{job_id}.1.0" for job_id in job_ids]))
     places["Redis MONITOR"] = bytes(monitor.captured)
     places["Redis keys and values"] = redis_contents(redis_url)
-    places["process command lines"] = command_lines
     database_url = cluster.env["TRAINYARD_DATABASE_URL"]
     places["database rows"] = database_rows(database_url)
     places["pg_dump"] = postgres_dump(database_url)
     for path, content in files_under(cluster.home):
         places[str(path.relative_to(cluster.home))] = content
 
-    assert b"SET" in places["Redis MONITOR"] and job_id.encode() in places["Redis MONITOR"], "MONITOR saw nothing"
-    assert any(job_id.encode() in content for name, content in places.items() if name.startswith("flower"))
+    assert b"SET" in places["Redis MONITOR"] and job_ids[0].encode() in places["Redis MONITOR"], "MONITOR saw nothing"
+    assert any(job_ids[-1].encode() in content for name, content in places.items() if name.startswith("flower"))
     assert any(name.startswith("logs/") for name in places), "no service logs were searched"
     assert leaks(canary.encode(), base64.b64encode(b'{"env": "' + canary.encode() + b'"}')), "the search is blind"
     leaked = sorted(name for name, content in places.items() if leaks(canary.encode(), content))
