@@ -16,6 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # How long a transfer keeps retrying a store that is down before the part gives up on it.
 TRANSFER_DEADLINE_S = 600.0
 MANIFEST_DIR = ".trainyard"
+MANIFEST_SYNC_S = 5.0
+MANIFEST_LATE_S = 3600.0
 
 
 class StagingError(Exception):
@@ -196,18 +199,22 @@ def finish(
             failures.append(f"output {ident}: {exc}")
     checkpoint = None
     try:
-        checkpoint = checkpoints.save(cluster, ctx.job_id, ctx.attempt, ctx.rank, ctx.checkpoint_dir, _deadline())
+        if staged.checkpoint_restored is not None or _has_files(ctx.checkpoint_dir):
+            checkpoint = checkpoints.save(cluster, ctx.job_id, ctx.attempt, ctx.rank, ctx.checkpoint_dir,
+                                          _deadline())
     except (TransferFailed, OSError) as exc:
         failures.append(f"checkpoint: {exc}")
     manifest = _manifest(ctx, staged, outputs, checkpoint, exit_code, failures)
-    try:
-        _write_manifest(cluster, ctx, manifest, outputs)
-    except (TransferFailed, ValueError) as exc:
-        failures.append(f"manifest: {exc}")
+    _write_manifest_soon(cluster, ctx, manifest, outputs)
     for failure in failures:
         say(f"trainyard: {failure}\n".encode())
     shutil.rmtree(staged.attempt_dir, ignore_errors=True)
     return 1 if failures and exit_code == 0 else exit_code
+
+
+def _has_files(directory: Path) -> bool:
+    """Whether a job left anything in a directory (a job without checkpoints needs no store at its end)."""
+    return directory.is_dir() and any(directory.iterdir())
 
 
 def _output_uri(spec: dict[str, Any], ident: str) -> str:
@@ -251,14 +258,35 @@ def _manifest(ctx: LaunchContext, staged: StagedPart, outputs: list[dict[str, An
     }
 
 
+def _write_manifest_soon(cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any],
+                         outputs: list[dict[str, Any]]) -> None:
+    """Write the manifest now if the store answers; else keep trying in the background.
+
+    Provenance must not hold up the exit report of a job without outputs while the store is down.
+    """
+    try:
+        _write_manifest(cluster, ctx, manifest, outputs, time.monotonic() + MANIFEST_SYNC_S)
+        return
+    except (TransferFailed, ValueError) as exc:
+        log.warning("manifest of %s/%d/%d not written yet: %s", ctx.job_id, ctx.attempt, ctx.rank, exc)
+
+    def later() -> None:
+        try:
+            _write_manifest(cluster, ctx, manifest, outputs, time.monotonic() + MANIFEST_LATE_S)
+        except (TransferFailed, ValueError) as exc:
+            log.error("manifest of %s/%d/%d lost: %s", ctx.job_id, ctx.attempt, ctx.rank, exc)
+
+    threading.Thread(target=later, name=f"manifest-{ctx.job_id}", daemon=True).start()
+
+
 def _write_manifest(cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any],
-                    outputs: list[dict[str, Any]]) -> None:
+                    outputs: list[dict[str, Any]], deadline: float) -> None:
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     key = datarefs.manifest_key(ctx.job_id, ctx.attempt, ctx.rank)
-    retrying(lambda: cluster.put(key, body), f"write {key}", _deadline())
+    retrying(lambda: cluster.put(key, body), f"write {key}", deadline)
     for output in outputs:  # and beside each output, so the data carries its own provenance
         root, path = datarefs.split_uri(output["uri"])
         name = f"{MANIFEST_DIR}/manifest-{ctx.job_id}-{ctx.attempt}-{ctx.rank}.json"
         target = f"{path.rstrip('/')}/{name}" if path.strip("/") else name
         store = datarefs.open_root(root)
-        retrying(lambda: store.put(target, body), f"write {output['uri']} manifest", _deadline())  # noqa: B023
+        retrying(lambda: store.put(target, body), f"write {output['uri']} manifest", deadline)  # noqa: B023
