@@ -146,3 +146,30 @@ def test_trainyard_flower_runs_open_only_with_no_auth(cluster: Cluster, tmp_path
         process.terminate()
         process.wait(timeout=15)
     assert "without authentication" in (tmp_path / "flower.log").read_text()
+
+
+def test_up_with_flower_starts_it_with_credentials_and_stops_it(tmp_path: Path, redis_server: str) -> None:
+    home, api_port, flower_port = tmp_path / "home", free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINYARD_", "FLOWER_"))}
+    env.update(TRAINYARD_HOME=str(home), TRAINYARD_REDIS_URL=redis_server.rsplit("/", 1)[0] + "/10")
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen([*TRAINYARD, "up", "--workers", "0", "--port", str(api_port), "--flower",
+                               "--flower-port", str(flower_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "flower-auth").exists():
+            assert up.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        user, _, password = (home / "flower-auth").read_text().strip().partition(":")
+        assert (home / "flower-auth").stat().st_mode & 0o777 == 0o600
+        url = (home / "flower-url").read_text().strip()
+        assert url == f"http://127.0.0.1:{flower_port}"
+        assert httpx.get(f"{url}/api/workers", timeout=10).status_code == 401
+        assert httpx.get(f"{url}/api/workers", auth=(user, password), timeout=10).status_code == 200
+    finally:
+        up.terminate()
+        assert up.wait(timeout=60) == 0
+    printed = (tmp_path / "up.log").read_text()
+    assert f"Flower: {url}" in printed and password in printed
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthcheck", timeout=2)
