@@ -37,7 +37,7 @@ def test_killing_worker_nodes_during_a_hundred_running_jobs_loses_and_duplicates
 ) -> None:
     cluster, client, ledger, db = (chaos_cluster[k] for k in ("cluster", "client", "ledger", "db"))
     jobs = client.submit_many(
-        [{"name": f"c{i}", "command": ledger.wrap("sleep 6"), "max_retries": 0} for i in range(JOBS)]
+        [{"name": f"c{i}", "command": ledger.wrap("sleep 12"), "max_retries": 0} for i in range(JOBS)]
     )
     ids = [j.id for j in jobs]
     wait_until(lambda: sum(s == "running" for s in db.states(ids).values()) >= 100, 60, "100 jobs running")

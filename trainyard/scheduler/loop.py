@@ -21,7 +21,7 @@ from trainyard import transport
 from trainyard.config import Settings
 from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.models import Job, Node, Part, utcnow
-from trainyard.metrics import SchedulerMetrics
+from trainyard.metrics import START_LATENCY_SECONDS, SchedulerMetrics
 from trainyard.scheduler import outcomes
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.outcomes import Effects
@@ -159,18 +159,24 @@ class Scheduler:
         effects = Effects()
         now = utcnow()
         with self.sessions.begin() as session:
+            part_events: list[dict[str, Any]] = []
             for _entry_id, event in events:
+                if event.get("kind") in ("part_started", "part_exited"):
+                    part_events.append(event)
+                    continue
+                # Keep the order: part events before this one are applied first.
+                outcomes.apply_part_events(session, part_events, now, effects)
+                part_events = []
+                session.flush()
                 self._apply_one(session, event, now, effects)
+            outcomes.apply_part_events(session, part_events, now, effects)
+        for latency_s in effects.start_latencies_s:
+            self.metrics.observe(START_LATENCY_SECONDS, latency_s)
         self._after_commit(effects)
 
     def _apply_one(self, session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
         kind = event.get("kind")
-        if kind == "part_started":
-            outcomes.part_started(session, event, now, effects)
-            self.metrics.part_started(session, event, now)
-        elif kind == "part_exited":
-            outcomes.part_exited(session, event, now, effects)
-        elif kind == "logs_done":
+        if kind == "logs_done":
             outcomes.logs_done(session, event, now, effects)
         elif kind == "node_register":
             self._register_node(session, event, now, effects)
@@ -270,9 +276,9 @@ class Scheduler:
         for job_id, attempt, rank, node_id, dispatched_at in rows:
             seen_at, running = self._node_running.get(node_id, (None, set()))
             margin = timedelta(seconds=REDISPATCH_HEARTBEAT_MARGIN_S)
-            if seen_at is not None and dispatched_at is not None and seen_at > dispatched_at + margin:
-                if (job_id, attempt, rank) not in running:
-                    resend.add((job_id, attempt))
+            heard_since = seen_at is not None and dispatched_at is not None and seen_at > dispatched_at + margin
+            if heard_since and (job_id, attempt, rank) not in running:
+                resend.add((job_id, attempt))
         if resend:
             log.warning("re-sending %d attempt(s) whose messages were lost", len(resend))
             self.dispatcher.send_parts(session, sorted(resend), resend=True)

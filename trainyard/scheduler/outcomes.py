@@ -34,6 +34,7 @@ class Effects:
     stops: list[tuple[str, str, int, str]] = field(default_factory=list)  # node, job, attempt, reason
     ended_attempts: list[tuple[str, int]] = field(default_factory=list)
     stale_writes: int = 0
+    start_latencies_s: list[float] = field(default_factory=list)  # submit → first start, per job
 
 
 def retry_delay_s(retry_number: int) -> float:
@@ -56,68 +57,119 @@ def _record_stale(session: Session, effects: Effects, event: dict[str, Any], now
     )
 
 
-def part_started(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
-    job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
-    changed = rowcount(session.execute(
-        update(Part)
-        .where(
-            Part.job_id == job_id,
-            Part.attempt == attempt,
-            Part.rank == rank,
-            Part.active.is_(True),
-            Part.state == "scheduled",
-            Part.node_id == event["node"],
-        )
-        .values(state="running", started_at=now)
-    ))
-    if not changed:
-        part = session.get(Part, (job_id, attempt, rank))
-        if part is None or not part.active or part.node_id != event["node"]:
-            _record_stale(session, effects, event, now)
-            effects.stops.append((event["node"], job_id, attempt, "stale"))
+@dataclass
+class _Loaded:
+    """The rows a batch of part events touches, loaded once; changes are flushed in batches at commit."""
+
+    parts: dict[tuple[str, int, int], Part]
+    by_attempt: dict[tuple[str, int], list[Part]]
+    jobs: dict[str, Job]
+    attempts: dict[tuple[str, int], Attempt]
+
+
+def _load(session: Session, keys: set[tuple[str, int]]) -> _Loaded:
+    job_ids = sorted({job_id for job_id, _ in keys})
+    loaded = _Loaded({}, {}, {}, {})
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        # populate_existing: rows changed by a Core UPDATE earlier in this transaction are re-read.
+        fresh = {"populate_existing": True}
+        for part in session.scalars(select(Part).where(Part.job_id.in_(chunk)).execution_options(**fresh)):
+            if (part.job_id, part.attempt) in keys:
+                loaded.parts[(part.job_id, part.attempt, part.rank)] = part
+                loaded.by_attempt.setdefault((part.job_id, part.attempt), []).append(part)
+        jobs = session.scalars(select(Job).where(Job.id.in_(chunk)).execution_options(**fresh))
+        loaded.jobs.update({job.id: job for job in jobs})
+        for row in session.scalars(select(Attempt).where(Attempt.job_id.in_(chunk)).execution_options(**fresh)):
+            if (row.job_id, row.number) in keys:
+                loaded.attempts[(row.job_id, row.number)] = row
+    return loaded
+
+
+def apply_part_events(session: Session, events: list[dict[str, Any]], now: datetime, effects: Effects) -> None:
+    """Apply part_started / part_exited events in order, with a fixed number of queries per batch.
+
+    Each change is still guarded by the attempt number and the part's state (compare-and-set in
+    memory, under the scheduler's lease); the writes go out as a few executemany statements.
+    """
+    if not events:
         return
-    # The job becomes running with its first running part (CAS on state and attempt).
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.state == JobState.SCHEDULED.value)
-        .values(state=JobState.RUNNING.value, updated_at=now)
-    )
-    session.execute(
-        update(Attempt)
-        .where(Attempt.job_id == job_id, Attempt.number == attempt, Attempt.state == "scheduled")
-        .values(state="running", started_at=now)
-    )
+    keys = {(str(e["job_id"]), int(e["attempt"])) for e in events}
+    loaded = _load(session, keys)
+    for event in events:
+        if event.get("kind") == "part_started":
+            _started(session, loaded, event, now, effects)
+        else:
+            _exited(session, loaded, event, now, effects)
+
+
+def _started(session: Session, loaded: _Loaded, event: dict[str, Any], now: datetime, effects: Effects) -> None:
+    job_id, attempt, rank = str(event["job_id"]), int(event["attempt"]), int(event["rank"])
+    part = loaded.parts.get((job_id, attempt, rank))
+    if part is None or not part.active or part.node_id != event["node"]:
+        _record_stale(session, effects, event, now)
+        effects.stops.append((event["node"], job_id, attempt, "stale"))
+        return
+    if part.state != "scheduled":
+        return  # a duplicate report
+    part.state, part.started_at = "running", now
+    job = loaded.jobs.get(job_id)
+    if job is not None and job.attempt == attempt and job.state == JobState.SCHEDULED.value:
+        job.state, job.updated_at = JobState.RUNNING.value, now
+        if attempt == 1 and rank == 0:
+            effects.start_latencies_s.append(max(0.0, (now - job.submitted_at).total_seconds()))
+    row = loaded.attempts.get((job_id, attempt))
+    if row is not None and row.state == "scheduled":
+        row.state, row.started_at = "running", now
+
+
+def _exited(session: Session, loaded: _Loaded, event: dict[str, Any], now: datetime, effects: Effects) -> None:
+    job_id, attempt, rank = str(event["job_id"]), int(event["attempt"]), int(event["rank"])
+    part = loaded.parts.get((job_id, attempt, rank))
+    if part is None or not part.active or part.node_id != event["node"]:
+        _record_stale(session, effects, event, now)
+        return
+    reason = str(event.get("reason") or "exit")
+    exit_code = event.get("exit_code")
+    part.active, part.state, part.reason, part.exit_code, part.ended_at = False, "exited", reason, exit_code, now
+    part.logs_complete = bool(event.get("logs_complete", True))
+    job = loaded.jobs.get(job_id)
+    if job is not None and rank == 0 and event.get("metrics") and job.attempt == attempt:
+        job.metrics, job.metrics_step = event["metrics"], event.get("metrics_step")  # what trainyard.report said
+    parts = loaded.by_attempt.get((job_id, attempt), [part])
+    still_active = [p for p in parts if p.active]
+    if still_active:
+        if reason != "exit" or exit_code != 0:
+            # Gangs are one unit: one rank's end (failure, loss) tears down the others.
+            effects.stops.extend((p.node_id, job_id, attempt, "gang_teardown") for p in still_active)
+        return
+    if job is not None:
+        _finish_loaded(session, job, loaded.attempts.get((job_id, attempt)), parts, now, effects)
+
+
+def _finish_loaded(
+    session: Session, job: Job, row: Attempt | None, parts: list[Part], now: datetime, effects: Effects
+) -> None:
+    attempt = parts[0].attempt
+    if job.attempt != attempt or job.state not in ("scheduled", "running"):
+        return
+    values, attempt_state, reason = _transition(job, parts, now)
+    for name, value in values.items():
+        setattr(job, name, value)
+    if row is not None:
+        row.state, row.reason, row.ended_at = attempt_state, reason, now
+        row.logs_complete = all(p.logs_complete for p in parts)
+    effects.ended_attempts.append((job.id, attempt))
+    if values["state"] == JobState.QUEUED.value:
+        session.add(Event(at=now, kind="requeued", job_id=job.id, attempt=attempt, detail={"reason": reason}))
+
+
+def part_started(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
+    apply_part_events(session, [{**event, "kind": "part_started"}], now, effects)
 
 
 def part_exited(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
-    job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
-    reason = str(event.get("reason") or "exit")
-    exit_code = event.get("exit_code")
-    changed = rowcount(session.execute(
-        update(Part)
-        .where(
-            Part.job_id == job_id,
-            Part.attempt == attempt,
-            Part.rank == rank,
-            Part.active.is_(True),
-            Part.node_id == event["node"],
-        )
-        .values(
-            active=False,
-            state="exited",
-            reason=reason,
-            exit_code=exit_code,
-            ended_at=now,
-            logs_complete=bool(event.get("logs_complete", True)),
-        )
-    ))
-    if not changed:
-        _record_stale(session, effects, event, now)
-        return
-    if rank == 0 and event.get("metrics"):  # what trainyard.report last said (CAS: this attempt only)
-        session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt)
-                        .values(metrics=event["metrics"], metrics_step=event.get("metrics_step")))
-    end_attempt_if_done(session, job_id, attempt, now, effects, failed_part=(reason != "exit" or exit_code != 0))
+    apply_part_events(session, [{**event, "kind": "part_exited"}], now, effects)
 
 
 def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
@@ -147,20 +199,6 @@ def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: E
         )
 
 
-def end_attempt_if_done(
-    session: Session, job_id: str, attempt: int, now: datetime, effects: Effects, failed_part: bool = False
-) -> None:
-    parts = session.scalars(select(Part).where(Part.job_id == job_id, Part.attempt == attempt)).all()
-    still_active = [p for p in parts if p.active]
-    if still_active:
-        if failed_part:
-            # Gangs are one unit: one rank's end (failure, loss) tears down the others.
-            for part in still_active:
-                effects.stops.append((part.node_id, job_id, attempt, "gang_teardown"))
-        return
-    finish_attempt(session, job_id, attempt, parts, now, effects)
-
-
 def _attempt_outcome(parts: list[Part], job: Job) -> tuple[str, int | None]:
     """(reason, exit code) of an attempt whose parts have all ended."""
     reasons = {p.reason or "exit" for p in parts}
@@ -179,35 +217,36 @@ def _first_failure(parts: list[Part]) -> int | None:
     return None
 
 
-def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects) -> None:
-    job = session.get(Job, job_id)
-    if job is None or job.attempt != attempt or JobState(job.state).is_terminal():
-        return
-    reason, exit_code = _attempt_outcome(list(parts), job)
+def _transition(job: Job, parts: list[Part], now: datetime) -> tuple[dict[str, Any], str, str]:
+    """Where a job goes when its current attempt has ended: (job column values, attempt state, reason)."""
+    attempt = parts[0].attempt
+    reason, exit_code = _attempt_outcome(parts, job)
     if reason == "node_shutdown":
         reason = AttemptReason.NODE_LOST.value
     values: dict[str, Any] = {"updated_at": now, "exit_code": exit_code}
     if reason in REQUEUE_REASONS and not job.cancel_requested:
         values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=None)
-        attempt_state = "requeued"
-    elif reason == "exit" and exit_code == 0:
+        return values, "requeued", reason
+    if reason == "exit" and exit_code == 0:
         values.update(state=JobState.SUCCEEDED.value, ended_at=now)
-        attempt_state = "succeeded"
-    elif reason == "cancelled":
+        return values, "succeeded", reason
+    if reason == "cancelled":
         values.update(state=JobState.CANCELLED.value, ended_at=now)
-        attempt_state = "cancelled"
-    elif reason in ("exit", "prepare_failed") and job.retries_used < job.max_retries:
+        return values, "cancelled", reason
+    if reason in ("exit", "prepare_failed") and job.retries_used < job.max_retries:
         delay_s = retry_delay_s(job.retries_used + 1)
-        values.update(
-            state=JobState.QUEUED.value,
-            attempt=attempt + 1,
-            retries_used=job.retries_used + 1,
-            not_before=now + timedelta(seconds=delay_s),
-        )
-        attempt_state = "failed"
-    else:
-        values.update(state=JobState.FAILED.value, ended_at=now)
-        attempt_state = "failed"
+        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, retries_used=job.retries_used + 1,
+                      not_before=now + timedelta(seconds=delay_s))  # fmt: skip
+        return values, "failed", reason
+    values.update(state=JobState.FAILED.value, ended_at=now)
+    return values, "failed", reason
+
+
+def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects) -> None:
+    job = session.get(Job, job_id)
+    if job is None or job.attempt != attempt or JobState(job.state).is_terminal():
+        return
+    values, attempt_state, reason = _transition(job, list(parts), now)
     # CAS: only the current attempt of a non-terminal job may move it.
     moved = rowcount(session.execute(
         update(Job)
