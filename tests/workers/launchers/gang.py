@@ -91,6 +91,11 @@ class Gang:
         self.ranks = [RankRun(self._context(tmp_path, rank, master_port, (gpus or [[]] * nodes)[rank]),
                               launcher_for(self.spec["launcher"], image=self.spec.get("image")))
                       for rank in range(nodes)]
+        # A directory every rank can write (mounted read-write in containers): markers, go-files.
+        self.shared_dir = tmp_path / "shared"
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        for run in self.ranks:
+            run.ctx.data_env["TRAINYARD_OUTPUT_SHARED"] = str(self.shared_dir)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stopping = False
@@ -100,7 +105,8 @@ class Gang:
         return LaunchContext(
             job_id=self.job_id, name="contract", attempt=1, rank=rank, num_nodes=len(self.hosts),
             node_hosts=list(self.hosts), node_address=self.hosts[rank], spec=self.spec, gpus=gpus,
-            workdir=node_dir / "work" / f"{self.job_id}-1-{rank}", checkpoint_dir=node_dir / "checkpoints" / self.job_id,
+            workdir=node_dir / "work" / f"{self.job_id}-1-{rank}",
+            checkpoint_dir=node_dir / "checkpoints" / self.job_id,
             master_port=master_port, secrets=dict(self.spec.get("secrets") or {}),
             gang_token=self.token,
         )
@@ -116,13 +122,18 @@ class Gang:
         relay = relay_for(run.launcher, self.redis, run.ctx, run.output)
         try:
             self._prepare(run)
+            if self._stopping:
+                raise PrepareFailed(143, "cancelled")
             run.running = run.launcher.start(run.ctx)
             run.started_at = time.monotonic()
             relay.serve(run.launcher, run.running)
             pumps = [run.output.pump(run.running.stdout_fd, "stdout"), run.output.pump(run.running.stderr_fd, "stderr")]
             run.exit_code = run.launcher.wait(run.running)
-            for pump in pumps:
-                pump.join(PUMP_JOIN_S)
+            _join(pumps)
+            if any(pump.is_alive() for pump in pumps):
+                # As the agent does: a leftover child holding the pipe ends with the part.
+                run.launcher.stop(run.running, grace_s=1.0)
+                _join(pumps)
         except PrepareFailed as exc:
             run.exit_code, run.reason = exc.exit_code, exc.reason
         finally:
@@ -143,6 +154,7 @@ class Gang:
             raise PrepareFailed(code)
 
     def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping = True
         for run in self.ranks:
             if run.running is not None and run.exit_code is None:
                 threading.Thread(target=run.launcher.stop, args=(run.running, grace_s), daemon=True).start()
@@ -165,6 +177,20 @@ class Gang:
                 raise TimeoutError("the gang did not start")
             time.sleep(0.05)
 
+    def wait_for_output(self, text: str, timeout_s: float = 120.0) -> None:
+        """Block until some rank's stdout holds `text` (output streams while the job runs)."""
+        deadline = time.monotonic() + timeout_s
+        while not any(text in run.output.text("stdout") for run in self.ranks):
+            if time.monotonic() > deadline or all(run.exit_code is not None for run in self.ranks):
+                raise TimeoutError(f"no {text!r} in the output: {self.describe()}")
+            time.sleep(0.05)
+
+    def all_stdout(self) -> str:
+        return "".join(run.output.text("stdout") for run in self.ranks)
+
+    def all_stderr(self) -> str:
+        return "".join(run.output.text("stderr") for run in self.ranks)
+
     def stdout(self, rank: int = 0) -> str:
         return self.ranks[rank].output.text("stdout")
 
@@ -178,6 +204,11 @@ class Gang:
     def leftover_processes(self) -> list[str]:
         return [" ".join(p.cmdline()) for p in tagged_processes({"TRAINYARD_JOB_ID": self.job_id})
                 if _alive(p)]
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(PUMP_JOIN_S)
 
 
 def _alive(proc: Any) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from trainyard.workers.launchers.base import LaunchContext
 from trainyard.workers.launchers.mpi import MpiLauncher
 
-
 # What horovodrun forwards from the launching node to every rank.
 FORWARDED_VARIABLES = ("LD_LIBRARY_PATH", "PATH")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 
 import psutil
 
 STOP_GRACE_S = 10.0
+WAIT_POLL_S = 0.05
 
 
 def tagged_processes(tag: dict[str, str]) -> list[psutil.Process]:
@@ -32,7 +34,11 @@ def part_tag(job_id: str, attempt: int, rank: int) -> dict[str, str]:
 
 
 def kill_tree(root_pid: int, grace_s: float = STOP_GRACE_S, tag: dict[str, str] | None = None) -> None:
-    """SIGTERM the part's session and every descendant, then SIGKILL what is left after the grace."""
+    """SIGTERM the part's session and every descendant, then SIGKILL what is left after the grace.
+
+    The root is never reaped here: its Popen's wait() must still read its real status (a
+    process reaped by someone else reads as status 0 there).
+    """
     try:
         family = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
     except psutil.NoSuchProcess:
@@ -44,11 +50,43 @@ def kill_tree(root_pid: int, grace_s: float = STOP_GRACE_S, tag: dict[str, str] 
     _signal_group(root_pid, signal.SIGTERM)
     for proc in family:
         _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    alive = _wait_gone(family, grace_s)
     _signal_group(root_pid, signal.SIGKILL)
     for proc in alive:
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5.0)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited (without reaping our own children); those still alive."""
+    deadline = time.monotonic() + timeout_s
+    alive = list(procs)
+    while alive:
+        alive = [proc for proc in alive if not _exited(proc)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(WAIT_POLL_S)
+    return alive
+
+
+def _exited(proc: psutil.Process) -> bool:
+    if proc.pid in _own_children():
+        # WNOWAIT: look at a child's end without collecting its status.
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # collected meanwhile by its Popen
+            return True
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _own_children() -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except psutil.Error:
+        return set()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
