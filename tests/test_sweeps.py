@@ -171,3 +171,13 @@ def test_a_random_sweep_without_seed_is_accepted_and_samples_are_counted() -> No
     assert spec.seed is None and spec.size() == 5
     assert spec.definition() == {"kind": "random", "random": spec.random, "samples": 5, "seed": None}
     assert all(math.isfinite(p["lr"]) for p in expand(spec.model_copy(update={"seed": 1})))
+
+
+@pytest.mark.parametrize("name", ["quadratic.yaml", "grid.json"])
+def test_the_example_sweeps_are_valid(name: str) -> None:
+    from pathlib import Path
+
+    from trainyard.spec import load_spec_file
+
+    spec = parse_sweep_spec(load_spec_file(Path(__file__).parent.parent / "examples" / "sweeps" / name))
+    assert spec.size() in (40, 6) and spec.max_concurrency is not None

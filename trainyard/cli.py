@@ -132,12 +132,15 @@ def api(
     import uvicorn
 
     from trainyard.api.app import create_app
+    from trainyard.api.runtime import tune_gc
     from trainyard.config import load_settings
     from trainyard.db.engine import upgrade
 
     settings = load_settings()
     upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    application = create_app(settings)
+    tune_gc()  # bulk submits: see trainyard/api/runtime.py
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 
 @app.command()

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from trainyard import sweeps, transport
 from trainyard.api.auth import Principal, require
+from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import ErrorResponse, ValidationFailed, nul_fields, plausible_id
 from trainyard.crypto import encrypt_secrets
 from trainyard.db import sweep_queries
+from trainyard.db.jobs import NewJob
 from trainyard.db.models import Sweep
 from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep
 from trainyard.spec import SpecError, unsupported_features
@@ -101,10 +103,14 @@ def _sweep_or_404(session: Session, sweep_id: str, who: Principal) -> Sweep:
              response_model=SweepOut, responses=_CHANGE_RESPONSES)
 def submit_sweep(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     spec, secrets_enc = _parse(request, body, who)
+    sessions = request.app.state.sessions
+    with sessions() as session:
+        unfit = unfit_problems(session, [NewJob(spec=spec.template)], batch=False)
+    if unfit:
+        raise _refused([{**p, "field": "template." + p["field"]} for p in unfit])
     if spec.random is not None and spec.seed is None:
         spec.seed = sweeps.new_seed()  # stored, so the sweep's points can be drawn again
     points = sweeps.expand(spec)
-    sessions = request.app.state.sessions
     for retry in range(2):
         try:
             with sessions.begin() as session:
