@@ -5,11 +5,13 @@ backoff) and nothing is lost while the spool has room. The spool of a stream is 
 files named by the offset they start at; a file is deleted once every byte of it is in the store,
 so the node-wide budget (`SpoolBudget`) frees as uploads catch up. When the budget or the disk is
 exhausted, output is dropped and the stream later says so in a marker line. Memory stays bounded:
-pipes are read in 64 KiB chunks and segments uploaded at most 4 MiB at a time.
+pipes are read in 1 MiB chunks and segments uploaded at most 4 MiB at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +25,8 @@ from trainyard.storage_adapters import Storage
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 64 * 1024
+# A 1 MiB pipe read in 1 MiB chunks: 16x fewer syscalls and wake-ups than the 64 KiB default.
+READ_CHUNK_BYTES = 1024 * 1024
 SEGMENT_MAX_BYTES = 4 * 1024 * 1024
 SPOOL_FILE_BYTES = 8 * 1024 * 1024
 FLUSH_PERIOD_S = 0.25
@@ -31,6 +34,7 @@ RETRY_MAX_S = 5.0
 DEFAULT_SPOOL_MAX_BYTES = 4 * 1024**3
 SPOOL_MAX_ENV = "TRAINYARD_SPOOL_MAX_BYTES"
 META_FILE = "meta.json"
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Python < 3.10 lacks the name; Linux's value
 
 
 def spool_max_bytes() -> int:
@@ -253,6 +257,8 @@ class PartLogs:
     def pump(self, fd: int, stream: str) -> threading.Thread:
         """Read a pipe to EOF into the stream, in a thread of its own."""
         target = self.streams[stream]
+        with contextlib.suppress(OSError):  # Linux only, and capped by fs.pipe-max-size: an optimisation
+            fcntl.fcntl(fd, F_SETPIPE_SZ, READ_CHUNK_BYTES)
 
         def read_loop() -> None:
             try:
