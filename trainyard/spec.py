@@ -16,8 +16,8 @@ MAX_PRIORITY = 1000
 DEFAULT_MAX_WALL_CLOCK_S = 7 * 24 * 3600
 MAX_GANG_NODES = 4096
 # Launchers whose implementation has landed; others are refused at submit with 422.
-AVAILABLE_LAUNCHERS = frozenset({"process"})
-CONTAINERS_AVAILABLE = False
+AVAILABLE_LAUNCHERS = frozenset({"process", "mpi", "horovod", "ray", "torchrun"})
+CONTAINERS_AVAILABLE = True
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IO_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
