@@ -183,3 +183,26 @@ def test_the_drop_marker_starts_on_a_line_of_its_own(at_line_start: bool) -> Non
     marker = drop_marker(12, at_line_start)
     assert marker.endswith(b"[trainyard: 12 bytes dropped: spool full]\n")
     assert marker.startswith(b"\n") != at_line_start
+
+
+def test_a_spool_left_by_a_dead_worker_is_shipped_by_the_next_one(tmp_path: Path) -> None:
+    inner = open_storage("memory://recovery")
+    old_store, new_store = SwitchableStorage(inner), SwitchableStorage(inner)
+    spool = tmp_path / "spool" / "job1-1-0"
+    logs = PartLogs(old_store, spool, "job1", 1, 0)
+    logs.streams["stdout"].append(b"shipped before the crash\n")
+    _wait_for(lambda: logstore.stream_end(inner, PREFIX) == 25)
+    old_store.down.set()  # from here on the old process ships nothing: then it "dies"
+    tail = b"".join(f"spooled only {i}\n".encode() for i in range(5000))
+    logs.streams["stdout"].append(tail)
+    logs.streams["stderr"].append(b"an error line\n")
+    budget = SpoolBudget(max_bytes=1 << 30)
+    recovered = PartLogs.recover(new_store, spool, budget)
+    assert recovered is not None
+    done = threading.Event()
+    recovered.notify_when_shipped(done.set)
+    assert done.wait(10)
+    assert logstore.read_from(inner, PREFIX, 0, max_bytes=1 << 30) == b"shipped before the crash\n" + tail
+    assert logstore.read_from(inner, logstore.stream_prefix("job1", 1, 0, "stderr"), 0) == b"an error line\n"
+    assert not spool.exists() and budget.used == 0
+    assert PartLogs.recover(new_store, tmp_path / "not-a-spool", budget) is None

@@ -82,9 +82,20 @@ class NodeAgent:
     def start(self) -> None:
         self.node_dir.mkdir(parents=True, exist_ok=True)
         self._watchdog = watchdog.start(self.session_id)
+        self._recover_spools()
         self.publish(self._registration())
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+
+    def _recover_spools(self) -> None:
+        """Ship what an earlier process of this node left in its spool: those parts are gone, their bytes are not.
+
+        No logs_done follows: the scheduler ended those parts when the node restarted (their
+        finalisation would be a stale write); readers get the bytes all the same.
+        """
+        for spool_dir in sorted((self.node_dir / "spool").glob("*")):
+            if PartLogs.recover(self.storage, spool_dir, self.spool_budget) is not None:
+                log.info("shipping the leftover spool %s", spool_dir.name)
 
     def shutdown(self) -> None:
         """Stop heartbeating and kill every running part: the scheduler requeues them."""

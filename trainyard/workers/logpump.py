@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from trainyard import logstore
 from trainyard.logstore import STREAMS, segment_key
 from trainyard.storage_adapters import Storage
 
@@ -89,7 +90,40 @@ class SpooledStream:
         self._fd: int | None = None
         self._pending: tuple[int, int] | None = None  # a segment tried and not yet confirmed
         self._closed = False
+        self._resync = False  # recovered from disk: learn from the store how far it got first
         self._lock = threading.Lock()
+
+    @classmethod
+    def recovered(
+        cls, storage: Storage, spool_dir: Path, key_args: tuple[str, int, int, str], budget: SpoolBudget
+    ) -> SpooledStream:
+        """The stream as an earlier worker process left it on disk: closed, its spool files still to ship."""
+        stream = cls(storage, spool_dir, key_args, budget)
+        found = []
+        for path in spool_dir.glob(f"{stream.name}.*.spool"):
+            offset = path.name.split(".")[1]
+            if offset.isdigit():
+                found.append((int(offset), path))
+        stream._files = sorted(found)
+        if stream._files:
+            start, last = stream._files[-1]
+            stream.written = start + last.stat().st_size
+            budget.force_reserve(stream.written - stream._files[0][0])
+        stream._closed, stream._resync = True, True
+        return stream
+
+    def _resync_with_store(self) -> None:
+        """Skip what already reached the store: segments are contiguous, so their end says how far."""
+        stored = logstore.stream_end(self.storage, logstore.stream_prefix(*self._key_args))
+        with self._lock:
+            first = self._files[0][0] if self._files else stored
+            if stored < first:
+                log.error("%s: %d bytes before the spool are missing from the store", self.name, first - stored)
+            self.uploaded = min(max(stored, first), self.written)
+            if not self._files:
+                self.written = self.uploaded
+            self._resync = False
+            self._delete_shipped_files()
 
     # -- writing (pump threads) --------------------------------------------------------------
 
@@ -159,7 +193,7 @@ class SpooledStream:
     # -- shipping (the shipper thread) -------------------------------------------------------
 
     def pending_bytes(self) -> int:
-        return self.written - self.uploaded
+        return 1 if self._resync else self.written - self.uploaded
 
     def _next_segment(self) -> tuple[int, int, int, Path] | None:
         """(offset, size, spool file start, spool file) of the segment to upload next, if any."""
@@ -188,6 +222,8 @@ class SpooledStream:
         A failed upload is retried with exactly the same range, so a segment's key always names
         the same bytes (readers rely on it) even when the first try did reach the store.
         """
+        if self._resync:
+            self._resync_with_store()
         found = self._next_segment()
         if found is None:
             return False
@@ -237,15 +273,17 @@ class PartLogs:
     """stdout and stderr of one part, with a background shipper thread that outlives the part if needed."""
 
     def __init__(
-        self, storage: Storage, spool_dir: Path, job_id: str, attempt: int, rank: int, budget: SpoolBudget | None = None
+        self, storage: Storage, spool_dir: Path, job_id: str, attempt: int, rank: int,
+        budget: SpoolBudget | None = None, recovering: bool = False,
     ):
         self.spool_dir = spool_dir
+        self.part = {"job_id": job_id, "attempt": attempt, "rank": rank}
         budget = budget or SpoolBudget(spool_max_bytes())
         spool_dir.mkdir(parents=True, exist_ok=True)
-        (spool_dir / META_FILE).write_text(json.dumps({"job_id": job_id, "attempt": attempt, "rank": rank}))
-        self.streams = {
-            name: SpooledStream(storage, spool_dir, (job_id, attempt, rank, name), budget) for name in STREAMS
-        }
+        if not recovering:
+            (spool_dir / META_FILE).write_text(json.dumps(self.part))
+        make = SpooledStream.recovered if recovering else SpooledStream
+        self.streams = {name: make(storage, spool_dir, (job_id, attempt, rank, name), budget) for name in STREAMS}
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._shipped = threading.Event()
@@ -253,6 +291,18 @@ class PartLogs:
         self._lock = threading.Lock()
         self._shipper = threading.Thread(target=self._ship_loop, name=f"logs-{job_id}-{rank}", daemon=True)
         self._shipper.start()
+
+    @classmethod
+    def recover(cls, storage: Storage, spool_dir: Path, budget: SpoolBudget) -> PartLogs | None:
+        """Ship what a part's spool still holds after its worker process died; None if it is no spool."""
+        try:
+            meta = json.loads((spool_dir / META_FILE).read_text())
+            job_id, attempt, rank = str(meta["job_id"]), int(meta["attempt"]), int(meta["rank"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        logs = cls(storage, spool_dir, job_id, attempt, rank, budget, recovering=True)
+        logs.finish(wait_s=0)
+        return logs
 
     def pump(self, fd: int, stream: str) -> threading.Thread:
         """Read a pipe to EOF into the stream, in a thread of its own."""
