@@ -373,12 +373,18 @@ class Client:
         """Submit a sweep: the template's `{param}` placeholders are filled per point (SPEC §3)."""
         options = {"grid": grid, "random": random, "points": points, "samples": samples, "seed": seed,
                    "max_concurrency": max_concurrency, "name": name, "idempotency_key": idempotency_key}
-        body = {"template": _as_dict(template), **{k: v for k, v in options.items() if v is not None}}
+        template_data = self._with_code(_as_dict(template), _spec_dir(template), {})
+        body = {"template": template_data, **{k: v for k, v in options.items() if v is not None}}
         return self.submit_sweep(body)
 
     def submit_sweep(self, definition: dict[str, Any] | str | Path) -> Sweep:
         """Submit a whole sweep definition: a dict, or a YAML/JSON file (`template:` or a flat job spec)."""
         body = load_spec_file(definition) if isinstance(definition, (str, Path)) else definition
+        base = _spec_dir(definition) if isinstance(definition, (str, Path)) else Path.cwd()
+        if isinstance(body.get("template"), dict):  # a local `code:` directory is uploaded once for all points
+            body = {**body, "template": self._with_code(body["template"], base, {})}
+        else:
+            body = self._with_code(body, base, {})
         return Sweep(self, self._request("POST", "/v1/sweeps", json=body))
 
     def get_sweep(self, sweep_id: str, metric: str | None = None, order: str = "min", top: int = 20) -> Sweep:

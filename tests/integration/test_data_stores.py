@@ -233,3 +233,16 @@ def test_output_traversal_payloads_are_all_refused(on_store: StoreCluster, tmp_p
         assert _refused(reply.status, reply.read(), secret), (payload, reply.status)
         connection.close()
     assert datarefs.is_output_key(inside["key"])
+
+
+def test_a_sweep_template_with_a_code_directory_uploads_it_once(on_store: StoreCluster, tmp_path: Path) -> None:
+    code = tmp_path / "sweep-code"
+    code.mkdir()
+    (code / "train.py").write_text("import sys\nprint('lr', sys.argv[1])\n")
+    sweep = on_store.client.sweep({"name": "lr-{lr}", "code": str(code), "command": "python3 train.py {lr}"},
+                                  grid={"lr": [0.1, 0.01]})
+    assert sweep.wait(timeout=120) == "finished"
+    jobs = sweep.jobs()
+    assert sorted(job.log_bytes() for job in jobs) == [b"lr 0.01\n", b"lr 0.1\n"]
+    codes = {job.refresh().data["spec"]["code"] for job in jobs}
+    assert len(codes) == 1 and codes.pop().startswith("trainyard-code://sha256:")
