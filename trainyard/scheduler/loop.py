@@ -34,6 +34,8 @@ IDLE_WAKE_MS = 500
 LEASE_TTL_MS = 6000
 LEASE_RENEW_S = 1.0
 STOP_RESEND_S = 5.0
+HOUSEKEEPING_PERIOD_S = 0.5
+FULL_PASS_PERIOD_S = 1.0
 # A part still not started this long after dispatch, on a node whose later heartbeats do not list
 # it, lost its message (Redis restarted or wiped): send it again. Nodes ignore duplicates.
 REDISPATCH_AFTER_S = 15.0
@@ -63,6 +65,9 @@ class Scheduler:
         self._stop_sent: dict[tuple[str, int], float] = {}
         self._node_running: dict[str, tuple[datetime, set[tuple[str, int, int]]]] = {}
         self._redis_outage = False
+        self._housekeeping_at = 0.0
+        self._full_pass_at = 0.0
+        self._queue_changed = True
         self._lease_renewed_at = 0.0
         self.stop_event = threading.Event()
         self.stale_writes = 0
@@ -176,7 +181,9 @@ class Scheduler:
 
     def _apply_one(self, session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
         kind = event.get("kind")
-        if kind == "logs_done":
+        if kind == "wake":
+            self._queue_changed = True
+        elif kind == "logs_done":
             outcomes.logs_done(session, event, now, effects)
         elif kind == "node_register":
             self._register_node(session, event, now, effects)
@@ -253,14 +260,23 @@ class Scheduler:
     # -- periodic work ------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        effects = Effects()
-        with self.sessions.begin() as session:
-            self._check_liveness(session, effects)
-            self._send_cancels(session, effects)
-            self._redispatch_lost_messages(session)
-        self._after_commit(effects)
+        now = time.monotonic()
+        if now - self._housekeeping_at >= HOUSEKEEPING_PERIOD_S:
+            self._housekeeping_at = now
+            effects = Effects()
+            with self.sessions.begin() as session:
+                self._check_liveness(session, effects)
+                self._send_cancels(session, effects)
+                self._redispatch_lost_messages(session)
+            self._after_commit(effects)
+        # A full pass reads the whole queue window and writes pending reasons: on submissions and
+        # cancels, and at least every FULL_PASS_PERIOD_S. In between, when only parts started or
+        # ended, a fast pass looks at the head of the queue to refill the slots that freed.
+        full = self._queue_changed or now - self._full_pass_at >= FULL_PASS_PERIOD_S
+        if full:
+            self._queue_changed, self._full_pass_at = False, now
         with self.metrics.timed_pass():
-            placed = self.passes.run(self.sessions)
+            placed = self.passes.run(self.sessions, full=full)
         self.metrics.flush()
         if placed:
             log.debug("placed %d job(s)", placed)

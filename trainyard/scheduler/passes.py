@@ -24,7 +24,7 @@ from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Job, Node, Part, utcnow
 from trainyard.db.sweeps import sweep_limits
 from trainyard.scheduler.dispatch import Dispatcher
-from trainyard.scheduler.placement import JobView, NodeView, PassPlan, Placement, Snapshot, plan
+from trainyard.scheduler.placement import JobView, NodeView, PartPlacement, PassPlan, Placement, Snapshot, plan
 from trainyard.scheduler.views import RunningPart, RunningView
 
 # The queue one pass looks at: the highest priorities, plus the oldest jobs (which aging may
@@ -36,6 +36,9 @@ USAGE_REFRESH_S = 10.0
 GPU_WEIGHT = 8.0  # one GPU-second weighs as much as this many CPU-seconds in fair share
 PREEMPT_GRACE_S = float(os.environ.get("TRAINYARD_PREEMPT_GRACE_S", "30"))
 PENDING_CACHE_MAX = 500_000
+FAST_WINDOW_MIN = 64
+# How many slots' worth of not-yet-started parts a busy node may hold (see _send_ahead).
+SEND_AHEAD_SLOTS = float(os.environ.get("TRAINYARD_SEND_AHEAD_SLOTS", "1"))
 
 _QUEUED_COLUMNS = (
     Job.id, Job.pool, Job.priority, Job.seq, Job.workspace, Job.nodes, Job.cpus, Job.gpus,
@@ -61,6 +64,7 @@ class PassRunner:
     _usage: dict[str, float] = field(default_factory=dict)
     _usage_at: float = 0.0
     last_plan: PassPlan | None = None
+    _last_parts: list[tuple[Any, ...]] = field(default_factory=list)
 
     # -- snapshot ----------------------------------------------------------------------------
 
@@ -69,7 +73,7 @@ class PassRunner:
             session.execute(
                 select(Part.job_id, Part.attempt, Part.node_id, Part.cpus, Part.gpus, Job.memory_bytes, Job.priority,
                        Job.preemptible, Job.max_wall_clock_s, Job.workspace, Job.sweep_id, Job.cancel_requested,
-                       Attempt.started_at, Attempt.created_at)
+                       Attempt.started_at, Attempt.created_at, Part.state)
                 .join(Job, Job.id == Part.job_id)
                 .join(Attempt, (Attempt.job_id == Part.job_id) & (Attempt.number == Part.attempt))
                 .where(Part.active.is_(True))
@@ -119,7 +123,7 @@ class PassRunner:
         self.preempting = {k: v for k, v in self.preempting.items() if k in live}
         return list(by_attempt.values())
 
-    def _queued_views(self, session: Session) -> list[JobView]:
+    def _queued_views(self, session: Session, window: int = QUEUE_WINDOW) -> list[JobView]:
         now = utcnow()
         ready = (
             Job.state == "queued",
@@ -127,10 +131,10 @@ class PassRunner:
             or_(Job.not_before.is_(None), Job.not_before <= now),
         )
         top = session.execute(
-            select(*_QUEUED_COLUMNS).where(*ready).order_by(Job.priority.desc(), Job.seq).limit(QUEUE_WINDOW)
+            select(*_QUEUED_COLUMNS).where(*ready).order_by(Job.priority.desc(), Job.seq).limit(window)
         ).tuples()
         rows = {r[0]: r for r in top}
-        if len(rows) >= QUEUE_WINDOW:
+        if window == QUEUE_WINDOW and len(rows) >= QUEUE_WINDOW:
             oldest = session.execute(select(*_QUEUED_COLUMNS).where(*ready).order_by(Job.seq).limit(OLDEST_WINDOW))
             rows.update({r[0]: r for r in oldest.tuples()})
         return [
@@ -161,18 +165,25 @@ class PassRunner:
         self._usage, self._usage_at = dict(usage), time.monotonic()
         return self._usage
 
-    def snapshot(self, session: Session) -> Snapshot | None:
-        queued = self._queued_views(session)
+    def snapshot(self, session: Session, full: bool = True) -> Snapshot | None:
+        parts = self._active_parts(session)
+        self._last_parts = parts
+        nodes = self._node_views(session, parts)
+        window = QUEUE_WINDOW
+        if not full:
+            # Enough of the head of the queue to fill what is free and the nodes' backlogs.
+            room = sum(max(0.0, n.free_cpus) + n.cpus * SEND_AHEAD_SLOTS for n in nodes if n.schedulable)
+            window = min(QUEUE_WINDOW, FAST_WINDOW_MIN + 2 * int(room))
+        queued = self._queued_views(session, window)
         if not queued:
             return None
         now_s = time.time()
-        parts = self._active_parts(session)
         gpus_in_use: dict[str, int] = defaultdict(int)
         for row in parts:
             gpus_in_use[row[9]] += len(row[4] or [])
         sweep_max, sweep_running = sweep_limits(session, {job.sweep_id for job in queued if job.sweep_id})
         return Snapshot(
-            nodes=self._node_views(session, parts), queued=queued, running=self._running_views(parts, now_s),
+            nodes=nodes, queued=queued, running=self._running_views(parts, now_s),
             now_s=now_s, workspace_usage=self._workspace_usage(session, parts, now_s),
             sweep_max_concurrency=sweep_max, sweep_running=sweep_running,
             workspace_gpu_quota=gpu_quotas(), workspace_gpus_in_use=dict(gpus_in_use),
@@ -257,28 +268,69 @@ class PassRunner:
 
     # -- the pass ----------------------------------------------------------------------------
 
-    def run(self, sessions: sessionmaker[Session]) -> int:
-        """Place what fits; returns how many jobs were placed."""
+    def run(self, sessions: sessionmaker[Session], full: bool = True) -> int:
+        """Place what fits; returns how many jobs were placed. A fast pass (full=False) looks only at
+        the head of the queue and leaves pending reasons as they are."""
         try:
-            written = self._plan_and_write(sessions, batch_claim=True)
+            written = self._plan_and_write(sessions, batch_claim=True, full=full)
         except _ClaimRace:
             # A job was cancelled while being placed: plan again, claiming one job at a time.
-            written = self._plan_and_write(sessions, batch_claim=False)
+            written = self._plan_and_write(sessions, batch_claim=False, full=full)
         if written:
             with sessions.begin() as session:
                 self.dispatcher.send_parts(session, written)
         return len(written)
 
-    def _plan_and_write(self, sessions: sessionmaker[Session], batch_claim: bool) -> list[tuple[str, int]]:
+    def _send_ahead(self, snapshot: Snapshot, result: PassPlan) -> None:
+        """Give busy nodes a small backlog of single-node CPU jobs, so a freed slot refills at once.
+
+        Only where nothing else waits in the pool (no gang, GPU job or limited sweep could be
+        overtaken) and never onto nodes reserved for a blocked job. The node starts them in order
+        as slots free (workers/capacity.py); until then they hold no slot.
+        """
+        placed = {p.job_id for p in result.placements}
+        waiting = [job for job in snapshot.queued if job.id not in placed]
+        if not waiting:
+            return
+        limited = set(snapshot.sweep_max_concurrency)
+
+        def simple(job: JobView) -> bool:
+            return job.nodes == 1 and job.gpus == 0 and job.memory_bytes is None and job.sweep_id not in limited
+
+        blocked_pools = {job.pool for job in waiting if not simple(job)}
+        reserved = {node_id for r in result.reservations for node_id in r.node_ids}
+        backlog: dict[str, float] = defaultdict(float)
+        for row in self._last_parts:
+            if row[-1] == "scheduled":
+                backlog[row[2]] += row[3]
+        for placement in result.placements:
+            for part in placement.parts:
+                backlog[part.node_id] += part.cpus
+        nodes = [n for n in snapshot.nodes if n.schedulable and n.id not in reserved and n.pool not in blocked_pools]
+        for job in sorted(waiting, key=lambda j: (-j.priority, j.seq)):
+            if job.pool in blocked_pools:
+                continue
+            room = [n for n in nodes if n.pool == job.pool and n.cpus >= job.cpus
+                    and backlog[n.id] + job.cpus <= n.cpus * SEND_AHEAD_SLOTS]  # fmt: skip
+            if not room:
+                continue
+            node = min(room, key=lambda n: (backlog[n.id], n.id))
+            backlog[node.id] += job.cpus
+            result.placements.append(Placement(job.id, [PartPlacement(0, node.id, job.cpus, [])]))
+            result.pending.pop(job.id, None)
+
+    def _plan_and_write(self, sessions: sessionmaker[Session], batch_claim: bool, full: bool) -> list[tuple[str, int]]:
         with sessions.begin() as session:
-            snapshot = self.snapshot(session)
+            snapshot = self.snapshot(session, full)
             if snapshot is None:
                 return []
             result = plan(snapshot)
+            self._send_ahead(snapshot, result)
             self.last_plan = result
             written = self._write(session, result, batch_claim)
-            self._write_pending(session, result.pending)
-            self._preempt(session, result.preemptions)
+            if full:
+                self._write_pending(session, result.pending)
+                self._preempt(session, result.preemptions)
         return written
 
     def _write(self, session: Session, result: PassPlan, batch_claim: bool) -> list[tuple[str, int]]:

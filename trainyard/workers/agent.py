@@ -29,6 +29,7 @@ from trainyard.workers.job_metrics import job_python_env, metrics_file, read_met
 from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, gang_token, launcher_for
 from trainyard.workers.launchers.rsh_relay import NO_RELAY, NoRelay, RshRelay, relay_for
 from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
+from trainyard.workers.capacity import NodeCapacity
 from trainyard.workers.outbox import EventOutbox
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class NodeAgent:
         # Parts this process has taken on: a re-sent message for one of them is ignored, so a
         # scheduler that re-dispatches after a crash or a Redis loss never starts a part twice.
         self._seen_parts: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self.capacity = NodeCapacity(node.slots)
+        self._waiting: set[tuple[str, int, int]] = set()  # parts sent ahead, waiting for slots here
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
 
@@ -132,7 +135,7 @@ class NodeAgent:
         period_s = self.settings.heartbeat_period_s
         while not self._shutdown.wait(period_s):
             with self._lock:
-                running = [list(key) for key in self._active]
+                running = [list(key) for key in self._active] + [list(key) for key in self._waiting]
             try:
                 transport.publish_event(
                     self.redis,
@@ -166,6 +169,7 @@ class NodeAgent:
             self._forget_old_stops()
             self._stopped_attempts[(job_id, attempt)] = (reason, time.monotonic())
             targets = [(k, p) for k, p in self._active.items() if k[0] == job_id and k[1] <= attempt]
+        self.capacity.wake()  # a part waiting for slots may be the one stopped
         for _key, part in targets:
             part.stop_reason = reason
             threading.Thread(
@@ -207,6 +211,26 @@ class NodeAgent:
             params={str(k): str(v) for k, v in (message.get("params") or {}).items()},
             gang_token=gang_token(self.settings.secret_key, job_id, attempt),
         )
+
+    def admit(self, message: dict[str, Any]) -> bool:
+        """Wait until the part's slots are free on this node; False (and reported) if stopped meanwhile."""
+        key = (message["job_id"], int(message["attempt"]), int(message["rank"]))
+        cpus = float(message.get("cpus") or 0.0)
+        with self._lock:
+            self._waiting.add(key)
+        try:
+            admitted = self.capacity.acquire(cpus, lambda: (key[0], key[1]) in self._stopped_attempts)
+        finally:
+            with self._lock:
+                self._waiting.discard(key)
+        if not admitted:
+            reason = self._stopped_attempts.get((key[0], key[1]), ("cancelled", 0.0))[0]
+            self.publish({"kind": "part_exited", "job_id": key[0], "attempt": key[1], "rank": key[2],
+                          "exit_code": None, "reason": reason, "logs_complete": True})
+        return admitted
+
+    def release(self, message: dict[str, Any]) -> None:
+        self.capacity.release(float(message.get("cpus") or 0.0))
 
     def abort_part(self, message: dict[str, Any], error: BaseException) -> None:
         """A part's handling crashed inside trainyard: stop what it started and report it failed."""

@@ -25,6 +25,9 @@ class PartFailed(Exception):
 def register_run_task(app: Celery, agent: NodeAgent) -> None:
     @app.task(name=transport.RUN_TASK, bind=True, throws=(PartFailed,), acks_late=False, ignore_result=True)
     def run(self: Any, **message: Any) -> dict[str, Any]:
+        if not agent.admit(message):
+            return {"job_id": message["job_id"], "attempt": message["attempt"], "rank": message["rank"],
+                    "stopped": True}
         try:
             exit_code = agent.run_part(message)
         except Exception as exc:
@@ -32,6 +35,8 @@ def register_run_task(app: Celery, agent: NodeAgent) -> None:
             log.exception("part %s.%s.%s crashed", message.get("job_id"), message.get("attempt"), message.get("rank"))
             agent.abort_part(message, exc)
             raise
+        finally:
+            agent.release(message)
         if exit_code != 0:
             raise PartFailed(f"job {message['job_id']} attempt {message['attempt']} rank "
                              f"{message['rank']} exited with {exit_code}")
@@ -53,7 +58,8 @@ def run_worker(settings: Settings, node: NodeConfig, loglevel: str = "WARNING") 
         hostname=f"{node.node_id}@{node.address}",
         queues=[transport.node_queue(node.node_id)],
         pool="threads",
-        concurrency=node.slots + EXTRA_TASK_THREADS,
+        # Running parts, as many again sent ahead and waiting for slots, and some spare threads.
+        concurrency=2 * node.slots + EXTRA_TASK_THREADS,
         loglevel=loglevel,
         without_mingle=True,
         without_gossip=True,
