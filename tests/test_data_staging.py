@@ -173,3 +173,19 @@ def test_data_references_the_api_accepts() -> None:
 @pytest.mark.parametrize("path", ["../x", "a/../../x", "/abs", "a\\b", "a//b", "./a", "a/.", "", "nul\x00", "tab\tx"])
 def test_unsafe_relative_paths(path: str) -> None:
     assert not datarefs.safe_relpath(path)
+
+
+@pytest.mark.parametrize(("uri", "cluster", "expected"), [
+    ("s3://bucket/trainyard/logs/j1/", "s3://bucket/trainyard", True),   # inside: could overwrite logs
+    ("s3://bucket/", "s3://bucket/trainyard", True),                     # contains it: could read it all
+    ("s3://bucket", "s3://bucket/trainyard", True),
+    ("s3://bucket/trainyard-data/x", "s3://bucket/trainyard", False),    # a sibling that shares a prefix
+    ("s3://other/trainyard/x", "s3://bucket/trainyard", False),
+    ("az://c/trainyard", "az://c/trainyard/", True),
+    ("file:///srv/blobs/code/x.tar.gz", "file:///srv/blobs", True),
+    ("file:///srv/data", "file:///srv/blobs", False),
+])
+def test_data_uris_may_not_overlap_the_cluster_store(uri: str, cluster: str, expected: bool) -> None:
+    assert datarefs.overlaps(uri, cluster) is expected
+    spec = parse_job_spec({"name": "x", "command": "true", "outputs": [{"id": "o", "uri": uri}]})
+    assert bool(datarefs.spec_problems(spec, cluster)) is expected

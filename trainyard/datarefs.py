@@ -50,6 +50,22 @@ def split_uri(uri: str) -> tuple[str, str]:
     return f"{scheme}://{parts.netloc}", parts.path.lstrip("/")
 
 
+def overlaps(uri: str, root_url: str) -> bool:
+    """Whether `uri` lies inside `root_url` or contains it (same store, one path a prefix of the other).
+
+    The cluster's own store holds every job's logs, code, checkpoints and manifests: a job's data
+    URIs must stay out of it, or one tenant could read or overwrite another's.
+    """
+    try:
+        (root_a, path_a), (root_b, path_b) = split_uri(uri), split_uri(root_url)
+    except ValueError:
+        return False
+    if root_a != root_b:
+        return False
+    a, b = path_a.strip("/"), path_b.strip("/")
+    return not a or not b or a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def join_uri(uri: str, path: str) -> str:
     return uri.rstrip("/") + "/" + path
 
@@ -122,22 +138,29 @@ def safe_relpath(path: str) -> bool:
 # -- validation at submit --------------------------------------------------------------------
 
 
-def spec_problems(spec: JobSpec) -> list[dict[str, str]]:
+def uri_problem(uri: str, cluster_url: str | None) -> str | None:
+    """Why a job may not use `uri` for its data, or None."""
+    try:
+        split_uri(uri)
+    except ValueError as exc:
+        return str(exc)
+    if cluster_url and overlaps(uri, cluster_url):
+        return "overlaps trainyard's own store (TRAINYARD_STORAGE_URL): use a location of your own"
+    return None
+
+
+def spec_problems(spec: JobSpec, cluster_url: str | None = None) -> list[dict[str, str]]:
     """What the API refuses about a spec's data references (with the field path of each)."""
     problems = []
     for field_name in ("inputs", "outputs"):
         for i, ref in enumerate(getattr(spec, field_name)):
-            try:
-                split_uri(ref.uri)
-            except ValueError as exc:
-                problems.append({"field": f"{field_name}[{i}].uri", "reason": str(exc)})
+            problem = uri_problem(ref.uri, cluster_url)
+            if problem:
+                problems.append({"field": f"{field_name}[{i}].uri", "reason": problem})
     if spec.code is not None and code_digest(spec.code) is None:
         if is_local_code(spec.code):
             problems.append({"field": "code", "reason": "a local directory is packed and uploaded by the CLI/SDK; "
                              "the API takes a storage URI or trainyard-code://sha256:<hex> (POST /v1/code)"})
-        else:
-            try:
-                split_uri(spec.code)
-            except ValueError as exc:
-                problems.append({"field": "code", "reason": str(exc)})
+        elif problem := uri_problem(spec.code, cluster_url):
+            problems.append({"field": "code", "reason": problem})
     return problems

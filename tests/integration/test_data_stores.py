@@ -246,3 +246,13 @@ def test_a_sweep_template_with_a_code_directory_uploads_it_once(on_store: StoreC
     assert sorted(job.log_bytes() for job in jobs) == [b"lr 0.01\n", b"lr 0.1\n"]
     codes = {job.refresh().data["spec"]["code"] for job in jobs}
     assert len(codes) == 1 and codes.pop().startswith("trainyard-code://sha256:")
+
+
+def test_a_data_uri_inside_the_cluster_store_is_refused(on_store: StoreCluster) -> None:
+    from trainyard.client import SpecRejected
+
+    inside = on_store.storage_url + "/logs/someone-else/"
+    with pytest.raises(SpecRejected) as refused:
+        on_store.client.submit({"name": "snoop", "command": "true", "inputs": [{"id": "a", "uri": inside}],
+                                "outputs": [{"id": "b", "uri": on_store.storage_url.rsplit("/", 1)[0]}]})
+    assert {p["field"] for p in refused.value.problems} == {"inputs[0].uri", "outputs[0].uri"}

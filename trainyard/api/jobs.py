@@ -60,7 +60,7 @@ def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> 
         spec = parse_job_spec(data)
     except SpecError as exc:
         raise SpecError([{**p, "field": prefix + p["field"]} for p in exc.problems]) from None
-    problems = unsupported_features(spec) + datarefs.spec_problems(spec)
+    problems = unsupported_features(spec) + datarefs.spec_problems(spec, request.app.state.settings.storage_url)
     if not who.sees(spec.workspace):
         raise HTTPException(status_code=403, detail=f"your token may not submit to workspace {spec.workspace!r}")
     secrets_enc = None

@@ -92,6 +92,7 @@ def stage(cluster: Storage, node_dir: Path, node_id: str, ctx: LaunchContext) ->
             staged.code = _stage_code(cluster, node_dir, str(ctx.spec["code"]), ctx.workdir)
         env: dict[str, str] = {}
         for ref in ctx.spec.get("inputs") or []:
+            _check_uri(ref["uri"], cluster)
             entry = _stage_input(ref["id"], ref["uri"], attempt_dir / "inputs" / ref["id"])
             staged.inputs.append(entry)
             env.update(dict.fromkeys(_env_names("TRAINYARD_INPUT_", ref["id"]), entry["local_path"]))
@@ -110,6 +111,13 @@ def stage(cluster: Storage, node_dir: Path, node_id: str, ctx: LaunchContext) ->
     return staged
 
 
+def _check_uri(uri: str, cluster: Storage) -> None:
+    """The API refuses these at submit; a node checks again (sweeps render URIs, other nodes' stores)."""
+    problem = datarefs.uri_problem(uri, cluster.url)
+    if problem:
+        raise ValueError(f"{uri}: {problem}")
+
+
 def _stage_code(cluster: Storage, node_dir: Path, uri: str, workdir: Path) -> dict[str, str]:
     """Unpack the job's code as its working directory; archives from the cluster are cached by digest."""
     digest = datarefs.code_digest(uri)
@@ -120,6 +128,7 @@ def _stage_code(cluster: Storage, node_dir: Path, uri: str, workdir: Path) -> di
         if not tree.is_dir():
             _fetch_code(cluster, datarefs.code_key(digest), tree, expected=digest)
     else:
+        _check_uri(uri, cluster)
         root, path = datarefs.split_uri(uri)
         store = datarefs.open_root(root)
         if path.endswith("/") or not path:
@@ -194,6 +203,7 @@ def finish(
     for ident, out_dir in staged.outputs.items():
         uri = _output_uri(ctx.spec, ident)
         try:
+            _check_uri(uri, cluster)
             outputs.append(_upload_output(ctx, ident, uri, out_dir))
         except (TransferFailed, ValueError, OSError) as exc:
             failures.append(f"output {ident}: {exc}")
