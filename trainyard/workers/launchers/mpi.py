@@ -60,6 +60,9 @@ class MpiLauncher(Launcher):
             "--mca", "plm_rsh_agent", str(self.rsh_agent_path(ctx)),
             # Every daemon is started from rank 0 (only rank 0's part has the agent's socket).
             "--mca", "plm_rsh_no_tree_spawn", "1",
+            # Open MPI 4's daemons map a shared copy of the hardware topology at a "hole" of their
+            # address space; that mapping segfaults now and then (hwloc_shmem_topology_write).
+            "--mca", "rtc_hwloc_vmhole", "none",
             *self.network_flags(ctx),
             *self.extra_flags(ctx),
         ]
