@@ -72,7 +72,8 @@ def through_trainyard(client: Client, home: Path, gang: Gang) -> float:
                               "experiment": "bench-launchers", "command": RANK_PROBE})
     state = job.wait(timeout=300, poll_s=0.1)
     if state != "succeeded":
-        raise RuntimeError(f"{gang.launcher} job {job.id} {state}: {job.log_bytes(stream='stderr')[:3000]!r} {job.log_bytes(rank=1, stream='stderr')[:3000]!r}")
+        errors = [job.log_bytes(rank=rank, stream="stderr")[:3000] for rank in range(len(HOSTS))]
+        raise RuntimeError(f"{gang.launcher} job {job.id} {state}: {errors!r}")
     seen = [t for rank in range(len(HOSTS)) for t in clocks(job.log_bytes(rank=rank).decode())]
     if len(seen) != gang.ranks:
         raise RuntimeError(f"{gang.launcher}: {len(seen)} of {gang.ranks} ranks reported")
