@@ -62,7 +62,7 @@ def _scope(body: TokenCreate, who: Principal) -> str | None:
     workspace = body.workspace if body.workspace is not None else who.workspace
     if workspace is None and body.role != "admin":
         raise _problem("workspace", f"a {body.role} token must be scoped to a workspace")
-    if not who.sees(workspace) or (who.workspace is not None and workspace is None):
+    if not who.sees(workspace):  # a scoped admin sees no other workspace, and not "all" either
         raise HTTPException(status_code=403, detail="your token may only create tokens for its own workspace")
     return workspace
 

@@ -180,3 +180,13 @@ def test_the_owner_reaches_the_same_objects(world: World) -> None:
         # A token of one workspace submits there when the spec names none.
         job = http.post("/v1/jobs", json={"name": "sec-default-ws", "command": "true"}).json()
         assert job["workspace"] == WS_A
+
+
+def test_a_workspace_admin_mints_tokens_for_its_own_workspace_only(world: World) -> None:
+    with api(world.cluster, world.admin_b) as http:
+        assert http.post("/v1/tokens", json={"role": "viewer", "workspace": WS_A}).status_code == 403
+        assert http.post("/v1/tokens", json={"role": "admin"}).json()["workspace"] == "sec-b"
+        minted = http.post("/v1/tokens", json={"role": "user", "name": "b-user"})
+    assert minted.status_code == 201 and minted.json()["workspace"] == "sec-b"
+    with api(world.cluster, minted.json()["token"]) as http:
+        assert http.get(f"/v1/jobs/{world.objects['job_id'][1]}").status_code == 404
