@@ -256,3 +256,12 @@ def test_a_data_uri_inside_the_cluster_store_is_refused(on_store: StoreCluster) 
         on_store.client.submit({"name": "snoop", "command": "true", "inputs": [{"id": "a", "uri": inside}],
                                 "outputs": [{"id": "b", "uri": on_store.storage_url.rsplit("/", 1)[0]}]})
     assert {p["field"] for p in refused.value.problems} == {"inputs[0].uri", "outputs[0].uri"}
+
+
+def test_listing_after_a_key_skips_what_a_reader_knows(on_store: StoreCluster) -> None:
+    storage = on_store.storage()
+    for name in ("after/0001", "after/0002", "after/0003", "after0/x"):
+        storage.put(name, b"x")
+    assert [i.key for i in storage.list_after("after/", "after/0001")] == ["after/0002", "after/0003"]
+    assert [i.key for i in storage.list_after("after/", None)] == ["after/0001", "after/0002", "after/0003"]
+    assert list(storage.list_after("after/", "after/0003")) == []
