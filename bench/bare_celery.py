@@ -45,6 +45,8 @@ def make_app(redis_url: str) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
+    if os.environ.get("BENCH_VISIBILITY_TIMEOUT_S"):  # bench/requeue.py: how soon Celery redelivers
+        app.conf.broker_transport_options = {"visibility_timeout": int(os.environ["BENCH_VISIBILITY_TIMEOUT_S"])}
 
     @app.task(name=TASK_NAME, ignore_result=True)
     def run(argv: list[str], out_prefix: str, done_key: str) -> None:
