@@ -6,6 +6,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,49 @@ def test_a_spool_left_by_a_dead_worker_is_shipped_by_the_next_one(tmp_path: Path
     assert logstore.read_from(inner, logstore.stream_prefix("job1", 1, 0, "stderr"), 0) == b"an error line\n"
     assert not spool.exists() and budget.used == 0
     assert PartLogs.recover(new_store, tmp_path / "not-a-spool", budget) is None
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that really fills up (ENOSPC). Needs mount rights (root); skipped without."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)  # lazy: even with files left open
+
+
+def test_a_full_disk_drops_output_keeps_the_pump_alive_and_recovers(tiny_disk: Path) -> None:
+    storage = SwitchableStorage()
+    logs = PartLogs(storage, tiny_disk / "spool", "job1", 1, 0, budget=SpoolBudget(max_bytes=1 << 30))
+    read_end, write_end = os.pipe()
+    pump = logs.pump(read_end, "stdout")
+    storage.down.set()
+    lines = [f"line {i:06d} {'x' * 51}\n".encode() for i in range(8000)]  # 64 bytes each, 512 KB in all
+    for line in lines[:6000]:
+        os.write(write_end, line)
+    stdout = logs.streams["stdout"]
+    _wait_for(lambda: stdout.written + stdout.dropped_total == 6000 * 64)  # the pipe is drained
+    assert stdout.dropped_total > 0
+    assert pump.is_alive(), "the pump keeps reading: the job is never blocked by a full disk"
+    storage.down.clear()
+    _wait_for(lambda: not list((tiny_disk / "spool").glob("stdout.*.spool")))
+    for line in lines[6000:]:
+        os.write(write_end, line)
+    os.close(write_end)
+    pump.join(10)
+    assert logs.finish(wait_s=10)
+    text = _stream(storage).decode()
+    marker = re.search(r"\[trainyard: (\d+) bytes dropped: spool full\]\n", text)
+    assert marker is not None
+    kept, after = text[: marker.start()], text[marker.end() :]
+    assert len(kept) + int(marker.group(1)) == 6000 * 64, "every byte is either kept or counted as dropped"
+    assert after == b"".join(lines[6000:]).decode()
+    assert b"".join(lines).decode().startswith(kept)
