@@ -106,7 +106,7 @@ def raw_mpi(work: Path) -> float:
 
 
 def raw_torchrun(work: Path) -> float:
-    port = str(29000 + os.getpid() % 1000)
+    port = str(23000 + os.getpid() % 1000)
     argvs = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--node-rank", str(rank), "--master-addr", HOSTS[0], "--master-port", port, "--no-python",
               "/bin/sh", "-c", RANK_PROBE] for rank in range(len(HOSTS))]
@@ -118,16 +118,15 @@ def raw_ray(work: Path) -> float:
     from trainyard.workers.launchers import ray_node
     from trainyard.workers.launchers.ray import ray_ports
 
-    port = 30000 + os.getpid() % 1000
+    port = 21000 + os.getpid() % 1000
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="b" * 64)
+    head = f"{HOSTS[0]}:{ray_ports(port, 0).gcs}"
     argvs = []
     for rank, host in enumerate(HOSTS):
-        ports = ray_ports(port, rank).start_args(head=rank == 0)
+        ray_args = [*ray_ports(port, rank).start_args(head=rank == 0), "--node-ip-address", host, "--num-cpus", "1"]
         argvs.append([sys.executable, "-I", ray_node.__file__, "--role", "head" if rank == 0 else "worker",
-                      "--ray", str(Path(sys.executable).parent / "ray"), "--head", f"{HOSTS[0]}:{port}",
-                      "--num-nodes", "2", *[f"--ray-arg={arg}" for arg in [*ports, "--node-ip-address", host,
-                                                                             "--num-cpus", "1"]],
-                      "--", "/bin/sh", "-c", RANK_PROBE])
+                      "--ray", str(Path(sys.executable).parent / "ray"), "--head", head, "--num-nodes", "2",
+                      *[f"--ray-arg={arg}" for arg in ray_args], "--", "/bin/sh", "-c", RANK_PROBE])
     t0, outputs = _started(argvs, env, work)
     return max(clocks(outputs[0])) - t0
 

@@ -21,6 +21,7 @@ import redis
 
 from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, launcher_for
 from trainyard.workers.launchers.process_tree import tagged_processes
+from trainyard.workers.launchers.ray import ray_ports
 from trainyard.workers.launchers.rsh_relay import relay_for
 
 PUMP_JOIN_S = 10.0
@@ -49,11 +50,12 @@ class Captured:
             return self.streams[stream].decode(errors="replace")
 
 
-def free_master_port(span: int = 100) -> int:
-    """A port for the attempt's rendezvous, with the ports above it (Ray's derived ones) free too."""
+def free_master_port() -> int:
+    """A port for the attempt's rendezvous whose derived ports (Ray's, for two nodes) are free too."""
     while True:
-        port = random.randrange(20000, 39000)
-        if all(_free(port + offset) for offset in range(span)):
+        port = random.randrange(20000, 32000)
+        wanted = [port, *(p for rank in range(2) for p in vars(ray_ports(port, rank)).values())]
+        if all(_free(candidate) for candidate in wanted):
             return port
 
 

@@ -67,10 +67,11 @@ def test_mpi_environment_names_the_hostfile_and_allows_root(tmp_path: Path) -> N
 
 
 def test_ray_ports_differ_between_the_nodes_of_a_gang_and_stay_in_range() -> None:
-    ports = [ray_ports(39990, rank) for rank in range(4)]
-    used = [port for p in ports for port in vars(p).values() if port != p.gcs] + [ports[0].gcs]
-    assert len(used) == len(set(used))
-    assert all(20000 <= port < 65000 for port in used)
+    ports = [ray_ports(master_port, rank) for master_port in (23456, 39999) for rank in range(4)]
+    for block in (ports[:4], ports[4:]):
+        used = [port for p in block for port in vars(p).values()]
+        assert len(used) == len(set(used))
+        assert all(20000 <= port < 32768 for port in used)  # below Linux's ephemeral ports
     assert ports[1].node_manager - ports[0].node_manager == PORTS_PER_NODE
 
 
@@ -80,11 +81,11 @@ def test_ray_head_runs_the_job_and_workers_join_it_with_the_gang_token(tmp_path:
     launcher = launcher_for("ray")
     argv = launcher.argv(ctx)
     assert argv[argv.index("--role") + 1] == "worker"
-    assert argv[argv.index("--head") + 1] == "127.0.0.2:23456"
+    assert argv[argv.index("--head") + 1] == f"127.0.0.2:{ray_ports(23456, 0).gcs}"
     assert "--ray-arg=--node-ip-address" in argv and "--ray-arg=127.0.0.3" in argv
     assert "--ray-arg=--include-dashboard=false" not in argv  # a head-only flag
     env = launcher.job_environment(ctx)
-    assert env["RAY_ADDRESS"] == "127.0.0.2:23456"
+    assert env["RAY_ADDRESS"] == f"127.0.0.2:{ray_ports(23456, 0).gcs}"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN"]) == ("token", ctx.gang_token)
     head = launcher.argv(context(tmp_path, rank=0))

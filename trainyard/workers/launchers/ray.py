@@ -17,16 +17,18 @@ from trainyard.workers.launchers import ray_node
 from trainyard.workers.launchers.base import LaunchContext, Launcher, RunningPart
 from trainyard.workers.launchers.tools import command_argv, program, python
 
+# Ray's ports stay below Linux's ephemeral range (32768-60999): a port some outgoing connection
+# holds for a while would refuse the GCS or a raylet its bind.
 PORT_FLOOR = 20000
-PORT_CEILING = 65000
-PORTS_PER_NODE = 48  # 8 service ports, then 40 for Ray's workers
+PORT_CEILING = 32000
+PORTS_PER_NODE = 48  # 9 service ports, then 39 for Ray's workers
 RAY_NODE_SCRIPT = ".trainyard-ray-node.py"
 JOIN_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
 class RayPorts:
-    """The ports one node of the gang uses; the head's GCS listens on the attempt's master port."""
+    """The ports one node of the gang uses, derived from the attempt's master port."""
 
     gcs: int
     node_manager: int
@@ -59,20 +61,22 @@ class RayPorts:
 
 
 def ray_ports(master_port: int, rank: int) -> RayPorts:
+    """Each node of the gang gets its own block (simulated nodes share one machine); rank 0's holds the GCS."""
     span = PORT_CEILING - PORT_FLOOR
+    first = (master_port - PORT_FLOOR) % span + rank * PORTS_PER_NODE
 
     def port(index: int) -> int:
-        return PORT_FLOOR + (master_port - PORT_FLOOR + 1 + rank * PORTS_PER_NODE + index) % span
+        return PORT_FLOOR + (first + index) % span
 
-    return RayPorts(gcs=master_port, node_manager=port(0), object_manager=port(1), dashboard_agent_grpc=port(2),
-                    dashboard_agent_listen=port(3), runtime_env_agent=port(4), metrics_export=port(5),
-                    client_server=port(6), dashboard=port(7), min_worker=port(8),
+    return RayPorts(gcs=port(0), node_manager=port(1), object_manager=port(2), dashboard_agent_grpc=port(3),
+                    dashboard_agent_listen=port(4), runtime_env_agent=port(5), metrics_export=port(6),
+                    client_server=port(7), dashboard=port(8), min_worker=port(9),
                     max_worker=port(PORTS_PER_NODE - 1))
 
 
 def head_address(ctx: LaunchContext) -> str:
     head = ctx.node_hosts[0] if ctx.node_hosts else ctx.node_address
-    return f"{head}:{ctx.master_port}"
+    return f"{head}:{ray_ports(ctx.master_port, 0).gcs}"
 
 
 class RayLauncher(Launcher):
