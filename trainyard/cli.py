@@ -75,7 +75,7 @@ def _setup_logging(level: str) -> None:
 def up(
     workers: Annotated[int, typer.Option(help="worker nodes to start (0: control plane only)")] = 2,
     slots: Annotated[int, typer.Option(help="job slots (CPUs) per node")] = 2,
-    gpus: Annotated[int, typer.Option(help="GPUs declared per node")] = 0,
+    gpus: Annotated[int | None, typer.Option(help="GPUs declared per node (default: discovered)")] = None,
     port: Annotated[int, typer.Option(help="API port")] = 8642,
     flower: Annotated[bool, typer.Option(help="also start Flower (with generated basic-auth credentials)")] = False,
     flower_port: Annotated[int, typer.Option(help="Flower's port, with --flower")] = 5555,

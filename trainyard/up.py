@@ -99,22 +99,15 @@ class Cluster:
     flower_auth: str = field(default="", repr=False)
 
     def add_worker(
-        self, node_id: str, address: str, pool: str = "default", slots: int = 2, gpus: int = 0
+        self, node_id: str, address: str, pool: str = "default", slots: int = 2, gpus: int | None = 0
     ) -> subprocess.Popen[bytes]:
-        """Start one more `trainyard worker` that joins this cluster (same environment)."""
-        args = [
-            "worker",
-            "--pool",
-            pool,
-            "--node-id",
-            node_id,
-            "--address",
-            address,
-            "--slots",
-            str(slots),
-            "--gpus",
-            str(gpus),
-        ]
+        """Start one more `trainyard worker` that joins this cluster (same environment).
+
+        gpus=None lets the worker discover its GPUs (NVML); a number declares them.
+        """
+        args = ["worker", "--pool", pool, "--node-id", node_id, "--address", address, "--slots", str(slots)]
+        if gpus is not None:
+            args += ["--gpus", str(gpus)]
         name, process = _spawn(node_id, args, self.env, self.home / "logs")
         self.processes.append((name, process))
         return process
@@ -201,7 +194,7 @@ def start_flower(cluster: Cluster, port: int | None = None) -> subprocess.Popen[
 def start_cluster(
     workers: int = 2,
     slots: int = 2,
-    gpus: int = 0,
+    gpus: int | None = 0,
     port: int | None = None,
     pool: str = "default",
     home: Path | None = None,

@@ -126,6 +126,7 @@ def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
         try:
             with Client(api_url=cluster.api_url, token=cluster.admin_token) as client:
+                wait_until(lambda: sum(n["state"] == "up" for n in client.nodes()) == 3, 60, "3 nodes up")
                 yield {
                     "cluster": cluster,
                     "client": client,

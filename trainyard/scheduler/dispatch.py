@@ -23,7 +23,7 @@ from trainyard.sweeps import formatted
 
 SECRETS_TTL_S = 7 * 24 * 3600
 MASTER_PORT_BASE = 20000
-MASTER_PORT_SPAN = 20000
+MASTER_PORT_SPAN = 12000  # 20000-31999: below Linux's ephemeral ports (32768+), which others may hold
 
 
 def master_port(job_id: str, attempt: int) -> int:

@@ -211,7 +211,10 @@ def _attempt_outcome(parts: list[Part], job: Job) -> tuple[str, int | None]:
 
 
 def _first_failure(parts: list[Part]) -> int | None:
-    for part in sorted(parts, key=lambda p: p.rank):
+    """The first non-zero exit code by rank, preferring ranks that ended on their own over ranks
+    that were torn down because another failed (their 143 or 137 says nothing)."""
+    ordered = sorted(parts, key=lambda p: (p.reason not in (None, "exit"), p.rank))
+    for part in ordered:
         if part.exit_code not in (None, 0):
             return part.exit_code
     return None
