@@ -52,8 +52,8 @@ def sweep_submit(
 ) -> None:
     """Submit a sweep: one job per point of its grid, random draws or explicit points."""
     try:
-        data = load_spec_file(file)
-        sweep = Client().submit_sweep(data)
+        load_spec_file(file)  # bad YAML/JSON: exit 2 before talking to the API
+        sweep = Client().submit_sweep(file)
     except SpecError as exc:
         _problems(exc.problems)
     except OSError as exc:

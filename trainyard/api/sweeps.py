@@ -18,7 +18,7 @@ from trainyard.crypto import encrypt_secrets
 from trainyard.db import sweep_queries
 from trainyard.db.jobs import NewJob
 from trainyard.db.models import Sweep
-from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep
+from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, sweep_digest
 from trainyard.spec import SpecError, unsupported_features
 
 router = APIRouter(prefix="/v1")
@@ -108,13 +108,14 @@ def submit_sweep(request: Request, body: dict[str, Any] = Body(...), who: Princi
         unfit = unfit_problems(session, [NewJob(spec=spec.template)], batch=False)
     if unfit:
         raise _refused([{**p, "field": "template." + p["field"]} for p in unfit])
+    digest = sweep_digest(spec)  # of the sweep as submitted: a drawn seed must not make a repeat differ
     if spec.random is not None and spec.seed is None:
         spec.seed = sweeps.new_seed()  # stored, so the sweep's points can be drawn again
     points = sweeps.expand(spec)
     for retry in range(2):
         try:
             with sessions.begin() as session:
-                sweep_id = create_sweep(session, spec, points, secrets_enc, actor=who.name)
+                sweep_id = create_sweep(session, spec, points, secrets_enc, actor=who.name, digest=digest)
             break
         except SpecError as exc:
             raise _refused(exc.problems) from None

@@ -95,11 +95,20 @@ def _existing(session: Session, workspace: str, key: str, digest: str) -> str | 
 
 
 def create_sweep(
-    session: Session, spec: sweeps.SweepSpec, points: Sequence[sweeps.Point], secrets_enc: str | None, actor: str = ""
+    session: Session,
+    spec: sweeps.SweepSpec,
+    points: Sequence[sweeps.Point],
+    secrets_enc: str | None,
+    actor: str = "",
+    digest: str | None = None,
 ) -> str:
-    """Store the sweep and a queued job per point; the caller commits (all or nothing)."""
+    """Store the sweep and a queued job per point; the caller commits (all or nothing).
+
+    `digest` is the sweep as submitted (`sweep_digest`, taken before a seed was drawn for it):
+    the same idempotency key with the same submission returns the same sweep.
+    """
     template = spec.template
-    digest = sweep_digest(spec)
+    digest = digest or sweep_digest(spec)
     if spec.idempotency_key and (found := _existing(session, template.workspace, spec.idempotency_key, digest)):
         return found
     sweep_id = new_sweep_id()
