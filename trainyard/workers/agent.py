@@ -25,11 +25,11 @@ from trainyard.config import Settings
 from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import open_storage
 from trainyard.workers import staging, watchdog
+from trainyard.workers.capacity import NodeCapacity
 from trainyard.workers.job_metrics import job_python_env, metrics_file, read_metrics
 from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, gang_token, launcher_for
 from trainyard.workers.launchers.rsh_relay import NO_RELAY, NoRelay, RshRelay, relay_for
 from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
-from trainyard.workers.capacity import NodeCapacity
 from trainyard.workers.outbox import EventOutbox
 
 log = logging.getLogger(__name__)
