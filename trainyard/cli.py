@@ -83,25 +83,31 @@ def up(
     """Run everything on this machine, in the foreground, until Ctrl-C."""
     from trainyard.up import start_cluster
 
+    stopping, started = False, False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if not started:  # mid start-up: start_cluster stops what it had already started
+            raise KeyboardInterrupt
+
+    # Installed before anything starts, so that a SIGTERM during start-up leaves no process behind.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         cluster = start_cluster(workers=workers, slots=slots, gpus=gpus, port=port,
                                 flower_port=flower_port if flower else None)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_FAILURE) from None
     except RuntimeError as exc:
         _fail(str(exc))
+    started = True
     console.print(f"trainyard is up: API [bold]{cluster.api_url}[/bold], {workers} node(s)")
     console.print(f"admin token: {cluster.admin_token}", highlight=False)
     if cluster.flower_url:
         console.print(f"Flower: {cluster.flower_url} (basic auth {cluster.flower_auth}; also in "
                       f"{cluster.home / 'flower-auth'})", highlight=False)
     console.print(f"(also in {cluster.home / 'api-url'} and {cluster.home / 'admin-token'}); Ctrl-C stops it")
-    stopping = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
             dead = cluster.dead()
@@ -178,7 +184,7 @@ def flower(
         _fail(str(exc), EXIT_BAD_INPUT)
     if credentials is None:
         errors.print("[yellow]warning:[/yellow] Flower runs without authentication (--no-auth)")
-    raise typer.Exit(run_flower(load_settings(), address, port, credentials))
+    run_flower(load_settings(), address, port, credentials)
 
 
 @app.command()

@@ -8,8 +8,11 @@ through its environment, never its command line, where any local user could read
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Mapping
+from typing import NoReturn
 
 from trainyard import transport
 from trainyard.config import Settings
@@ -46,12 +49,17 @@ def flower_argv(address: str, port: int) -> list[str]:
     return ["flower", f"--address={address}", f"--port={port}", "--conf=/dev/null", f"--tasks_columns={TASKS_COLUMNS}"]
 
 
-def run_flower(settings: Settings, address: str, port: int, basic_auth: str | None) -> int:
-    """Serve Flower in this process until it is stopped; returns its exit code."""
+def run_flower(settings: Settings, address: str, port: int, basic_auth: str | None) -> NoReturn:
+    """Serve Flower in this process until it is stopped, then end the process."""
     if basic_auth:
         os.environ[AUTH_ENV] = basic_auth
     else:
         os.environ.pop(AUTH_ENV, None)
     app = transport.make_celery(settings.redis_url)
-    code = app.start(argv=flower_argv(address, port))
-    return int(code or 0)
+    code = int(app.start(argv=flower_argv(address, port)) or 0)
+    # Flower's pool threads may still be retrying a broadcast to a Redis that is gone, and the
+    # interpreter would wait for them forever; Flower keeps nothing to save, so leave at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

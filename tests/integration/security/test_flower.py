@@ -157,7 +157,7 @@ def test_up_with_flower_starts_it_with_credentials_and_stops_it(tmp_path: Path, 
                                "--flower-port", str(flower_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while not (home / "flower-auth").exists():
+        while "Ctrl-C stops it" not in (tmp_path / "up.log").read_text():
             assert up.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.2)
         user, _, password = (home / "flower-auth").read_text().strip().partition(":")
