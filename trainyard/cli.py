@@ -187,6 +187,25 @@ def flower(
     run_flower(load_settings(), address, port, credentials)
 
 
+@app.command("storage-init")
+def storage_init() -> None:
+    """Create the blob container of an az:// TRAINYARD_STORAGE_URL when missing (docker-compose runs it once)."""
+    from urllib.parse import urlsplit
+
+    from trainyard.config import load_settings
+
+    url = load_settings().storage_url
+    parts = urlsplit(url)
+    if parts.scheme == "az":
+        from azure.core.exceptions import ResourceExistsError
+
+        from trainyard.storage_adapters.azure_blob import _service_client
+
+        with contextlib.suppress(ResourceExistsError):
+            _service_client().create_container(parts.netloc)
+    console.print(f"storage ready: {url}", highlight=False)
+
+
 @app.command()
 def worker(
     pool: Annotated[str, typer.Option(help="pool this node belongs to")] = "default",
@@ -463,6 +482,31 @@ def pool_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_row(p["name"], ", ".join(f"{k}={v}" for k, v in p["nodes"].items()), str(p["min_nodes"]),
                       "" if p["max_nodes"] is None else str(p["max_nodes"]))
     console.print(table)
+
+
+@pool_app.command("scale")
+def pool_scale(
+    name: str,
+    min_nodes: Annotated[int, typer.Option("--min", help="fewest nodes")] = 0,
+    max_nodes: Annotated[int, typer.Option("--max", help="most nodes")] = 1,
+    target: Annotated[int | None, typer.Option(help="manual size (no autoscaling)")] = None,
+    idle_timeout: Annotated[float, typer.Option(help="seconds a node may idle before it is removed")] = 300.0,
+    deallocation: Annotated[str, typer.Option(help="scale-down of busy nodes: requeue|terminate|wait")] = "wait",
+    provider: Annotated[str, typer.Option(help="who starts nodes: local|docker")] = "local",
+    slots: Annotated[int, typer.Option(help="slots per started node")] = 2,
+    gpus: Annotated[int, typer.Option(help="GPUs per started node")] = 0,
+) -> None:
+    """Size a pool: a manual --target, or autoscale between --min and --max by queued + running demand."""
+    body = {"min_nodes": min_nodes, "max_nodes": max_nodes, "target": target, "autoscale": target is None,
+            "idle_timeout_s": idle_timeout, "deallocation": deallocation, "provider": provider,
+            "slots_per_node": slots, "gpus_per_node": gpus}
+    try:
+        pool = _client().scale_pool(name, body)
+    except SpecRejected as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    _print_json(pool)
 
 
 # -- tokens and audit ------------------------------------------------------------------------

@@ -419,6 +419,10 @@ class Client:
     def pools(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/v1/pools")["pools"])
 
+    def scale_pool(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """PUT /v1/pools/{name}: min/max nodes, target or autoscale, idle timeout, deallocation, provider."""
+        return dict(self._request("PUT", f"/v1/pools/{name}", json=settings))
+
 
 def _raise_for(response: httpx.Response) -> None:
     try:

@@ -23,6 +23,7 @@ from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.models import Job, Node, Part, utcnow
 from trainyard.metrics import START_LATENCY_SECONDS, SchedulerMetrics
 from trainyard.scheduler import outcomes
+from trainyard.scheduler.autoscale import Autoscaler
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.outcomes import Effects
 from trainyard.scheduler.passes import PassRunner
@@ -58,6 +59,7 @@ class Scheduler:
         self.redis = transport.redis_client(settings.redis_url)
         self.dispatcher = Dispatcher(settings, self.redis)
         self.passes = PassRunner(self.dispatcher)
+        self.autoscaler = Autoscaler()  # sizes pools with scale settings (PUT /v1/pools/{name})
         self.metrics = SchedulerMetrics(self.redis)
         self.identity = secrets.token_hex(6)
         self._heartbeat_seen: dict[str, float] = {}
@@ -269,6 +271,7 @@ class Scheduler:
                 self._send_cancels(session, effects)
                 self._redispatch_lost_messages(session)
             self._after_commit(effects)
+        self.autoscaler.tick(self.sessions, self._after_commit)  # throttled: every few seconds
         # A full pass reads the whole queue window and writes pending reasons: on submissions and
         # cancels, and at least every FULL_PASS_PERIOD_S. In between, when only parts started or
         # ended, a fast pass looks at the head of the queue to refill the slots that freed.
