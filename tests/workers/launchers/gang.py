@@ -77,6 +77,7 @@ class RankRun:
     exit_code: int | None = None
     reason: str = "exit"
     started_at: float | None = None
+    torn_down: bool = False  # stopped because another rank ended first (as the scheduler does)
 
 
 class Gang:
@@ -159,6 +160,7 @@ class Gang:
         self._stopping = True
         for run in self.ranks:
             if run.running is not None and run.exit_code is None:
+                run.torn_down = True
                 threading.Thread(target=run.launcher.stop, args=(run.running, grace_s), daemon=True).start()
 
     def wait(self, timeout_s: float = 120.0) -> list[int | None]:
@@ -171,6 +173,15 @@ class Gang:
                 thread.join(30)
             raise TimeoutError(f"the gang did not end within {timeout_s} s: {self.describe()}")
         return [run.exit_code for run in self.ranks]
+
+    def attempt_status(self) -> int | None:
+        """The attempt's exit code as the scheduler reports it: the first rank, by rank, that
+        ended on its own with a non-zero code (ranks torn down after it say nothing), else 0."""
+        own = [run for run in self.ranks if not run.torn_down] or self.ranks
+        for run in own:
+            if run.exit_code not in (0, None):
+                return run.exit_code
+        return own[0].exit_code
 
     def wait_started(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
