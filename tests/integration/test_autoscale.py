@@ -117,3 +117,22 @@ def test_scale_down_with_wait_lets_the_job_finish(client: Client) -> None:
     assert job.wait(timeout=30) == "succeeded"
     assert job.data["attempt"] == 1
     _until(lambda: not _up_nodes(client, "wait"), 20, "the drained node to go")
+
+
+def test_docker_provider_starts_lists_and_stops_containers() -> None:
+    """Against Podman's Engine API, with a stand-in command: a real worker needs the worker image
+    (docker/Dockerfile.worker), which cannot be built offline here."""
+    from tests.workers.launchers.components import TEST_IMAGE, docker_url
+    from trainyard.scheduler.providers.docker import DockerProvider
+
+    provider = DockerProvider(base_url=docker_url(), image=TEST_IMAGE, command=["sleep", "300"], env={})
+    pool = f"dock{int(time.time() * 1000) % 100000}"
+    try:
+        started = provider.start_node(pool, f"{pool}-auto-1", slots=1, gpus=0)
+        assert started.node_id == f"{pool}-auto-1"
+        assert [n.node_id for n in provider.list_nodes(pool)] == [f"{pool}-auto-1"]
+        provider.stop_node(f"{pool}-auto-1")
+        assert provider.list_nodes(pool) == []
+        provider.stop_node(f"{pool}-auto-1")  # already gone: no error
+    finally:
+        provider.stop_all(pool)
