@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ _MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
                  "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -44,7 +44,7 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.RUNNING})
 
 
-class AttemptReason(str, Enum):
+class AttemptReason(StrEnum):
     """Why an attempt ended (SPEC §4)."""
 
     EXIT = "exit"

@@ -62,8 +62,10 @@ def docker_url() -> str:
 
 def engine_answers(url: str) -> bool:
     try:
-        import docker
+        import importlib
 
+        # Imported by name: the repository's docker/ folder would shadow the SDK for mypy.
+        docker = importlib.import_module("docker")
         client = docker.DockerClient(base_url=url, timeout=5)
         try:
             client.ping()
