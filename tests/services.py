@@ -58,22 +58,10 @@ def private_redis(data_dir: Path, appendonly: bool = False, port: int | None = N
     """A redis-server of our own on loopback; nothing of anyone else's is touched."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
+    from trainyard.up import redis_server_args
+
     process = subprocess.Popen(
-        [
-            redis_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if appendonly else "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        redis_server_args(port, data_dir, appendonly), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port(port)

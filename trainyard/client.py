@@ -64,8 +64,8 @@ def _spec_dir(spec: dict[str, Any] | JobSpec | str | Path) -> Path:
     return Path(spec).resolve().parent if isinstance(spec, (str, Path)) else Path.cwd()
 
 
-class Job:
-    """A job as the API last described it; `refresh()` asks again."""
+class _ApiObject:
+    """An object as the API last described it: its fields read as attributes (`job.state`)."""
 
     def __init__(self, client: Client, data: dict[str, Any]):
         self._client = client
@@ -80,6 +80,10 @@ class Job:
             return self.data[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+class Job(_ApiObject):
+    """A job as the API last described it; `refresh()` asks again."""
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, state={self.data.get('state')!r})"
@@ -136,22 +140,8 @@ class Job:
         return self._client.download(self.id, dest, output=output, attempt=attempt)
 
 
-class Sweep:
+class Sweep(_ApiObject):
     """A sweep as the API last described it: state counts, progress, and its leaderboard when asked."""
-
-    def __init__(self, client: Client, data: dict[str, Any]):
-        self._client = client
-        self.data = data
-
-    @property
-    def id(self) -> str:
-        return str(self.data["id"])
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.data[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def __repr__(self) -> str:
         return f"Sweep({self.id!r}, state={self.data.get('state')!r}, total={self.data.get('total')!r})"

@@ -50,38 +50,34 @@ def redis_server_binary() -> str:
     return found
 
 
+def redis_server_args(port: int, data_dir: Path, appendonly: bool, password: str | None = None) -> list[str]:
+    """A loopback-only redis-server keeping its data (if any) under data_dir."""
+    args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+            "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes"]  # fmt: skip
+    return args + (["--requirepass", password] if password else [])
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def start_embedded_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A private Redis on loopback with a random password; data lives under TRAINYARD_HOME."""
     port = free_port()
     password = secrets.token_urlsafe(24)
     data_dir = home / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        redis_server_binary(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data_dir),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--requirepass",
-        password,
-        "--protected-mode",
-        "yes",
-    ]
+    args = redis_server_args(port, data_dir, appendonly=True, password=password)
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process, url
-        except OSError:
-            time.sleep(0.05)
+    if wait_for_port(port):
+        return process, f"redis://:{password}@127.0.0.1:{port}/0"
     process.kill()
     raise RuntimeError("embedded Redis did not start")
 
