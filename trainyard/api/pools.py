@@ -51,7 +51,9 @@ def pool_dict(pool: Pool) -> dict[str, Any]:
 @router.put("/pools/{name}", summary="Set a pool's size: manual target or autoscale between min and max")
 def scale_pool(request: Request, name: str, body: PoolScale, who: Principal = require("admin")) -> Any:
     if not re.match(POOL_NAME_PATTERN, name):
-        raise HTTPException(status_code=422, detail=f"invalid pool name {name!r}")
+        reason = "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        raise HTTPException(status_code=422, detail={"message": "invalid pool", "problems": [
+            {"field": "name", "reason": reason}]})  # fmt: skip
     settings = body.model_dump(exclude={"min_nodes", "max_nodes"})
     with request.app.state.sessions.begin() as session:
         pool = session.get(Pool, name)

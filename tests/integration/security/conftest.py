@@ -87,7 +87,7 @@ def _make_world(cluster: Cluster) -> World:
             "outputs": [{"id": "result", "uri": f"file://{cluster.home / 'outputs-a'}/"}],
         }).json()
     objects = {"job_id": ("workspace", job["id"]), "token_id": ("workspace", token_a["id"]),
-               "node_id": ("global", "node-1")}
+               "node_id": ("global", "node-1"), "name": ("global", "sec-pool")}
     sweep_id = _sweep_in(cluster, WS_A)
     if sweep_id is not None:
         objects["sweep_id"] = ("workspace", sweep_id)

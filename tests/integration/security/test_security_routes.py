@@ -30,6 +30,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/v1/tokens"): {"role": "viewer", "workspace": WS_A},
     ("post", "/v1/sweeps"): {"template": {**_TEMPLATE_A, "name": "sec-forbidden-{x}"}, "grid": {"x": [1]}},
     ("post", "/v1/sweeps/{sweep_id}/points"): {"points": [{"x": 2}]},
+    ("put", "/v1/pools/{name}"): {"min_nodes": 0, "max_nodes": 0},
 }
 
 
