@@ -85,6 +85,20 @@ def job_variables(ctx: LaunchContext) -> dict[str, str]:
     return env
 
 
+def with_batchai_variables(ctx: LaunchContext, job_env: dict[str, str]) -> dict[str, str]:
+    """A job from an Azure Batch AI job file also sees Batch AI's AZ_BATCHAI_* variables."""
+    from trainyard.batchai import LOCAL_DIR_VARIABLES, batchai_env
+
+    extra = batchai_env(job_env, scratch_dir=str(ctx.workdir / ".batchai"))
+    if not extra:
+        return job_env
+    merged = {**job_env, **extra}
+    for name in LOCAL_DIR_VARIABLES:
+        if merged.get(name):
+            Path(merged[name]).mkdir(parents=True, exist_ok=True)
+    return merged
+
+
 def base_environment(ctx: LaunchContext) -> dict[str, str]:
     """The full environment of a part run on the host: the node's own, then the job's variables."""
     return {**host_environment(), **job_variables(ctx)}
@@ -145,6 +159,7 @@ class Launcher(abc.ABC):
     def _run(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], step_name: str) -> RunningPart:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        job_env = with_batchai_variables(ctx, job_env)
         tag = part_tag(ctx.job_id, ctx.attempt, ctx.rank)
         step = self.runtime.run(ctx, argv, job_env, step_name=step_name, tag=tag)
         return RunningPart(main=step, ctx=ctx, job_env=job_env, tag=tag)
