@@ -10,13 +10,17 @@ from typing import Any
 
 import pytest
 
+from tests.integration import launchers_conftest_helpers as helpers
 from tests.services import in_ci
+from tests.workers.launchers import components
 from trainyard.batchai import batchai_to_spec
 from trainyard.client import Client
 from trainyard.spec import parse_job_spec
 
 pytestmark = pytest.mark.integration
 
+launchers_cluster = helpers.launchers_cluster
+launchers_client = helpers.launchers_client
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "batchai"
 
 
@@ -82,10 +86,18 @@ def test_a_pytorch_job_file_runs_on_two_nodes_with_the_batchai_rendezvous(client
     assert len(job.data["attempts"][-1]["nodes"]) == 2
 
 
-def test_a_container_job_file_becomes_an_image_job(tmp_path: Path) -> None:
-    spec, _warnings = batchai_to_spec(_job_file("container.json", tmp_path), name="ctr")
-    assert spec["image"] == "python:3.11-slim" and spec["priority"] == "low"
-    assert parse_job_spec(spec).priority == 250
-    # No registry is reachable here: the image is refused nowhere and would be pulled by the node's
-    # engine; the container path itself runs in tests/integration/test_launchers.py on Podman.
-    assert "AZ_BATCHAI_COMPAT" in spec["env"]
+def test_a_container_job_file_runs_in_its_image_with_the_batchai_variables(
+    launchers_client: Client, tmp_path: Path
+) -> None:
+    components.require("container")
+    doc = _job_file("container.json", tmp_path)
+    spec, _warnings = batchai_to_spec(doc, name="ctr")
+    assert spec["image"] == "python:3.11-slim" and parse_job_spec(spec).priority == 250
+    # No registry is reachable here: the same job file, pointed at the locally built test image.
+    props = doc["properties"]
+    props["containerSettings"]["imageSourceRegistry"]["image"] = components.TEST_IMAGE
+    props["customToolkitSettings"]["commandLine"] = 'echo "task $AZ_BATCHAI_TASK_INDEX in $(cat /etc/hostname)"'
+    spec, _warnings = batchai_to_spec(doc, name="ctr")
+    job = launchers_client.submit(spec)
+    assert job.wait(timeout=180) == "succeeded", job.log_bytes(stream="stderr")[-2000:]
+    assert job.log_bytes().startswith(b"task 0 in ")
