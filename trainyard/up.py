@@ -118,6 +118,14 @@ class Cluster:
         return next(p for n, p in reversed(self.processes) if n == name)
 
     def stop(self) -> None:
+        self._stop_processes()
+        # Workers the autoscaler started outlive a scheduler by design (a new leader adopts them);
+        # when the whole cluster stops, they stop too.
+        from trainyard.scheduler.providers.local import LocalProvider
+
+        LocalProvider(home=self.home, env=self.env).stop_every_pool()
+
+    def _stop_processes(self) -> None:
         # Workers first (they kill their jobs), the control plane after, Redis last.
         for _name, process in reversed(self.processes):
             if process.poll() is None:

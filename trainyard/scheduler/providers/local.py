@@ -102,6 +102,13 @@ class LocalProvider(NodeProvider):
             # The scheduler loop does not wait: a thread reaps the worker, or kills it after the grace.
             threading.Thread(target=_reap, args=(pid, self._children.pop(node_id, None)), daemon=True).start()
 
+    def stop_every_pool(self) -> int:
+        """Stop every worker this provider started under TRAINYARD_HOME (when `up` stops)."""
+        records = self._records()
+        for record in records:
+            self.stop_node(str(record["node_id"]))
+        return len(records)
+
     def list_nodes(self, pool: str) -> list[ProviderNode]:
         nodes = []
         for record in self._records():
