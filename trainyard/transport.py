@@ -7,6 +7,7 @@ never hangs on the broker's visibility timeout (invariant 7) — the scheduler r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -131,3 +132,10 @@ def decode(fields: dict[bytes, bytes]) -> dict[str, Any]:
 def publish_event(client: redis.Redis, payload: dict[str, Any]) -> None:
     """Append an event for the scheduler (worker → scheduler, API → scheduler wake-ups)."""
     client.xadd(EVENTS_STREAM, encode(payload), maxlen=EVENTS_STREAM_MAXLEN, approximate=True)
+
+
+def wake_scheduler(client: redis.Redis) -> None:
+    """Nudge the scheduler after a submission or cancel. Best effort: it also wakes on a timer,
+    and what was stored is in the database either way."""
+    with contextlib.suppress(redis.RedisError):
+        publish_event(client, {"kind": "wake"})

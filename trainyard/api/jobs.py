@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
@@ -92,9 +91,7 @@ def _store(request: Request, new_jobs: list[NewJob], who: Principal) -> list[str
 
 
 def _wake_scheduler(request: Request) -> None:
-    # The scheduler also wakes on its own timer: the job is stored either way.
-    with contextlib.suppress(Exception):
-        transport.publish_event(request.app.state.redis, {"kind": "wake"})
+    transport.wake_scheduler(request.app.state.redis)
 
 
 def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:

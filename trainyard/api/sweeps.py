@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request
@@ -87,9 +86,7 @@ def _parse(request: Request, body: dict[str, Any], who: Principal) -> tuple[swee
 
 
 def _wake_scheduler(request: Request) -> None:
-    # The scheduler also wakes on its own timer: the sweep is stored either way.
-    with contextlib.suppress(Exception):
-        transport.publish_event(request.app.state.redis, {"kind": "wake"})
+    transport.wake_scheduler(request.app.state.redis)
 
 
 def _sweep_or_404(session: Session, sweep_id: str, who: Principal) -> Sweep:
