@@ -14,9 +14,9 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from trainyard.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, console, errors, fail, refuse
 from trainyard.cli_sweeps import sweep_app
 from trainyard.client import Client, SpecRejected, TrainyardError
 from trainyard.datarefs import is_local_code
@@ -36,24 +36,12 @@ audit_app = typer.Typer(help="Who submitted, cancelled and drained what, and whe
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 
-# Wide tables when piped: rich would otherwise fold IDs at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
-errors = Console(stderr=True)
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
-
-
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
+    fail(message, code)
 
 
 def _problems(problems: list[dict[str, str]]) -> NoReturn:
-    errors.print("[red]invalid job spec:[/red]")
-    for problem in problems:
-        errors.print(f"  {problem['field']}: {problem['reason']}", highlight=False, markup=False)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    refuse("invalid job spec", problems)
 
 
 def _client() -> Client:

@@ -3,42 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from trainyard.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, console, errors, fail, refuse
 from trainyard.client import Client, SpecRejected, Sweep, TrainyardError
 from trainyard.spec import SpecError, load_spec_file
 
 sweep_app = typer.Typer(help="Parameter sweeps: many jobs from one template.", no_args_is_help=True)
 
-console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
-errors = Console(stderr=True)
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
 WATCH_POLL_S = 1.0
 PLOT_POINTS_MAX = 10_000
 STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
+    fail(message, code)
 
 
 def _problems(problems: list[dict[str, str]]) -> NoReturn:
-    errors.print("[red]invalid sweep:[/red]")
-    for problem in problems:
-        errors.print(f"  {problem['field']}: {problem['reason']}", highlight=False, markup=False)
-    raise typer.Exit(EXIT_BAD_INPUT)
+    refuse("invalid sweep", problems)
 
 
 def _print_json(data: Any) -> None:
