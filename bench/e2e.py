@@ -7,6 +7,11 @@ processes x K threads). It prints JSON lines (see harness.py):
   rounds); baseline = bare Celery, tasks sent with `send_task` in a loop.
 - dispatch_latency_p50/p99: idle submit → the job's own process reads the clock (`date +%s.%N`).
 - log_lag_p99: a job prints a timestamp every 100 ms; a reader follows its logs through the API.
+- priority_inversions: every slot busy, then N jobs of mixed priorities queued; once slots free,
+  the number of (higher, lower) pairs placed lower first (goal 0; the bare Celery FIFO baseline
+  places them in arrival order, so its figure is the pairs the arrival order inverts).
+- dispatch_with_5000_queued_s: every slot busy, 5,000 low jobs queued, one high job; seconds from
+  the moment a slot frees (the ending job's own clock) to the high job's process start (goal <= 2 s).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Options:
     latency_samples: int
     log_seconds: float
     rounds: int
+    priority_jobs: int = 400
+    deep_queue: int = 5000
 
 
 @dataclass(frozen=True)
@@ -105,12 +112,83 @@ class TrainyardRunner:
         wait_until(lambda: self.db.job_state(job.id) in TERMINAL_STATES, 60, "latency job")
         return float(job.log_bytes().decode()) - sent
 
+    def _placed_order(self, experiment: str) -> list[tuple[str, int]]:
+        """(placement time, priority) of an experiment's jobs in the order they were placed (first attempt).
+
+        Jobs placed by one pass share its time: they took slots that freed together.
+        """
+        assert self.db._conn is not None
+        rows = self.db._conn.execute(
+            "SELECT a.created_at, j.priority FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.number = 1 "
+            "WHERE j.experiment = ? ORDER BY a.created_at, j.seq",
+            (experiment,),
+        ).fetchall()
+        return [(str(placed_at), int(priority)) for placed_at, priority in rows]
+
+    def _fill_slots(self, slots: int, command: list[str], experiment: str) -> list[Any]:
+        blockers = self.client.submit_many(
+            [{"name": f"blocker-{i}", "command": command, "experiment": experiment} for i in range(slots)]
+        )
+        wait_until(
+            lambda: (
+                self.db.scalar("SELECT count(*) FROM jobs WHERE experiment = ? AND state = 'running'", experiment)
+                >= slots
+            ),
+            60,
+            "blockers running",
+        )
+        return blockers
+
+    def priority_inversions(self, slots: int, jobs: int, seed: int = 5) -> tuple[int, int, int]:
+        """(inversions, inversions of arrival order, jobs): random priorities queued behind busy slots."""
+        import random
+
+        rng = random.Random(seed)
+        experiment = f"bench-prio-{uuid.uuid4().hex[:8]}"
+        self._fill_slots(slots, ["/bin/sleep", "2"], experiment + "-blockers")
+        priorities = [rng.choice((250, 500, 750, rng.randint(0, 1000))) for _ in range(jobs)]
+        self.client.submit_many(
+            [
+                {"name": f"p{i}", "command": ["/bin/true"], "priority": p, "experiment": experiment}
+                for i, p in enumerate(priorities)
+            ]
+        )
+        wait_until(lambda: self.db.terminal(experiment) >= jobs, throughput_timeout_s(jobs), "mixed-priority jobs")
+        placed = count_inversions(self._placed_order(experiment))
+        # A FIFO runner (bare Celery) places them in arrival order, one at a time.
+        return placed, count_inversions([(str(i), p) for i, p in enumerate(priorities)]), len(priorities)
+
+    def dispatch_with_queue_s(self, slots: int, queued: int) -> float:
+        """Seconds from a slot freeing to a high job's start, with `queued` low jobs waiting."""
+        experiment = f"bench-deep-{uuid.uuid4().hex[:8]}"
+        long_jobs = self._fill_slots(slots - 1, ["/bin/sleep", "600"], experiment)
+        ender = self.client.submit(
+            {"name": "ender", "experiment": experiment, "command": ["/bin/sh", "-c", "sleep 6; date +%s.%N"]}
+        )
+        wait_until(lambda: ender.refresh().state == "running", 60, "the job that frees a slot")
+        sweep = self.client.sweep(
+            {"name": "low-{i}", "command": ["/bin/true"], "priority": "low", "experiment": experiment},
+            grid={"i": list(range(queued))},
+        )
+        time.sleep(1.0)  # the scheduler has read the deep queue before the high job arrives
+        high = self.client.submit({"name": "high", "command": DATE_ARGV, "priority": "high", "experiment": experiment})
+        assert high.wait(timeout=120) == "succeeded"
+        assert ender.wait(timeout=60) == "succeeded"
+        freed = float(ender.log_bytes().decode())
+        started = float(high.log_bytes().decode())
+        self.client.cancel_sweep(sweep.id)
+        for job in long_jobs:
+            self.client.cancel(job.id)
+        wait_until(lambda: self.db.terminal(experiment) >= queued + slots + 1, 600, "the deep queue to drain")
+        return started - freed
+
     def log_lags_s(self, seconds: float) -> list[float]:
         """Follow a job printing a timestamp every 100 ms; lag of each line = read time - printed time."""
         lines = max(1, round(seconds / LOG_LINE_PERIOD_S))
         script = f"i=0; while [ $i -lt {lines} ]; do date +%s.%N; sleep {LOG_LINE_PERIOD_S}; i=$((i+1)); done"
-        job = self.client.submit({"name": "log-lag", "command": ["/bin/sh", "-c", script],
-                                  "experiment": "bench-loglag"})
+        job = self.client.submit(
+            {"name": "log-lag", "command": ["/bin/sh", "-c", script], "experiment": "bench-loglag"}
+        )
         lags: list[float] = []
         pending = b""
         for chunk in job.log_chunks(follow=True):
@@ -121,6 +199,23 @@ class TrainyardRunner:
         if len(lags) < lines:
             note(f"log lag: read {len(lags)} of {lines} lines")
         return lags
+
+
+def count_inversions(placed: list[tuple[str, int]]) -> int:
+    """Pairs (a placed before b, in an earlier pass) where b has the higher priority: each is a slot
+    given to a lower job while a higher one waited (every job was queued before the first slot
+    freed). `placed` is (placement time, priority) in placement order; equal times are one pass."""
+    from bisect import bisect_left, insort
+    from itertools import groupby
+
+    seen: list[int] = []
+    count = 0
+    for _, group in groupby(placed, key=lambda item: item[0]):
+        batch = [priority for _, priority in group]
+        count += sum(bisect_left(seen, priority) for priority in batch)  # earlier passes, strictly lower
+        for priority in batch:
+            insort(seen, priority)
+    return count
 
 
 # -- bare Celery -------------------------------------------------------------------------------
@@ -169,13 +264,36 @@ def bare_workers(redis_url: str, workers: int, threads: int, log_dir: Path) -> I
     env = dict(os.environ, BENCH_REDIS_URL=redis_url)
     processes = []
     for index in range(workers):
-        args = [sys.executable, "-m", "celery", "-A", "bench.bare_celery", "worker", "-P", "threads",
-                "-c", str(threads), "-Q", bare_celery.QUEUE, "--prefetch-multiplier", "1", "-O", "fair",
-                "--without-mingle", "--without-gossip", "--loglevel", "WARNING",
-                "-n", f"bare{index + 1}@127.0.0.1"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.bare_celery",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(threads),
+            "-Q",
+            bare_celery.QUEUE,
+            "--prefetch-multiplier",
+            "1",
+            "-O",
+            "fair",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+            "-n",
+            f"bare{index + 1}@127.0.0.1",
+        ]
         with (log_dir / f"bare{index + 1}.log").open("ab") as log:
-            processes.append(subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            )
     try:
         yield
     finally:
@@ -199,6 +317,10 @@ class Results:
     ours_latency_ms: list[float]
     bare_latency_ms: list[float]
     log_lags_s: list[float]
+    inversions: int = 0
+    inversion_pairs_fifo: int = 0
+    priority_jobs: int = 0
+    deep_dispatch_s: float = float("nan")
 
 
 def warm_up(runner: TrainyardRunner | BareCeleryRunner, opts: Options) -> None:
@@ -206,20 +328,22 @@ def warm_up(runner: TrainyardRunner | BareCeleryRunner, opts: Options) -> None:
     runner.throughput(2 * opts.workers * opts.slots, ["/bin/true"])
 
 
-def throughput_rounds(ours: TrainyardRunner, bare: BareCeleryRunner, opts: Options) -> tuple[
-        list[Throughput], list[Throughput]]:
+def throughput_rounds(
+    ours: TrainyardRunner, bare: BareCeleryRunner, opts: Options
+) -> tuple[list[Throughput], list[Throughput]]:
     """Alternate the two runners so that load from elsewhere on the machine hits both alike."""
     ours_runs, bare_runs = [], []
     for round_index in range(opts.rounds):
         ours_runs.append(ours.throughput(opts.jobs, ["/bin/true"]))
         bare_runs.append(bare.throughput(opts.jobs, ["/bin/true"]))
-        note(f"round {round_index + 1}: trainyard {ours_runs[-1].per_s:.0f} jobs/s, "
-             f"bare Celery {bare_runs[-1].per_s:.0f} jobs/s")
+        note(
+            f"round {round_index + 1}: trainyard {ours_runs[-1].per_s:.0f} jobs/s, "
+            f"bare Celery {bare_runs[-1].per_s:.0f} jobs/s"
+        )
     return ours_runs, bare_runs
 
 
-def latency_samples(ours: TrainyardRunner, bare: BareCeleryRunner, samples: int) -> tuple[
-        list[float], list[float]]:
+def latency_samples(ours: TrainyardRunner, bare: BareCeleryRunner, samples: int) -> tuple[list[float], list[float]]:
     """Sequential single submits on an idle system, alternating trainyard and bare Celery (ms)."""
     ours_ms, bare_ms = [], []
     for index in range(samples):
@@ -236,18 +360,51 @@ def median_per_s(runs: list[Throughput]) -> float:
 
 def report(results: Results, opts: Options) -> None:
     ours, bare = results.ours, results.bare
-    emit("e2e_throughput", median_per_s(ours), "jobs/s", "ratio >= 0.8", baseline=median_per_s(bare),
-         jobs=opts.jobs, workers=opts.workers, slots=opts.slots, rounds=opts.rounds,
-         per_round=[round(run.per_s, 1) for run in ours], baseline_per_round=[round(run.per_s, 1) for run in bare],
-         submit_seconds=[round(run.submit_seconds, 3) for run in ours],
-         baseline_submit_seconds=[round(run.submit_seconds, 3) for run in bare],
-         failed=sum(run.failed for run in ours))
+    emit(
+        "e2e_throughput",
+        median_per_s(ours),
+        "jobs/s",
+        "ratio >= 0.8",
+        baseline=median_per_s(bare),
+        jobs=opts.jobs,
+        workers=opts.workers,
+        slots=opts.slots,
+        rounds=opts.rounds,
+        per_round=[round(run.per_s, 1) for run in ours],
+        baseline_per_round=[round(run.per_s, 1) for run in bare],
+        submit_seconds=[round(run.submit_seconds, 3) for run in ours],
+        baseline_submit_seconds=[round(run.submit_seconds, 3) for run in bare],
+        failed=sum(run.failed for run in ours),
+    )
     for pct, goal in ((50, "<= 50 ms"), (99, "<= 250 ms")):
-        emit(f"dispatch_latency_p{pct}", percentile(results.ours_latency_ms, pct), "ms", goal,
-             baseline=percentile(results.bare_latency_ms, pct), samples=len(results.ours_latency_ms))
+        emit(
+            f"dispatch_latency_p{pct}",
+            percentile(results.ours_latency_ms, pct),
+            "ms",
+            goal,
+            baseline=percentile(results.bare_latency_ms, pct),
+            samples=len(results.ours_latency_ms),
+        )
+    emit(
+        "priority_inversions",
+        results.inversions,
+        "pairs",
+        "0",
+        baseline=results.inversion_pairs_fifo,
+        jobs=results.priority_jobs,
+        baseline_is="bare Celery's FIFO order (arrival order) on the same jobs",
+    )
+    emit("dispatch_with_5000_queued_s", results.deep_dispatch_s, "s", "<= 2 s", queued=opts.deep_queue)
     lags = results.log_lags_s
-    emit("log_lag_p99", percentile(lags, 99), "s", "<= 2 s", p50_s=round(percentile(lags, 50), 3),
-         max_s=round(max(lags, default=float("nan")), 3), lines=len(lags))
+    emit(
+        "log_lag_p99",
+        percentile(lags, 99),
+        "s",
+        "<= 2 s",
+        p50_s=round(percentile(lags, 50), 3),
+        max_s=round(max(lags, default=float("nan")), 3),
+        lines=len(lags),
+    )
 
 
 def measure(cluster: Any, bare_dir: Path, opts: Options) -> Results:
@@ -265,15 +422,22 @@ def measure(cluster: Any, bare_dir: Path, opts: Options) -> Results:
             ours_ms, bare_ms = latency_samples(ours, bare, opts.latency_samples)
             note(f"log lag: a job printing every {LOG_LINE_PERIOD_S} s for {opts.log_seconds:.0f} s")
             lags = ours.log_lags_s(opts.log_seconds)
+            slots = opts.workers * opts.slots
+            note(f"priority: {opts.priority_jobs} mixed-priority jobs behind {slots} busy slots")
+            inversions, fifo, jobs = ours.priority_inversions(slots, opts.priority_jobs)
+            note(f"deep queue: {opts.deep_queue:,} low jobs queued, one high job, a slot frees")
+            deep_s = ours.dispatch_with_queue_s(slots, opts.deep_queue)
     finally:
         ours.close()
         bare.close()
-    return Results(ours_runs, bare_runs, ours_ms, bare_ms, lags)
+    return Results(ours_runs, bare_runs, ours_ms, bare_ms, lags, inversions, fifo, jobs, deep_s)
 
 
 def run(opts: Options) -> None:
-    with private_cluster(opts.workers, opts.slots) as cluster, \
-            tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
+    with (
+        private_cluster(opts.workers, opts.slots) as cluster,
+        tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir,
+    ):
         results = measure(cluster, Path(bare_dir), opts)
     report(results, opts)
 
@@ -286,6 +450,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--latency-samples", type=int, default=None, help="sequential single submits (100)")
     parser.add_argument("--log-seconds", type=float, default=None, help="how long the log job prints (10)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating throughput rounds each (3)")
+    parser.add_argument("--priority-jobs", type=int, default=None, help="mixed-priority jobs (400)")
+    parser.add_argument("--deep-queue", type=int, default=None, help="low jobs queued for the dispatch figure (5000)")
     parser.add_argument("--quick", action="store_true", help="fewer jobs and samples: a smoke run")
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") == "1"
@@ -296,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         latency_samples=args.latency_samples or (20 if quick else 100),
         log_seconds=args.log_seconds or (3.0 if quick else 10.0),
         rounds=args.rounds or (1 if quick else 3),
+        priority_jobs=args.priority_jobs or (100 if quick else 400),
+        deep_queue=args.deep_queue or (1000 if quick else 5000),
     )
 
 

@@ -24,17 +24,38 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 # Variables that would point a private cluster at someone else's services.
-FOREIGN_ENV = ("TRAINYARD_REDIS_URL", "TRAINYARD_DATABASE_URL", "TRAINYARD_API_URL", "TRAINYARD_ADMIN_TOKEN",
-               "TRAINYARD_TOKEN", "TRAINYARD_STORAGE_URL", "TRAINYARD_API_PORT")
+FOREIGN_ENV = (
+    "TRAINYARD_REDIS_URL",
+    "TRAINYARD_DATABASE_URL",
+    "TRAINYARD_API_URL",
+    "TRAINYARD_ADMIN_TOKEN",
+    "TRAINYARD_TOKEN",
+    "TRAINYARD_STORAGE_URL",
+    "TRAINYARD_API_PORT",
+)
 
 
-def emit(bench: str, value: float, unit: str, goal: str, baseline: float | None = None,
-         ratio: float | None = None, **extra: Any) -> dict[str, Any]:
+def emit(
+    bench: str,
+    value: float,
+    unit: str,
+    goal: str,
+    baseline: float | None = None,
+    ratio: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Print one result line (ratio defaults to value/baseline) and return it."""
     if ratio is None and baseline:
         ratio = value / baseline
-    row = {"bench": bench, "value": _round(value), "unit": unit, "baseline": _round(baseline),
-           "ratio": _round(ratio), "goal": goal, **extra}
+    row = {
+        "bench": bench,
+        "value": _round(value),
+        "unit": unit,
+        "baseline": _round(baseline),
+        "ratio": _round(ratio),
+        "goal": goal,
+        **extra,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -132,8 +153,11 @@ class JobCounter:
 
     def terminal(self, experiment: str) -> int:
         placeholders = ",".join("?" * len(TERMINAL_STATES))
-        return self.scalar(f"SELECT count(*) FROM jobs WHERE experiment = ? AND state IN ({placeholders})",
-                           experiment, *TERMINAL_STATES)
+        return self.scalar(
+            f"SELECT count(*) FROM jobs WHERE experiment = ? AND state IN ({placeholders})",
+            experiment,
+            *TERMINAL_STATES,
+        )
 
     def count_state(self, experiment: str, state: str) -> int:
         return self.scalar("SELECT count(*) FROM jobs WHERE experiment = ? AND state = ?", experiment, state)

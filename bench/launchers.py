@@ -67,9 +67,17 @@ def placed_at(home: Path, job_id: str) -> float:
 
 
 def through_trainyard(client: Client, home: Path, gang: Gang) -> float:
-    job: Job = client.submit({"name": f"bench-{gang.launcher}", "launcher": gang.launcher, "nodes": len(HOSTS),
-                              "processes_per_node": gang.processes_per_node, "max_retries": 0,
-                              "experiment": "bench-launchers", "command": RANK_PROBE})
+    job: Job = client.submit(
+        {
+            "name": f"bench-{gang.launcher}",
+            "launcher": gang.launcher,
+            "nodes": len(HOSTS),
+            "processes_per_node": gang.processes_per_node,
+            "max_retries": 0,
+            "experiment": "bench-launchers",
+            "command": RANK_PROBE,
+        }
+    )
     state = job.wait(timeout=300, poll_s=0.1)
     if state != "succeeded":
         errors = [job.log_bytes(rank=rank, stream="stderr")[:3000] for rank in range(len(HOSTS))]
@@ -86,8 +94,9 @@ def through_trainyard(client: Client, home: Path, gang: Gang) -> float:
 def _started(argvs: list[list[str]], env: dict[str, str], cwd: Path) -> tuple[float, list[str]]:
     """Start the processes together; (start time, their stdouts) once they have all ended."""
     t0 = time.time()
-    procs = [subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-             for argv in argvs]
+    procs = [
+        subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for argv in argvs
+    ]
     outputs = [proc.communicate(timeout=300)[0].decode() for proc in procs]
     return t0, outputs
 
@@ -97,9 +106,34 @@ def raw_mpi(work: Path) -> float:
     agent.write_text('#!/bin/sh\nshift\nexec /bin/sh -c "$*"\n')  # the "remote" host is this one
     agent.chmod(0o700)
     (work / "hostfile").write_text("".join(f"{host} slots=2\n" for host in HOSTS))
-    argv = ["mpirun", "--hostfile", "hostfile", "-np", "4", "--bind-to", "none", "--leave-session-attached",
-            "--mca", "plm_rsh_agent", str(agent), "--mca", "plm_rsh_no_tree_spawn", "1", "--mca", "btl", "tcp,self",
-            "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo", "/bin/sh", "-c", RANK_PROBE]
+    argv = [
+        "mpirun",
+        "--hostfile",
+        "hostfile",
+        "-np",
+        "4",
+        "--bind-to",
+        "none",
+        "--leave-session-attached",
+        "--mca",
+        "plm_rsh_agent",
+        str(agent),
+        "--mca",
+        "plm_rsh_no_tree_spawn",
+        "1",
+        "--mca",
+        "btl",
+        "tcp,self",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+        "--mca",
+        "oob_tcp_if_include",
+        "lo",
+        "/bin/sh",
+        "-c",
+        RANK_PROBE,
+    ]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     t0, outputs = _started([argv], env, work)
     return max(clocks(outputs[0])) - t0
@@ -107,9 +141,28 @@ def raw_mpi(work: Path) -> float:
 
 def raw_torchrun(work: Path) -> float:
     port = str(23000 + os.getpid() % 1000)
-    argvs = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-              "--node-rank", str(rank), "--master-addr", HOSTS[0], "--master-port", port, "--no-python",
-              "/bin/sh", "-c", RANK_PROBE] for rank in range(len(HOSTS))]
+    argvs = [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(rank),
+            "--master-addr",
+            HOSTS[0],
+            "--master-port",
+            port,
+            "--no-python",
+            "/bin/sh",
+            "-c",
+            RANK_PROBE,
+        ]
+        for rank in range(len(HOSTS))
+    ]
     t0, outputs = _started(argvs, dict(os.environ), work)
     return max(t for out in outputs for t in clocks(out)) - t0
 
@@ -124,9 +177,26 @@ def raw_ray(work: Path) -> float:
     argvs = []
     for rank, host in enumerate(HOSTS):
         ray_args = [*ray_ports(port, rank).start_args(head=rank == 0), "--node-ip-address", host, "--num-cpus", "1"]
-        argvs.append([sys.executable, "-I", ray_node.__file__, "--role", "head" if rank == 0 else "worker",
-                      "--ray", str(Path(sys.executable).parent / "ray"), "--head", head, "--num-nodes", "2",
-                      *[f"--ray-arg={arg}" for arg in ray_args], "--", "/bin/sh", "-c", RANK_PROBE])
+        argvs.append(
+            [
+                sys.executable,
+                "-I",
+                ray_node.__file__,
+                "--role",
+                "head" if rank == 0 else "worker",
+                "--ray",
+                str(Path(sys.executable).parent / "ray"),
+                "--head",
+                head,
+                "--num-nodes",
+                "2",
+                *[f"--ray-arg={arg}" for arg in ray_args],
+                "--",
+                "/bin/sh",
+                "-c",
+                RANK_PROBE,
+            ]
+        )
     t0, outputs = _started(argvs, env, work)
     return max(clocks(outputs[0])) - t0
 
@@ -144,10 +214,23 @@ def report(results: dict[str, tuple[list[float], list[float]]]) -> None:
     for gang in GANGS:
         ours, raw = results[gang.launcher]
         value, baseline = statistics.median(ours), statistics.median(raw)
-        table.add_row(gang.launcher, f"{value:.2f}", f"{baseline:.2f}", f"{value / baseline:.2f}",
-                      f"<= {gang.goal_s:g}", str(len(ours)))
-        emit(f"launcher_start_{gang.launcher}_2_nodes", value, "s", f"<= {gang.goal_s:g}", baseline=baseline,
-             runs=len(ours), samples=[round(v, 3) for v in ours])
+        table.add_row(
+            gang.launcher,
+            f"{value:.2f}",
+            f"{baseline:.2f}",
+            f"{value / baseline:.2f}",
+            f"<= {gang.goal_s:g}",
+            str(len(ours)),
+        )
+        emit(
+            f"launcher_start_{gang.launcher}_2_nodes",
+            value,
+            "s",
+            f"<= {gang.goal_s:g}",
+            baseline=baseline,
+            runs=len(ours),
+            samples=[round(v, 3) for v in ours],
+        )
     Console(stderr=True).print(table)
 
 
@@ -158,9 +241,11 @@ def main() -> None:
     args = parser.parse_args()
     runs = 1 if args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") else args.runs
     results: dict[str, tuple[list[float], list[float]]] = {g.launcher: ([], []) for g in GANGS}
-    with private_cluster(workers=len(HOSTS), slots=4) as cluster, \
-            Client(api_url=cluster.api_url, token=cluster.admin_token) as client, \
-            tempfile.TemporaryDirectory(prefix="bench-launchers-") as scratch:
+    with (
+        private_cluster(workers=len(HOSTS), slots=4) as cluster,
+        Client(api_url=cluster.api_url, token=cluster.admin_token) as client,
+        tempfile.TemporaryDirectory(prefix="bench-launchers-") as scratch,
+    ):
         for gang in GANGS:
             for run in range(runs):
                 ours = through_trainyard(client, Path(cluster.home), gang)

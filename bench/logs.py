@@ -102,8 +102,10 @@ def measure_raw(on_store: StoreCluster, total_bytes: int) -> float:
 
 def run_store(store: str, lag_seconds: float, total_bytes: int) -> StoreResult:
     result = StoreResult(store)
-    with tempfile.TemporaryDirectory(prefix=f"bench-logs-{store}-") as tmp, \
-            store_cluster(store, Path(tmp), workers=1, slots=4) as on_store:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"bench-logs-{store}-") as tmp,
+        store_cluster(store, Path(tmp), workers=1, slots=4) as on_store,
+    ):
         note(f"{store}: lag ({lag_seconds:.0f} s of lines every 100 ms)")
         result.lags_s = measure_lag(on_store, lag_seconds)
         note(f"{store}: throughput ({total_bytes / 1e6:.0f} MB), then the raw adapter")
@@ -120,8 +122,15 @@ def report(results: list[StoreResult]) -> None:
         emit(f"log_lag_p50_{r.store}", p50, "ms", "<= 1000", samples=len(r.lags_s))
         emit(f"log_lag_p99_{r.store}", p99, "ms", "<= 2000", samples=len(r.lags_s))
         emit(f"log_throughput_{r.store}", r.ours_mb_s, "MB/s", "ratio >= 0.5", baseline=r.raw_mb_s)
-        table.add_row(r.store, f"{p50:.0f}", f"{p99:.0f}", str(len(r.lags_s)), f"{r.ours_mb_s:.1f}",
-                      f"{r.raw_mb_s:.1f}", f"{r.ours_mb_s / r.raw_mb_s:.2f}")
+        table.add_row(
+            r.store,
+            f"{p50:.0f}",
+            f"{p99:.0f}",
+            str(len(r.lags_s)),
+            f"{r.ours_mb_s:.1f}",
+            f"{r.raw_mb_s:.1f}",
+            f"{r.ours_mb_s / r.raw_mb_s:.2f}",
+        )
     Console(stderr=True).print(table)
 
 

@@ -78,8 +78,12 @@ def measure_trainyard(kills: int) -> list[float]:
 def measure_celery(kills: int, redis_url: str, work_dir: Path) -> list[float]:
     """An acks_late task whose worker is killed: time until another worker starts it again."""
     samples: list[float] = []
-    env = dict(os.environ, BENCH_REDIS_URL=redis_url, BENCH_VISIBILITY_TIMEOUT_S=str(BASELINE_VISIBILITY_TIMEOUT_S),
-               PYTHONPATH=f"{REPO_ROOT / 'bench'}:{REPO_ROOT}")
+    env = dict(
+        os.environ,
+        BENCH_REDIS_URL=redis_url,
+        BENCH_VISIBILITY_TIMEOUT_S=str(BASELINE_VISIBILITY_TIMEOUT_S),
+        PYTHONPATH=f"{REPO_ROOT / 'bench'}:{REPO_ROOT}",
+    )
     client = redis.Redis.from_url(redis_url)
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     import bare_celery
@@ -126,8 +130,9 @@ def main() -> None:
     parser.add_argument("--celery-kills", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="5 kills, 1 baseline kill")
     args = parser.parse_args()
-    kills, celery_kills = (5, 1) if args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") else (
-        args.kills, args.celery_kills)
+    kills, celery_kills = (
+        (5, 1) if args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") else (args.kills, args.celery_kills)
+    )
     ours = measure_trainyard(kills)
     sys.path.insert(0, str(REPO_ROOT))
     import tempfile
@@ -138,9 +143,16 @@ def main() -> None:
         theirs = measure_celery(celery_kills, redis_url, Path(tmp))
     baseline = percentile(theirs, 50)
     emit("requeue_p50", percentile(ours, 50), "s", "<= 15 s", baseline=baseline, samples=len(ours))
-    emit("requeue_p99", percentile(ours, 99), "s", "<= 15 s", baseline=percentile(theirs, 99),
-         samples=len(ours), baseline_samples=len(theirs),
-         baseline_what=f"Celery acks_late redelivery, visibility_timeout={BASELINE_VISIBILITY_TIMEOUT_S}s")
+    emit(
+        "requeue_p99",
+        percentile(ours, 99),
+        "s",
+        "<= 15 s",
+        baseline=percentile(theirs, 99),
+        samples=len(ours),
+        baseline_samples=len(theirs),
+        baseline_what=f"Celery acks_late redelivery, visibility_timeout={BASELINE_VISIBILITY_TIMEOUT_S}s",
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,13 @@ INTERRUPT_GRACE_S = 30.0
 STDERR_TAIL_LINES = 20
 GOAL_PATTERN = re.compile(r"^\s*(?:(ratio|value)\s*)?(>=|<=|≥|≤|>|<|=)\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)")
 COMPARE = {
-    ">=": lambda a, b: a >= b, "≥": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "≤": lambda a, b: a <= b,
-    ">": lambda a, b: a > b, "<": lambda a, b: a < b, "=": lambda a, b: a == b,
+    ">=": lambda a, b: a >= b,
+    "≥": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "≤": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "=": lambda a, b: a == b,
 }
 
 
@@ -88,8 +93,9 @@ def discover(only: list[str]) -> list[Path]:
     if wanted:
         unknown = wanted - {path.stem for path in scripts}
         if unknown:
-            raise SystemExit(f"no bench named {', '.join(sorted(unknown))} "
-                             f"(have: {', '.join(p.stem for p in scripts)})")
+            raise SystemExit(
+                f"no bench named {', '.join(sorted(unknown))} (have: {', '.join(p.stem for p in scripts)})"
+            )
         scripts = [path for path in scripts if path.stem in wanted]
     return scripts
 
@@ -148,12 +154,21 @@ def run_bench(path: Path, quick: bool, timeout_s: float) -> BenchRun:
     if quick:
         env["TRAINYARD_BENCH_QUICK"] = "1"
     started = time.monotonic()
-    process = subprocess.Popen(command_for(path, quick), cwd=REPO_ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command_for(path, quick),
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     assert process.stdout is not None and process.stderr is not None
-    readers = [threading.Thread(target=_read_stdout, args=(process.stdout, run), daemon=True),
-               threading.Thread(target=_read_stderr, args=(process.stderr, run), daemon=True)]
+    readers = [
+        threading.Thread(target=_read_stdout, args=(process.stdout, run), daemon=True),
+        threading.Thread(target=_read_stderr, args=(process.stderr, run), daemon=True),
+    ]
     for reader in readers:
         reader.start()
     try:
@@ -205,14 +220,26 @@ def met_cell(row: dict[str, Any]) -> str:
 
 def build_table(runs: list[BenchRun]) -> Table:
     table = Table(title="trainyard benchmarks", show_lines=False)
-    for column, justify in (("bench", "left"), ("ours", "right"), ("baseline", "right"),
-                            ("ratio", "right"), ("goal", "left"), ("met?", "center")):
+    for column, justify in (
+        ("bench", "left"),
+        ("ours", "right"),
+        ("baseline", "right"),
+        ("ratio", "right"),
+        ("goal", "left"),
+        ("met?", "center"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for run in runs:
         for row in run.rows:
             unit = str(row.get("unit") or "")
-            table.add_row(str(row.get("bench")), fmt(row.get("value"), unit), fmt(row.get("baseline"), unit),
-                          fmt(row.get("ratio")), str(row.get("goal") or ""), met_cell(row))
+            table.add_row(
+                str(row.get("bench")),
+                fmt(row.get("value"), unit),
+                fmt(row.get("baseline"), unit),
+                fmt(row.get("ratio")),
+                str(row.get("goal") or ""),
+                met_cell(row),
+            )
         if run.failed:
             table.add_row(f"[red]{run.script}[/red]", "—", "—", "—", run.failure(), "[red]FAIL[/red]")
     return table
@@ -220,8 +247,9 @@ def build_table(runs: list[BenchRun]) -> Table:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run every bench/ script and print one table.")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="run only this bench script (e.g. e2e); repeatable")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="run only this bench script (e.g. e2e); repeatable"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every bench")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per bench script")
     parser.add_argument("--list", action="store_true", help="list the bench scripts and exit")

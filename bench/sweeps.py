@@ -79,8 +79,12 @@ def grid_for(points: int) -> dict[str, list[Any]]:
 
 
 def accept_sweep(client: Client, points: int) -> tuple[float, Any]:
-    template = {"name": "lr{lr}-b{batch}-s{seed}", "command": "python train.py --lr {lr} --batch {batch}",
-                "env": {"SEED": "{seed}"}, "experiment": f"bench-{uuid.uuid4().hex[:8]}"}
+    template = {
+        "name": "lr{lr}-b{batch}-s{seed}",
+        "command": "python train.py --lr {lr} --batch {batch}",
+        "env": {"SEED": "{seed}"},
+        "experiment": f"bench-{uuid.uuid4().hex[:8]}",
+    }
     start = time.perf_counter()
     sweep = client.sweep(template, grid=grid_for(points), max_concurrency=64)
     elapsed = time.perf_counter() - start
@@ -90,8 +94,10 @@ def accept_sweep(client: Client, points: int) -> tuple[float, Any]:
 
 def submit_many(client: Client, count: int) -> float:
     experiment = f"bench-many-{uuid.uuid4().hex[:8]}"
-    specs = [{"name": f"many-{i}", "command": ["python", "train.py", f"--i={i}"], "experiment": experiment}
-             for i in range(count)]
+    specs = [
+        {"name": f"many-{i}", "command": ["python", "train.py", f"--i={i}"], "experiment": experiment}
+        for i in range(count)
+    ]
     start = time.perf_counter()
     jobs = client.submit_many(specs)
     elapsed = time.perf_counter() - start
@@ -105,8 +111,14 @@ def celery_apply_async_rate(redis_url: str, count: int) -> float:
     The app has the settings of bench/bare_celery.py (JSON, acks_late, prefetch 1).
     """
     app = Celery("bench_sweeps", broker=redis_url, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
-                    task_acks_late=True, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
     task = app.task(name=CELERY_TASK_NAME, ignore_result=True)(_noop)
     queue = f"bench.sweeps.{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
@@ -139,8 +151,9 @@ def list_latencies(http: httpx.Client, sweep: Any) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {name: [] for name in LIST_VARIANTS}
     for _ in range(LIST_SAMPLES):
         for name in LIST_VARIANTS:
-            found[name].append(timed_ms(lambda p=params[name]: http.get("/v1/jobs", params={**p, "limit": 100})
-                                        .raise_for_status()))
+            found[name].append(
+                timed_ms(lambda p=params[name]: http.get("/v1/jobs", params={**p, "limit": 100}).raise_for_status())
+            )
     return found
 
 
@@ -149,8 +162,9 @@ def api_cpu_s(api: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def measure(client: Client, api: psutil.Process, redis_url: str, opts: Options, backend: str,
-            fill: bool) -> tuple[Figures, float | None]:
+def measure(
+    client: Client, api: psutil.Process, redis_url: str, opts: Options, backend: str, fill: bool
+) -> tuple[Figures, float | None]:
     figures = Figures(backend)
     for round_index in range(opts.rounds):
         before = api_cpu_s(api)
@@ -160,8 +174,10 @@ def measure(client: Client, api: psutil.Process, redis_url: str, opts: Options, 
         figures.submit_s.append(submit_many(client, opts.specs))
         figures.sweep_api_cpu_s.append(middle - before)
         figures.submit_api_cpu_s.append(api_cpu_s(api) - middle)
-        note(f"{backend} round {round_index + 1}: sweep of {opts.points:,} in {seconds:.3f} s, "
-             f"submit_many of {opts.specs:,} in {figures.submit_s[-1]:.3f} s")
+        note(
+            f"{backend} round {round_index + 1}: sweep of {opts.points:,} in {seconds:.3f} s, "
+            f"submit_many of {opts.specs:,} in {figures.submit_s[-1]:.3f} s"
+        )
     figures.total_jobs = opts.rounds * (opts.points + opts.specs)
     baseline = None
     if not fill:
@@ -172,11 +188,11 @@ def measure(client: Client, api: psutil.Process, redis_url: str, opts: Options, 
         _, sweep = accept_sweep(client, opts.points)
         figures.total_jobs += opts.points
     note(f"{figures.total_jobs:,} jobs in the database; timing lists and sweep views")
-    with httpx.Client(base_url=client.api_url, headers={"Authorization": f"Bearer {client.token}"},
-                      timeout=60) as http:
+    with httpx.Client(base_url=client.api_url, headers={"Authorization": f"Bearer {client.token}"}, timeout=60) as http:
         figures.list_ms = list_latencies(http, sweep)
-        figures.show_ms = [timed_ms(lambda: http.get(f"/v1/sweeps/{sweep.id}").raise_for_status())
-                           for _ in range(LIST_SAMPLES)]
+        figures.show_ms = [
+            timed_ms(lambda: http.get(f"/v1/sweeps/{sweep.id}").raise_for_status()) for _ in range(LIST_SAMPLES)
+        ]
     return figures, baseline
 
 
@@ -194,8 +210,12 @@ def postgres_cluster() -> Iterator[Any]:
     saved = {key: os.environ.pop(key) for key in FOREIGN_ENV if key in os.environ}
     try:
         with tempfile.TemporaryDirectory(prefix="trainyard-bench-pg-") as home:
-            cluster = start_cluster(workers=0, home=Path(home), port=free_port(),
-                                    extra_env={"TRAINYARD_DATABASE_URL": url, "TRAINYARD_HOME": home})
+            cluster = start_cluster(
+                workers=0,
+                home=Path(home),
+                port=free_port(),
+                extra_env={"TRAINYARD_DATABASE_URL": url, "TRAINYARD_HOME": home},
+            )
             try:
                 yield cluster
             finally:
@@ -219,31 +239,75 @@ def report(all_figures: list[Figures], baseline: float | None, opts: Options) ->
     for figures in all_figures:
         suffix = "" if figures.backend == "sqlite" else f"_{figures.backend}"
         accept_s = statistics.median(figures.sweep_s)
-        rows.append(emit(f"sweep_accept_s{suffix}", accept_s, "s", "<= 2 s", points=opts.points,
-                         runs=[round(s, 3) for s in figures.sweep_s],
-                         api_cpu_s=[round(s, 3) for s in figures.sweep_api_cpu_s]))
-        rows.append(emit(f"sweep_accept_rate{suffix}", opts.points / accept_s, "jobs/s", "ratio >= 10",
-                         baseline=baseline if figures.backend == "sqlite" else None,
-                         baseline_what="Celery apply_async, same count, same Redis"))
+        rows.append(
+            emit(
+                f"sweep_accept_s{suffix}",
+                accept_s,
+                "s",
+                "<= 2 s",
+                points=opts.points,
+                runs=[round(s, 3) for s in figures.sweep_s],
+                api_cpu_s=[round(s, 3) for s in figures.sweep_api_cpu_s],
+            )
+        )
+        rows.append(
+            emit(
+                f"sweep_accept_rate{suffix}",
+                opts.points / accept_s,
+                "jobs/s",
+                "ratio >= 10",
+                baseline=baseline if figures.backend == "sqlite" else None,
+                baseline_what="Celery apply_async, same count, same Redis",
+            )
+        )
         submit_rates = [opts.specs / s for s in figures.submit_s]
-        rows.append(emit(f"submit_many_rate{suffix}", statistics.median(submit_rates), "jobs/s", ">= 20000",
-                         specs=opts.specs, runs=[round(r) for r in submit_rates],
-                         api_cpu_s=[round(s, 3) for s in figures.submit_api_cpu_s]))
+        rows.append(
+            emit(
+                f"submit_many_rate{suffix}",
+                statistics.median(submit_rates),
+                "jobs/s",
+                ">= 20000",
+                specs=opts.specs,
+                runs=[round(r) for r in submit_rates],
+                api_cpu_s=[round(s, 3) for s in figures.submit_api_cpu_s],
+            )
+        )
         if figures.list_ms:
             every = [ms for samples in figures.list_ms.values() for ms in samples]
-            rows.append(emit("job_list_p99_ms", percentile(every, 99), "ms", "<= 100 ms", jobs=figures.total_jobs,
-                             p50_by_filter={k: round(percentile(v, 50), 1) for k, v in figures.list_ms.items()}))
-            rows.append(emit("sweep_show_p99_ms", percentile(figures.show_ms, 99), "ms", "<= 250 ms",
-                             jobs_in_sweep=opts.points, p50_ms=round(percentile(figures.show_ms, 50), 1)))
+            rows.append(
+                emit(
+                    "job_list_p99_ms",
+                    percentile(every, 99),
+                    "ms",
+                    "<= 100 ms",
+                    jobs=figures.total_jobs,
+                    p50_by_filter={k: round(percentile(v, 50), 1) for k, v in figures.list_ms.items()},
+                )
+            )
+            rows.append(
+                emit(
+                    "sweep_show_p99_ms",
+                    percentile(figures.show_ms, 99),
+                    "ms",
+                    "<= 250 ms",
+                    jobs_in_sweep=opts.points,
+                    p50_ms=round(percentile(figures.show_ms, 50), 1),
+                )
+            )
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     table = Table("bench", "value", "unit", "baseline", "ratio", "goal", title="sweeps and bulk submission")
     for row in rows:
-        table.add_row(row["bench"], f"{row['value']:g}", row["unit"],
-                      "" if row["baseline"] is None else f"{row['baseline']:g}",
-                      "" if row["ratio"] is None else f"{row['ratio']:g}", row["goal"])
+        table.add_row(
+            row["bench"],
+            f"{row['value']:g}",
+            row["unit"],
+            "" if row["baseline"] is None else f"{row['baseline']:g}",
+            "" if row["ratio"] is None else f"{row['ratio']:g}",
+            row["goal"],
+        )
     Console(stderr=True).print(table)
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless Chromium for the Flower browser test (tests/integration/test_flower_browser.py); idempotent.
+# Headless Chromium for the browser tests (Flower: tests/integration/security/test_flower.py; the dashboard:
+# tests/integration/dashboard/, through Playwright with executable_path); idempotent.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
   exit 0

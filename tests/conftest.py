@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.services import private_postgres_database, private_redis
+
+# Leaks fail every suite (pyproject's filterwarnings). The cluster suites hold objects for long
+# and free them late; these fixtures collect as their tests and modules end, so a leak fails the
+# test that made it rather than a quick test the collector happens to run in later.
+CLUSTER_SUITES = ("integration", "chaos", "netns")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_module_leaks_where_made(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect garbage as a cluster module ends (after its module-wide clusters stop)."""
+    yield
+    if _in_cluster_suite(request.path):
+        gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks_where_made(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if _in_cluster_suite(request.path):
+        gc.collect()
+
+
+def _in_cluster_suite(path: Path) -> bool:
+    tests_dir = Path(__file__).parent
+    parts = path.relative_to(tests_dir).parts if path.is_relative_to(tests_dir) else ()
+    return bool(parts) and parts[0] in CLUSTER_SUITES
 
 
 @pytest.fixture(scope="session")

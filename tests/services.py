@@ -128,49 +128,59 @@ def moto_binary() -> str:
 
 def azurite_connection_string(endpoint: str) -> str:
     return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint={endpoint};"
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
     )
 
 
 class BlobServer:
-    """A moto or Azurite server on a fixed loopback port; stop() and start() again keep the port.
+    """A moto or Azurite server on a fixed port (of loopback, or of `host`); stop() and start() again keep the port.
 
     Azurite keeps its blobs in `data_dir` (--location), so they survive a restart; moto keeps
     them in memory only.
     """
 
-    def __init__(self, kind: str, data_dir: Path, port: int | None = None):
-        self.kind, self.data_dir = kind, data_dir
+    def __init__(self, kind: str, data_dir: Path, port: int | None = None, host: str = "127.0.0.1"):
+        self.kind, self.data_dir, self.host = kind, data_dir, host
         self.port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        base = f"http://127.0.0.1:{self.port}"
+        base = f"http://{self.host}:{self.port}"
         return f"{base}/{AZURITE_ACCOUNT}" if self.kind == "azurite" else base
 
     def _command(self) -> list[str]:
         if self.kind == "moto":
-            return [moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
-        return [azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                "--location", str(self.data_dir), "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+            return [moto_binary(), "-H", self.host, "-p", str(self.port)]
+        return [
+            azurite_binary(),
+            "--blobHost",
+            self.host,
+            "--blobPort",
+            str(self.port),
+            "--location",
+            str(self.data_dir),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ]
 
     def start(self) -> None:
         with (self.data_dir / f"{self.kind}.log").open("ab") as log:
-            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + BLOB_SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 unavailable(f"{self.kind} exited with {self.process.returncode}; see {self.data_dir}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
-        unavailable(f"{self.kind} did not listen on 127.0.0.1:{self.port}")
+        unavailable(f"{self.kind} did not listen on {self.host}:{self.port}")
 
     def stop(self) -> None:
         """SIGTERM, so that Azurite writes its metadata out; SIGKILL after 10 s."""
@@ -193,8 +203,12 @@ class BlobServer:
     def environment(self) -> dict[str, str]:
         """The ecosystem's own variables (SPEC §9) that point clients at this server."""
         if self.kind == "moto":
-            return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+            return {
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
         return {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(self.endpoint)}
 
     def create_root(self, name: str) -> str:
@@ -204,8 +218,11 @@ class BlobServer:
 
             env = self.environment()
             boto3.session.Session().client(
-                "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                aws_secret_access_key="testing", region_name="us-east-1",
+                "s3",
+                endpoint_url=env["AWS_ENDPOINT_URL"],
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                region_name="us-east-1",
             ).create_bucket(Bucket=name)
             return f"s3://{name}"
         from azure.storage.blob import BlobServiceClient

@@ -40,8 +40,12 @@ def test_the_audit_names_a_token_by_id_and_name_within_the_column() -> None:
 
 def test_token_requests_are_checked() -> None:
     assert TokenCreate.model_validate({"role": "viewer", "workspace": "team-a", "expires_in": "2h"}).role == "viewer"
-    for bad in ({"role": "root"}, {"role": "user", "workspace": "bad space"}, {"role": "user", "extra": 1},
-                {"role": "user", "name": "tab\tname"}):
+    for bad in (
+        {"role": "root"},
+        {"role": "user", "workspace": "bad space"},
+        {"role": "user", "extra": 1},
+        {"role": "user", "name": "tab\tname"},
+    ):
         with pytest.raises(ValidationError):
             TokenCreate.model_validate(bad)
 
@@ -58,12 +62,12 @@ def test_only_plausible_ids_reach_the_database() -> None:
 
 
 def test_flower_wants_credentials_unless_told_to_run_open() -> None:
-    assert resolve_basic_auth("u:p", {}, no_auth=False) == "u:p"
-    assert resolve_basic_auth(None, {"FLOWER_BASIC_AUTH": "a:b,c:d"}, no_auth=False) == "a:b,c:d"
-    assert resolve_basic_auth(None, {}, no_auth=True) is None
+    assert resolve_basic_auth("u:p", None, no_auth=False) == "u:p"
+    assert resolve_basic_auth(None, "a:b,c:d", no_auth=False) == "a:b,c:d"
+    assert resolve_basic_auth(None, None, no_auth=True) is None
     for flag in (None, "nopassword", "user:", ":pass"):
         with pytest.raises(FlowerAuthMissing):
-            resolve_basic_auth(flag, {}, no_auth=False)
+            resolve_basic_auth(flag, None, no_auth=False)
 
 
 def test_flower_never_gets_credentials_on_its_command_line_nor_reads_a_local_config() -> None:

@@ -21,6 +21,7 @@ from trainyard.batchai import (
     API_VERSION,
     COMPAT_VAR,
     LOCAL_DIR_VARIABLES,
+    OWN_MPIRUN_VAR,
     PYTORCH_BACKEND_VAR,
     STDOUTERR_PREFIX_VAR,
     batchai_env,
@@ -34,7 +35,7 @@ from trainyard.spec import SpecError, parse_job_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "batchai"
-SCHEMAS = (ROOT / ".." / "shared" / "reference" / "batchai-2018-05-01").resolve()
+SCHEMAS = ROOT / "tests" / "data" / "batchai-2018-05-01"  # copied with its LICENSE from the public reference
 ARM_TEMPLATE = "https://schema.management.azure.com/schemas/2015-01-01/deploymentTemplate.json"
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.json"))
 CLUSTER = {"id": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/clusters/c"}
@@ -89,16 +90,24 @@ def _validate(instance: Any, schema_file: str, pointer: str = "") -> None:
 
 
 TOOL_SCHEMA = {
-    "customToolkitSettings": "custom.json", "customMpiSettings": "mpi.json",
-    "horovodSettings": "horovod.json", "pyTorchSettings": "pytorch.json",
-    "tensorFlowSettings": "tensorflow.json", "chainerSettings": "chainer.json",
-    "cntkSettings": "cntk.json", "caffe2Settings": "caffe2.json", "caffeSettings": "caffe.json",
+    "customToolkitSettings": "custom.json",
+    "customMpiSettings": "mpi.json",
+    "horovodSettings": "horovod.json",
+    "pyTorchSettings": "pytorch.json",
+    "tensorFlowSettings": "tensorflow.json",
+    "chainerSettings": "chainer.json",
+    "cntkSettings": "cntk.json",
+    "caffe2Settings": "caffe2.json",
+    "caffeSettings": "caffe.json",
 }
 
 
 def test_the_five_examples_are_there() -> None:
     assert set(EXAMPLE_FILES) >= {
-        "custom-toolkit.json", "horovod-2node.json", "pytorch-gloo.json", "container.json",
+        "custom-toolkit.json",
+        "horovod-2node.json",
+        "pytorch-gloo.json",
+        "container.json",
         "io-env-secrets.json",
     }
 
@@ -117,8 +126,7 @@ def test_example_is_valid_against_the_2018_05_01_schemas(name: str) -> None:
 
 
 def test_schema_validation_does_catch_a_bad_file() -> None:
-    bad = {"properties": {"nodeCount": "two", "inputDirectories": [{"id": "X"}],
-                          "schedulingPriority": "urgent"}}
+    bad = {"properties": {"nodeCount": "two", "inputDirectories": [{"id": "X"}], "schedulingPriority": "urgent"}}
     with pytest.raises(AssertionError):
         _validate(bad, "job.json")
 
@@ -158,7 +166,8 @@ def test_custom_toolkit_example_field_by_field() -> None:
     }
     assert spec["secrets"] == {} and spec["inputs"] == [] and spec["outputs"] == []
     assert "image" not in spec and "resources" not in spec
-    assert warned(warnings, "cluster", "ignored")
+    assert batchai_to_spec(doc, name="custom", pool="default")[0]["pool"] == "default"  # --pool overrides
+    assert spec["pool"] == "cpu"  # the cluster's name
     assert warned(warnings, "stdOutErrPathPrefix", "trainyard job logs")
     assert any("resources.gpus" in w for w in warnings)
 
@@ -223,8 +232,10 @@ def test_bare_properties_envelope_and_schema_file_give_the_same_spec() -> None:
 
 def test_arm_envelope_names_the_job_and_other_versions_are_warned_about() -> None:
     doc = {
-        "type": "Microsoft.BatchAI/workspaces/experiments/jobs", "apiVersion": "2018-03-01",
-        "name": "ws/exp/nightly-run", "$schema": "https://example/schemas/2017-09-01-preview/job.json",
+        "type": "Microsoft.BatchAI/workspaces/experiments/jobs",
+        "apiVersion": "2018-03-01",
+        "name": "ws/exp/nightly-run",
+        "$schema": "https://example/schemas/2017-09-01-preview/job.json",
         **job(),
     }
     spec, warnings = batchai_to_spec(doc)
@@ -266,42 +277,117 @@ def tool(key: str, settings: dict[str, Any], nodes: int = 1, **fields: Any) -> d
     [
         ("customMpiSettings", {"commandLine": "./app --x"}, 2, "./app --x", "mpi", 1),
         ("customMpiSettings", {"commandLine": "./app", "processCount": 8}, 2, "./app", "mpi", 4),
-        ("horovodSettings", {"pythonScriptFilePath": "t.py", "pythonInterpreterPath": "/opt/py/bin/python3",
-                             "commandLineArgs": "--lr 0.1", "processCount": 4}, 1,
-         "/opt/py/bin/python3 t.py --lr 0.1", "horovod", 4),
+        (
+            "horovodSettings",
+            {
+                "pythonScriptFilePath": "t.py",
+                "pythonInterpreterPath": "/opt/py/bin/python3",
+                "commandLineArgs": "--lr 0.1",
+                "processCount": 4,
+            },
+            1,
+            "/opt/py/bin/python3 t.py --lr 0.1",
+            "horovod",
+            4,
+        ),
         ("pyTorchSettings", {"pythonScriptFilePath": "t.py"}, 1, "python t.py", "process", 1),
-        ("pyTorchSettings", {"pythonScriptFilePath": "t.py", "processCount": 4}, 1, "python t.py",
-         "torchrun", 4),
-        ("pyTorchSettings", {"pythonScriptFilePath": "t.py", "communicationBackend": "NCCL"}, 2,
-         "python t.py", "torchrun", 1),
-        ("tensorFlowSettings", {"pythonScriptFilePath": "t.py", "masterCommandLineArgs": "--m"}, 1,
-         "python t.py --m", "process", 1),
-        ("tensorFlowSettings", {"pythonScriptFilePath": "t.py", "masterCommandLineArgs": "--m"}, 3,
-         "python t.py --m", "process", 1),
-        ("chainerSettings", {"pythonScriptFilePath": "t.py", "commandLineArgs": "-g"}, 1, "python t.py -g",
-         "process", 1),
+        (  # several processes per node: each of torchrun's workers is a task with its own index
+            "pyTorchSettings",
+            {"pythonScriptFilePath": "t.py", "processCount": 4},
+            1,
+            'AZ_BATCHAI_TASK_INDEX="${RANK:-0}"; export AZ_BATCHAI_TASK_INDEX\npython t.py',
+            "torchrun",
+            4,
+        ),
+        (
+            "pyTorchSettings",
+            {"pythonScriptFilePath": "t.py", "communicationBackend": "NCCL"},
+            2,
+            "python t.py",
+            "torchrun",
+            1,
+        ),
+        (
+            "tensorFlowSettings",
+            {"pythonScriptFilePath": "t.py", "masterCommandLineArgs": "--m"},
+            1,
+            "python t.py --m",
+            "process",
+            1,
+        ),
+        (
+            "tensorFlowSettings",
+            {"pythonScriptFilePath": "t.py", "masterCommandLineArgs": "--m"},
+            3,
+            "python t.py --m",
+            "process",
+            1,
+        ),
+        (
+            "chainerSettings",
+            {"pythonScriptFilePath": "t.py", "commandLineArgs": "-g"},
+            1,
+            "python t.py -g",
+            "process",
+            1,
+        ),
         ("chainerSettings", {"pythonScriptFilePath": "t.py"}, 2, "python t.py", "mpi", 1),
         ("chainerSettings", {"pythonScriptFilePath": "t.py", "processCount": 2}, 1, "python t.py", "mpi", 2),
-        ("cntkSettings", {"pythonScriptFilePath": "t.py", "commandLineArgs": "-n 5"}, 1, "python t.py -n 5",
-         "process", 1),
-        ("cntkSettings", {"languageType": "BrainScript", "configFilePath": "cifar.cntk",
-                          "commandLineArgs": "a=1", "processCount": 4}, 2,
-         "cntk configFile=cifar.cntk a=1", "mpi", 2),
+        (
+            "cntkSettings",
+            {"pythonScriptFilePath": "t.py", "commandLineArgs": "-n 5"},
+            1,
+            "python t.py -n 5",
+            "process",
+            1,
+        ),
+        (
+            "cntkSettings",
+            {
+                "languageType": "BrainScript",
+                "configFilePath": "cifar.cntk",
+                "commandLineArgs": "a=1",
+                "processCount": 4,
+            },
+            2,
+            "cntk configFile=cifar.cntk a=1",
+            "mpi",
+            2,
+        ),
         ("cntkSettings", {"configFilePath": "cifar.cntk"}, 1, "cntk configFile=cifar.cntk", "process", 1),
-        ("caffe2Settings",
-         {"pythonScriptFilePath": "t.py", "commandLineArgs": "--shard_id $AZ_BATCHAI_TASK_INDEX"}, 2,
-         "python t.py --shard_id $AZ_BATCHAI_TASK_INDEX", "process", 1),
-        ("caffeSettings", {"configFilePath": "solver.prototxt", "commandLineArgs": "-gpu all"}, 1,
-         "caffe train --solver=solver.prototxt -gpu all", "process", 1),
+        (
+            "caffe2Settings",
+            {"pythonScriptFilePath": "t.py", "commandLineArgs": "--shard_id $AZ_BATCHAI_TASK_INDEX"},
+            2,
+            "python t.py --shard_id $AZ_BATCHAI_TASK_INDEX",
+            "process",
+            1,
+        ),
+        (
+            "caffeSettings",
+            {"configFilePath": "solver.prototxt", "commandLineArgs": "-gpu all"},
+            1,
+            "caffe train --solver=solver.prototxt -gpu all",
+            "process",
+            1,
+        ),
         ("caffeSettings", {"pythonScriptFilePath": "t.py", "processCount": 2}, 2, "python t.py", "mpi", 1),
     ],
 )
 def test_tool_settings_map_to_command_and_launcher(
-    key: str, settings: dict[str, Any], nodes: int, command: str, launcher: str, per_node: int,
+    key: str,
+    settings: dict[str, Any],
+    nodes: int,
+    command: str,
+    launcher: str,
+    per_node: int,
 ) -> None:
     spec, _ = batchai_to_spec(tool(key, settings, nodes))
     assert (spec["command"], spec["launcher"], spec["processes_per_node"], spec["nodes"]) == (
-        command, launcher, per_node, nodes,
+        command,
+        launcher,
+        per_node,
+        nodes,
     )
     parse_job_spec(spec)
 
@@ -319,20 +405,22 @@ def sh(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["/bin/sh", "-c", command], env=full, capture_output=True, text=True, timeout=30)
 
 
-def test_custom_toolkit_runs_on_the_first_node_only_as_in_batch_ai() -> None:
-    spec, warnings = batchai_to_spec(tool("customToolkitSettings", {"commandLine": "echo ran; exit 3"}, 3))
+def test_custom_toolkit_runs_on_the_first_node_and_hosts_its_own_mpirun_on_the_others() -> None:
+    spec, warnings = batchai_to_spec(tool("customToolkitSettings", {"commandLine": "echo ran; exit 3"}, 3), slots=2)
     assert warned(warnings, "customToolkitSettings", "first node only")
-    first = sh(spec["command"], {"TRAINYARD_NODE_RANK": "0"})
-    assert (first.stdout, first.returncode) == ("ran\n", 3)
-    other = sh(spec["command"], {"TRAINYARD_NODE_RANK": "2"})
-    assert (other.stdout, other.returncode) == ("", 0)
+    assert (spec["launcher"], spec["nodes"], spec["processes_per_node"]) == ("mpi", 3, 2)
+    assert spec["command"] == "echo ran; exit 3"
+    assert spec["env"][OWN_MPIRUN_VAR] == "1"
+    gpus, _ = batchai_to_spec(tool("customToolkitSettings", {"commandLine": "x"}, 2), gpus=4)
+    assert gpus["processes_per_node"] == 4  # slots: the GPUs per node unless --slots
     single, _ = batchai_to_spec(tool("customToolkitSettings", {"commandLine": "echo ran"}, 1))
-    assert single["command"] == "echo ran"
+    assert (single["command"], single["launcher"]) == ("echo ran", "process")
 
 
 def test_tensorflow_master_and_worker_arguments_by_node() -> None:
     settings = {
-        "pythonScriptFilePath": "train.py", "pythonInterpreterPath": "echo",
+        "pythonScriptFilePath": "train.py",
+        "pythonInterpreterPath": "echo",
         "masterCommandLineArgs": "--job_name=master --task=$AZ_BATCHAI_TASK_INDEX",
         "workerCommandLineArgs": "--job_name=worker --task=$AZ_BATCHAI_TASK_INDEX",
     }
@@ -345,18 +433,41 @@ def test_tensorflow_master_and_worker_arguments_by_node() -> None:
     assert not [w for w in warnings if w.startswith("tensorFlowSettings")]
 
 
-def test_tensorflow_parameter_server_layout_is_warned_about() -> None:
+def test_tensorflow_parameter_server_layout_runs_every_task_with_tf_config() -> None:
     settings = {
-        "pythonScriptFilePath": "t.py", "masterCommandLineArgs": "--ps_hosts=$AZ_BATCHAI_PS_HOSTS",
-        "parameterServerCommandLineArgs": "--job_name=ps", "parameterServerCount": 1, "workerCount": 4,
+        "pythonScriptFilePath": "t.py",
+        "pythonInterpreterPath": "echo",
+        # Workers outlive the parameter server's echo: the layout kills parameter servers once every worker is done.
+        "masterCommandLineArgs": "master $AZ_BATCHAI_TASK_INDEX $TF_CONFIG; sleep 1",
+        "workerCommandLineArgs": "worker $AZ_BATCHAI_TASK_INDEX; sleep 1",
+        "parameterServerCommandLineArgs": "ps $AZ_BATCHAI_TASK_INDEX --ps=$AZ_BATCHAI_PS_HOSTS",
+        "parameterServerCount": 1,
+        "workerCount": 3,
     }
     spec, warnings = batchai_to_spec(tool("tensorFlowSettings", settings, 2))
-    assert warned(warnings, "tensorFlowSettings", "parameter-server")
-    assert warned(warnings, "tensorFlowSettings.workerCount", "one task per node")
-    assert warned(warnings, "tensorFlowSettings.masterCommandLineArgs", "$AZ_BATCHAI_PS_HOSTS")
-    parse_job_spec(spec)
-    _, single = batchai_to_spec(tool("tensorFlowSettings", {"pythonScriptFilePath": "t.py",
-                                                            "workerCommandLineArgs": "--w"}))
+    assert warned(warnings, "tensorFlowSettings", "3 worker(s) and 1 parameter server(s) over 2 node(s)")
+    assert not warned(warnings, "tensorFlowSettings.masterCommandLineArgs", "$AZ_BATCHAI_PS_HOSTS")
+    assert (spec["launcher"], spec["nodes"], spec["processes_per_node"]) == ("process", 2, 1)
+    env = {
+        "TRAINYARD_NUM_NODES": "2",
+        "TRAINYARD_NODE_HOSTS": "127.0.0.2,127.0.0.3",
+        "MASTER_PORT": "5000",
+        COMPAT_VAR: API_VERSION,
+        **spec["env"],
+    }
+    node0 = sh(spec["command"], {**env, "TRAINYARD_NODE_RANK": "0", **batchai_env({**env, "TRAINYARD_NODE_RANK": "0"})})
+    lines = sorted(node0.stdout.splitlines())
+    assert lines[0] == (
+        't.py master 0 {"cluster":{"ps":["127.0.0.2:5004"],"worker":["127.0.0.2:5001",'
+        '"127.0.0.3:5002","127.0.0.2:5003"]},"task":{"type":"worker","index":0}}'
+    )
+    assert lines[1:] == ["t.py ps 0 --ps=127.0.0.2:5004", "t.py worker 2"]
+    node1 = sh(spec["command"], {**env, "TRAINYARD_NODE_RANK": "1", **batchai_env({**env, "TRAINYARD_NODE_RANK": "1"})})
+    assert node1.stdout == "t.py worker 1\n"
+    assert "workerCount" in str(refused(tool("tensorFlowSettings", {**settings, "workerCount": 1}, 2)))
+    _, single = batchai_to_spec(
+        tool("tensorFlowSettings", {"pythonScriptFilePath": "t.py", "workerCommandLineArgs": "--w"})
+    )
     assert warned(single, "tensorFlowSettings.workerCommandLineArgs", "not used")
 
 
@@ -367,46 +478,100 @@ def test_tensorflow_parameter_server_layout_is_warned_about() -> None:
 @pytest.mark.parametrize(
     ("fields", "path", "words"),
     [
-        ({"mountVolumes": {"azureFileShares": [{
-            "accountName": "a", "azureFileUrl": "https://a/s", "credentials": {"accountKey": "k"},
-            "relativeMountPath": "s"}]}},
-         "mountVolumes.azureFileShares[0]", "mounts no file systems"),
-        ({"mountVolumes": {"azureBlobFileSystems": [{}, {}]}}, "mountVolumes.azureBlobFileSystems[1]",
-         "inputDirectories"),
-        ({"mountVolumes": {"fileServers": [{}]}}, "mountVolumes.fileServers[0]", "mounts"),
-        ({"mountVolumes": {"unmanagedFileSystems": [{}]}}, "mountVolumes.unmanagedFileSystems[0]", "mounts"),
-        ({"nodeSetup": {"setupTask": {"commandLine": "x"}}}, "nodeSetup", "jobPreparation"),
-        ({"secrets": [{"name": "K", "valueSecretReference": {"sourceVault": {"id": "v"}, "secretUrl": "u"}}]},
-         "secrets[0].valueSecretReference", "Key Vault"),
+        (
+            {
+                "mountVolumes": {
+                    "azureFileShares": [
+                        {
+                            "accountName": "a",
+                            "azureFileUrl": "https://a/s",
+                            "credentials": {"accountKey": "k"},
+                            "relativeMountPath": "s",
+                        }
+                    ]
+                }
+            },
+            "mountVolumes.azureFileShares[0]",
+            "--volume s=host:/srv/s",
+        ),
+        (
+            {"mountVolumes": {"azureBlobFileSystems": [{}, {}]}},
+            "mountVolumes.azureBlobFileSystems[1].relativeMountPath",
+            "required",
+        ),
+        (
+            {"mountVolumes": {"fileServers": [{"relativeMountPath": "nfs"}]}},
+            "mountVolumes.fileServers[0]",
+            "no storage given",
+        ),
+        (
+            {"mountVolumes": {"unmanagedFileSystems": [{"relativeMountPath": "../x"}]}},
+            "mountVolumes.unmanagedFileSystems[0].relativeMountPath",
+            "without '..'",
+        ),
+        ({"nodeSetup": {"setupTask": {"commandLine": "x"}}}, "nodeSetup", "pool create --format batchai"),
+        (
+            {"secrets": [{"name": "K", "valueSecretReference": {"sourceVault": {"id": "v"}, "secretUrl": "u"}}]},
+            "secrets[0].valueSecretReference",
+            "Key Vault",
+        ),
         ({"secrets": [{"name": "K"}]}, "secrets[0].value", "valueSecretReference"),
-        ({"containerSettings": {"imageSourceRegistry": {"image": "me/img", "credentials": {"username": "u",
-                                                                                         "password": "p"}}}},
-         "containerSettings.imageSourceRegistry.credentials", "docker login"),
+        (
+            {
+                "containerSettings": {
+                    "imageSourceRegistry": {"image": "me/img", "credentials": {"username": "u", "password": "p"}}
+                }
+            },
+            "containerSettings.imageSourceRegistry.credentials",
+            "docker login",
+        ),
         ({"containerSettings": {"shmSize": "8g"}}, "containerSettings.imageSourceRegistry", "required"),
-        ({"inputDirectories": [{"id": "D", "path": "$AZ_BATCHAI_MOUNT_ROOT/external/data"}]},
-         "inputDirectories[0].path", "$AZ_BATCHAI_MOUNT_ROOT"),
-        ({"inputDirectories": [{"id": "D", "path": "$AZ_BATCHAI_JOB_MOUNT_ROOT/data"}]},
-         "inputDirectories[0].path", "storage URI"),
+        (
+            {"containerSettings": {"imageSourceRegistry": {"image": "i"}, "shmSize": "lots"}},
+            "containerSettings.shmSize",
+            "not a size",
+        ),
+        ({"cluster": {"id": "/x/clusters/no good"}}, "cluster.id", "pool name"),
+        (
+            {"inputDirectories": [{"id": "D", "path": "$AZ_BATCHAI_JOB_MOUNT_ROOT/data"}]},
+            "inputDirectories[0].path",
+            "on no mountVolumes entry",
+        ),
         ({"inputDirectories": [{"id": "D", "path": "$HOME/data"}]}, "inputDirectories[0].path", "$HOME"),
         ({"inputDirectories": [{"id": "D", "path": "data/train"}]}, "inputDirectories[0].path", "relative"),
-        ({"inputDirectories": [{"id": "D", "path": "https://acct.blob.core.windows.net/c/p"}]},
-         "inputDirectories[0].path", "az://<container>"),
+        (
+            {"inputDirectories": [{"id": "D", "path": "https://acct.blob.core.windows.net/c/p"}]},
+            "inputDirectories[0].path",
+            "az://<container>",
+        ),
         ({"inputDirectories": [{"id": "my-data", "path": "s3://b/p"}]}, "inputDirectories[0].id", "letters"),
-        ({"inputDirectories": [{"id": "D", "path": "s3://b/p"}, {"id": "d", "path": "s3://b/q"}]},
-         "inputDirectories[1].id", "duplicate"),
+        (
+            {"inputDirectories": [{"id": "D", "path": "s3://b/p"}, {"id": "d", "path": "s3://b/q"}]},
+            "inputDirectories[1].id",
+            "duplicate",
+        ),
         ({"inputDirectories": [{"id": "D"}]}, "inputDirectories[0].path", "required"),
-        ({"outputDirectories": [{"id": "M", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/out"}]},
-         "outputDirectories[0].pathPrefix", "mount"),
-        ({"outputDirectories": [{"id": "M", "pathPrefix": "s3://b/o", "pathSuffix": "$X/m"}]},
-         "outputDirectories[0].pathSuffix", "expand"),
-        ({"environmentVariables": [{"name": "TRAINYARD_NODE_RANK", "value": "3"}]},
-         "environmentVariables[0].name", "reserved"),
-        ({"environmentVariables": [{"name": "AZ_BATCHAI_NUM_GPUS", "value": "3"}]},
-         "environmentVariables[0].name", "set by trainyard"),
-        ({"environmentVariables": [{"name": "1BAD", "value": "x"}]}, "environmentVariables[0].name",
-         "not a valid"),
-        ({"environmentVariables": [{"name": "A", "value": "1"}], "secrets": [{"name": "A", "value": "2"}]},
-         "secrets[0].name", "environmentVariables[0]"),
+        (
+            {"outputDirectories": [{"id": "M", "pathPrefix": "s3://b/o", "pathSuffix": "$X/m"}]},
+            "outputDirectories[0].pathSuffix",
+            "expand",
+        ),
+        (
+            {"environmentVariables": [{"name": "TRAINYARD_NODE_RANK", "value": "3"}]},
+            "environmentVariables[0].name",
+            "reserved",
+        ),
+        (
+            {"environmentVariables": [{"name": "AZ_BATCHAI_NUM_GPUS", "value": "3"}]},
+            "environmentVariables[0].name",
+            "set by trainyard",
+        ),
+        ({"environmentVariables": [{"name": "1BAD", "value": "x"}]}, "environmentVariables[0].name", "not a valid"),
+        (
+            {"environmentVariables": [{"name": "A", "value": "1"}], "secrets": [{"name": "A", "value": "2"}]},
+            "secrets[0].name",
+            "environmentVariables[0]",
+        ),
         ({"environmentVariables": [{"name": "A"}]}, "environmentVariables[0].value", "required"),
         ({"environmentVariables": {"name": "A", "value": "1"}}, "environmentVariables", "a list"),
         ({"constraints": {"maxWallClockTime": "P1M"}}, "constraints.maxWallClockTime", "months"),
@@ -420,7 +585,9 @@ def test_tensorflow_parameter_server_layout_is_warned_about() -> None:
     ],
 )
 def test_unsupported_or_invalid_fields_are_refused_by_name(
-    fields: dict[str, Any], path: str, words: str,
+    fields: dict[str, Any],
+    path: str,
+    words: str,
 ) -> None:
     problems = refused(job(**fields))
     assert path in problems, problems
@@ -430,38 +597,85 @@ def test_unsupported_or_invalid_fields_are_refused_by_name(
 @pytest.mark.parametrize(
     ("key", "settings", "nodes", "path", "words"),
     [
-        ("pyTorchSettings", {"pythonScriptFilePath": "t.py", "communicationBackend": "TCP"}, 2,
-         "pyTorchSettings.communicationBackend", "removed"),
-        ("pyTorchSettings", {"pythonScriptFilePath": "t.py", "communicationBackend": "MPI"}, 2,
-         "pyTorchSettings.communicationBackend", "gloo or nccl"),
-        ("pyTorchSettings", {"pythonScriptFilePath": "t.py", "communicationBackend": "smoke"}, 2,
-         "pyTorchSettings.communicationBackend", "gloo or nccl"),
-        ("horovodSettings", {"pythonScriptFilePath": "t.py", "processCount": 3}, 2,
-         "horovodSettings.processCount", "multiple of 2"),
-        ("customMpiSettings", {"commandLine": "x", "processCount": 1}, 2, "customMpiSettings.processCount",
-         "evenly"),
-        ("customMpiSettings", {"commandLine": "x", "processCount": 0}, 1, "customMpiSettings.processCount",
-         "at least 1"),
+        (
+            "pyTorchSettings",
+            {"pythonScriptFilePath": "t.py", "communicationBackend": "TCP"},
+            2,
+            "pyTorchSettings.communicationBackend",
+            "removed",
+        ),
+        (
+            "pyTorchSettings",
+            {"pythonScriptFilePath": "t.py", "communicationBackend": "MPI"},
+            2,
+            "pyTorchSettings.communicationBackend",
+            "gloo or nccl",
+        ),
+        (
+            "pyTorchSettings",
+            {"pythonScriptFilePath": "t.py", "communicationBackend": "smoke"},
+            2,
+            "pyTorchSettings.communicationBackend",
+            "gloo or nccl",
+        ),
+        (
+            "horovodSettings",
+            {"pythonScriptFilePath": "t.py", "processCount": 3},
+            2,
+            "horovodSettings.processCount",
+            "multiple of 2",
+        ),
+        ("customMpiSettings", {"commandLine": "x", "processCount": 1}, 2, "customMpiSettings.processCount", "evenly"),
+        (
+            "customMpiSettings",
+            {"commandLine": "x", "processCount": 0},
+            1,
+            "customMpiSettings.processCount",
+            "at least 1",
+        ),
         ("customMpiSettings", {"processCount": 2}, 1, "customMpiSettings.commandLine", "required"),
         ("customToolkitSettings", {"commandLine": "  "}, 1, "customToolkitSettings.commandLine", "empty"),
         ("customToolkitSettings", {}, 1, "customToolkitSettings.commandLine", "required"),
         ("horovodSettings", {"commandLineArgs": "x"}, 1, "horovodSettings.pythonScriptFilePath", "required"),
-        ("caffeSettings", {"configFilePath": "s.prototxt", "pythonScriptFilePath": "t.py"}, 1,
-         "caffeSettings.pythonScriptFilePath", "configFilePath"),
+        (
+            "caffeSettings",
+            {"configFilePath": "s.prototxt", "pythonScriptFilePath": "t.py"},
+            1,
+            "caffeSettings.pythonScriptFilePath",
+            "configFilePath",
+        ),
         ("caffeSettings", {"commandLineArgs": "x"}, 1, "caffeSettings", "one of configFilePath"),
-        ("cntkSettings", {"languageType": "BrainScript", "pythonScriptFilePath": "t.py"}, 1,
-         "cntkSettings.pythonScriptFilePath", "Python"),
+        (
+            "cntkSettings",
+            {"languageType": "BrainScript", "pythonScriptFilePath": "t.py"},
+            1,
+            "cntkSettings.pythonScriptFilePath",
+            "Python",
+        ),
         ("cntkSettings", {"languageType": "BrainScript"}, 1, "cntkSettings.configFilePath", "required"),
-        ("cntkSettings",
-         {"languageType": "Python", "configFilePath": "c.cntk", "pythonScriptFilePath": "t.py"}, 1,
-         "cntkSettings.configFilePath", "BrainScript"),
-        ("cntkSettings", {"languageType": "Lua", "pythonScriptFilePath": "t.py"}, 1,
-         "cntkSettings.languageType", "BrainScript or Python"),
+        (
+            "cntkSettings",
+            {"languageType": "Python", "configFilePath": "c.cntk", "pythonScriptFilePath": "t.py"},
+            1,
+            "cntkSettings.configFilePath",
+            "BrainScript",
+        ),
+        (
+            "cntkSettings",
+            {"languageType": "Lua", "pythonScriptFilePath": "t.py"},
+            1,
+            "cntkSettings.languageType",
+            "BrainScript or Python",
+        ),
         ("customToolkitSettings", "echo hi", 1, "customToolkitSettings", "an object"),
     ],
 )
 def test_tool_settings_that_cannot_be_honoured_are_refused(
-    key: str, settings: Any, nodes: int, path: str, words: str,
+    key: str,
+    settings: Any,
+    nodes: int,
+    path: str,
+    words: str,
 ) -> None:
     problems = refused(tool(key, settings, nodes))
     assert path in problems, problems
@@ -470,19 +684,32 @@ def test_tool_settings_that_cannot_be_honoured_are_refused(
 
 def test_exactly_one_tool_is_required() -> None:
     assert "one of customToolkitSettings" in refused({"properties": {"nodeCount": 1}})["(properties)"]
-    both = {"properties": {"nodeCount": 1, "customToolkitSettings": {"commandLine": "a"},
-                           "horovodSettings": {"pythonScriptFilePath": "t.py"}}}
+    both = {
+        "properties": {
+            "nodeCount": 1,
+            "customToolkitSettings": {"commandLine": "a"},
+            "horovodSettings": {"pythonScriptFilePath": "t.py"},
+        }
+    }
     assert "only one" in refused(both)["horovodSettings"]
 
 
 def test_every_problem_is_named_at_once() -> None:
-    problems = refused(job(
-        nodeCount=0, schedulingPriority="asap", mountVolumes={"azureFileShares": [{}]},
-        secrets=[{"name": "S", "valueSecretReference": {}}], constraints={"maxWallClockTime": "soon"},
-    ))
+    problems = refused(
+        job(
+            nodeCount=0,
+            schedulingPriority="asap",
+            mountVolumes={"azureFileShares": [{"relativeMountPath": "a"}]},
+            secrets=[{"name": "S", "valueSecretReference": {}}],
+            constraints={"maxWallClockTime": "soon"},
+        )
+    )
     assert set(problems) == {
-        "nodeCount", "schedulingPriority", "mountVolumes.azureFileShares[0]",
-        "secrets[0].valueSecretReference", "constraints.maxWallClockTime",
+        "nodeCount",
+        "schedulingPriority",
+        "mountVolumes.azureFileShares[0]",
+        "secrets[0].valueSecretReference",
+        "constraints.maxWallClockTime",
     }
 
 
@@ -499,12 +726,14 @@ def test_what_trainyard_itself_refuses_is_refused_too() -> None:
 def test_partly_honoured_and_unknown_fields_are_warned_about() -> None:
     doc = job(
         containerSettings={"imageSourceRegistry": {"image": "img:1"}, "shmSize": "2g"},
-        executionState="running", toolType="custom", process_count=2,
+        executionState="running",
+        toolType="custom",
+        process_count=2,
         inputDirectories=[{"id": "DATA", "path": "s3://b/d", "type": "dataset"}],
     )
     spec, warnings = batchai_to_spec(doc)
     assert spec["image"] == "img:1"
-    assert warned(warnings, "containerSettings.shmSize", "/dev/shm")
+    assert spec["container"] == {"shm_size": "2g"}
     assert warned(warnings, "executionState", "read-only")
     assert warned(warnings, "toolType", "read-only")
     assert warned(warnings, "process_count", "ignored")
@@ -519,9 +748,11 @@ def test_missing_node_count_is_one_node_with_a_warning() -> None:
 
 
 def test_references_to_variables_trainyard_does_not_set_are_warned_about() -> None:
-    command = ("python $AZ_BATCHAI_INPUT_MISSING/t.py --tmp ${AZ_BATCHAI_SHARED_JOB_TEMP} "
-               "--out $AZ_BATCHAI_OUTPUT_MODEL --root $AZ_BATCHAI_JOB_MOUNT_ROOT/data "
-               "--in $AZ_BATCHAI_INPUT_DATA")
+    command = (
+        "python $AZ_BATCHAI_INPUT_MISSING/t.py --tmp ${AZ_BATCHAI_SHARED_JOB_TEMP} "
+        "--out $AZ_BATCHAI_OUTPUT_MODEL --root $AZ_BATCHAI_JOB_MOUNT_ROOT/data "
+        "--in $AZ_BATCHAI_INPUT_DATA"
+    )
     doc = job(
         customToolkitSettings={"commandLine": command},
         inputDirectories=[{"id": "DATA", "path": "/srv/data"}],
@@ -530,12 +761,14 @@ def test_references_to_variables_trainyard_does_not_set_are_warned_about() -> No
     spec, warnings = batchai_to_spec(doc)
     assert spec["inputs"] == [{"id": "DATA", "uri": "file:///srv/data"}]
     path = "customToolkitSettings.commandLine"
-    assert warned(warnings, path, "$AZ_BATCHAI_INPUT_MISSING, which trainyard does not set "
-                                  "(no inputDirectories entry has id 'MISSING')")
-    assert warned(warnings, path, "$AZ_BATCHAI_SHARED_JOB_TEMP")
-    assert warned(warnings, path, "$AZ_BATCHAI_OUTPUT_MODEL, which trainyard does not set "
-                                  "(no outputDirectories")
-    assert warned(warnings, path, "$AZ_BATCHAI_JOB_MOUNT_ROOT: nothing is mounted")
+    assert warned(
+        warnings,
+        path,
+        "$AZ_BATCHAI_INPUT_MISSING, which trainyard does not set (no inputDirectories entry has id 'MISSING')",
+    )
+    assert not warned(warnings, path, "$AZ_BATCHAI_SHARED_JOB_TEMP")  # one node: its own temp is shared
+    assert warned(warnings, path, "$AZ_BATCHAI_OUTPUT_MODEL, which trainyard does not set (no outputDirectories")
+    assert warned(warnings, path, "$AZ_BATCHAI_JOB_MOUNT_ROOT/data, on no mountVolumes entry")
     assert not warned(warnings, path, "$AZ_BATCHAI_INPUT_DATA")
     assert warned(warnings, "environmentVariables[0].value", "$AZ_BATCHAI_WORKER_HOSTS")
 
@@ -549,7 +782,8 @@ def test_registry_server_is_put_in_front_of_the_image() -> None:
     assert prefixed == "myacr.azurecr.io/team/train:2"
     assert warned(warnings, "containerSettings.imageSourceRegistry.serverUrl", prefixed)
     assert image({"image": "myacr.azurecr.io/train:2", "serverUrl": "myacr.azurecr.io"}) == (
-        "myacr.azurecr.io/train:2", image({"image": "x"})[1],
+        "myacr.azurecr.io/train:2",
+        image({"image": "x"})[1],
     )
     hub = {"image": "pytorch/pytorch", "serverUrl": "https://index.docker.io/v1/"}
     assert image(hub)[0] == "pytorch/pytorch"
@@ -569,9 +803,19 @@ def test_gpus_ask_for_resources() -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("P7D", 7 * 86400), ("PT1H30M", 5400), ("P1DT12H", 129600), ("PT0.5S", 0.5), ("P2W", 14 * 86400),
-        ("PT36H", 36 * 3600), ("pt45m", 2700), ("PT1,5H", 5400), ("P1DT1H1M1S", 90061),
-        ("7.00:00:00", 7 * 86400), ("01:30:00", 5400), ("1.02:03:04.5", 93784.5), ("00:10", 600),
+        ("P7D", 7 * 86400),
+        ("PT1H30M", 5400),
+        ("P1DT12H", 129600),
+        ("PT0.5S", 0.5),
+        ("P2W", 14 * 86400),
+        ("PT36H", 36 * 3600),
+        ("pt45m", 2700),
+        ("PT1,5H", 5400),
+        ("P1DT1H1M1S", 90061),
+        ("7.00:00:00", 7 * 86400),
+        ("01:30:00", 5400),
+        ("1.02:03:04.5", 93784.5),
+        ("00:10", 600),
     ],
 )
 def test_durations_parse(text: str, seconds: float) -> None:
@@ -603,11 +847,16 @@ def test_wall_clock_in_a_job_file() -> None:
 def launch_env(**extra: str) -> dict[str, str]:
     """What a worker's environment for one part looks like (SPEC §5), for a Batch AI job."""
     env = {
-        COMPAT_VAR: API_VERSION, "TRAINYARD_JOB_ID": "j-42", "TRAINYARD_ATTEMPT": "2",
-        "TRAINYARD_NODE_RANK": "1", "TRAINYARD_NUM_NODES": "2", "TRAINYARD_HOSTFILE": "/w/j-42/hostfile",
+        COMPAT_VAR: API_VERSION,
+        "TRAINYARD_JOB_ID": "j-42",
+        "TRAINYARD_ATTEMPT": "2",
+        "TRAINYARD_NODE_RANK": "1",
+        "TRAINYARD_NUM_NODES": "2",
+        "TRAINYARD_HOSTFILE": "/w/j-42/hostfile",
         "TRAINYARD_INPUT_SCRIPTS": "/w/j-42/inputs/SCRIPTS",
         "TRAINYARD_OUTPUT_MODEL": "/w/j-42/outputs/MODEL",
-        "CUDA_VISIBLE_DEVICES": "2,3", "TMPDIR": "/scratch",
+        "CUDA_VISIBLE_DEVICES": "2,3",
+        "TMPDIR": "/scratch",
     }
     env.update(extra)
     return env
@@ -628,7 +877,10 @@ def test_batchai_env_derives_the_variables_from_trainyards() -> None:
     assert out["AZ_BATCHAI_OUTPUT_MODEL"] == "/w/j-42/outputs/MODEL"
     scratch = "/scratch/trainyard-batchai/j-42/2/node-1"
     assert out["AZ_BATCHAI_JOB_TEMP"] == f"{scratch}/temp"
-    assert out["AZ_BATCHAI_JOB_MOUNT_ROOT"] == out["AZ_BATCHAI_MOUNT_ROOT"] == f"{scratch}/mounts"
+    assert out["AZ_BATCHAI_JOB_MOUNT_ROOT"] == f"{scratch}/jobmounts"
+    assert out["AZ_BATCHAI_MOUNT_ROOT"] == f"{scratch}/mounts"
+    assert out["AZ_BATCHAI_JOB_TEMP_DIR"] == out["AZ_BATCHAI_JOB_TEMP"]
+    assert out["AZ_BATCHAI_SHARED_JOB_TEMP"] == f"{scratch}/sharedtemp/j-42/2"
     assert out["AZ_BATCHAI_STDOUTERR_DIR"] == f"{scratch}/stdouterr"
     assert set(LOCAL_DIR_VARIABLES) <= set(out)
     assert not [k for k in out if k.startswith("TRAINYARD_")]
@@ -643,8 +895,18 @@ def test_task_index_is_the_process_rank_when_there_is_one() -> None:
 
 @pytest.mark.parametrize(
     ("visible", "count"),
-    [("0", 1), ("0,1,2,3", 4), ("", 0), (None, 0), ("GPU-8a1b,GPU-9c2d", 2), ("MIG-1f2e", 1), ("0,-1,1", 1),
-     ("-1", 0), ("NoDevFiles", 0), (" 4 , 5 ", 2)],
+    [
+        ("0", 1),
+        ("0,1,2,3", 4),
+        ("", 0),
+        (None, 0),
+        ("GPU-8a1b,GPU-9c2d", 2),
+        ("MIG-1f2e", 1),
+        ("0,-1,1", 1),
+        ("-1", 0),
+        ("NoDevFiles", 0),
+        (" 4 , 5 ", 2),
+    ],
 )
 def test_num_gpus_counts_the_visible_devices(visible: str | None, count: int) -> None:
     env = launch_env()
@@ -663,10 +925,14 @@ def test_pytorch_init_method_from_master_address() -> None:
 
 
 def test_spec_keeps_the_case_of_ids_and_scratch_dir_is_used() -> None:
-    spec = parse_job_spec(batchai_to_spec(job(
-        inputDirectories=[{"id": "Data", "path": "s3://b/d"}],
-        outputDirectories=[{"id": "model", "pathPrefix": "s3://b/o"}],
-    ))[0])
+    spec = parse_job_spec(
+        batchai_to_spec(
+            job(
+                inputDirectories=[{"id": "Data", "path": "s3://b/d"}],
+                outputDirectories=[{"id": "model", "pathPrefix": "s3://b/o"}],
+            )
+        )[0]
+    )
     env = launch_env(TRAINYARD_INPUT_DATA="/w/in/Data", TRAINYARD_OUTPUT_MODEL="/w/out/model")
     out = batchai_env(env, spec=spec, scratch_dir="/node/part")
     assert out["AZ_BATCHAI_INPUT_Data"] == out["AZ_BATCHAI_INPUT_DATA"] == "/w/in/Data"
@@ -677,7 +943,7 @@ def test_spec_keeps_the_case_of_ids_and_scratch_dir_is_used() -> None:
 def test_stdouterr_dir_is_based_on_the_prefix() -> None:
     under_mount = batchai_env(launch_env(**{STDOUTERR_PREFIX_VAR: "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs"}))
     assert under_mount["AZ_BATCHAI_STDOUTERR_DIR"] == (
-        "/scratch/trainyard-batchai/j-42/2/node-1/mounts/logs/j-42/2/stdouterr"
+        "/scratch/trainyard-batchai/j-42/2/node-1/jobmounts/logs/j-42/2/stdouterr"
     )
     absolute = batchai_env(launch_env(**{STDOUTERR_PREFIX_VAR: "/data/logs/"}))
     assert absolute["AZ_BATCHAI_STDOUTERR_DIR"] == "/data/logs/j-42/2/stdouterr"
@@ -687,17 +953,26 @@ def test_stdouterr_dir_is_based_on_the_prefix() -> None:
 
 
 def test_the_jobs_own_variables_referring_to_batchai_ones_are_expanded() -> None:
-    env = launch_env(DATA_FILE="$AZ_BATCHAI_INPUT_SCRIPTS/numbers.txt", GPUS="${AZ_BATCHAI_NUM_GPUS} gpus",
-                     OTHER="$HOME/x", PLAIN="no refs", TOKEN="$AZ_BATCHAI_TASK_INDEX-secret")
+    env = launch_env(
+        DATA_FILE="$AZ_BATCHAI_INPUT_SCRIPTS/numbers.txt",
+        GPUS="${AZ_BATCHAI_NUM_GPUS} gpus",
+        OTHER="$HOME/x",
+        PLAIN="no refs",
+        TOKEN="$AZ_BATCHAI_TASK_INDEX-secret",
+    )
     out = batchai_env(env)
     assert out["DATA_FILE"] == "/w/j-42/inputs/SCRIPTS/numbers.txt"
     assert out["GPUS"] == "2 gpus"
     assert "OTHER" not in out and "PLAIN" not in out
     # With the spec, only its env is expanded, never a secret.
-    spec = parse_job_spec(batchai_to_spec(job(
-        environmentVariables=[{"name": "DATA_FILE", "value": "$AZ_BATCHAI_INPUT_SCRIPTS/numbers.txt"}],
-        secrets=[{"name": "TOKEN", "value": "$AZ_BATCHAI_TASK_INDEX-secret"}],
-    ))[0])
+    spec = parse_job_spec(
+        batchai_to_spec(
+            job(
+                environmentVariables=[{"name": "DATA_FILE", "value": "$AZ_BATCHAI_INPUT_SCRIPTS/numbers.txt"}],
+                secrets=[{"name": "TOKEN", "value": "$AZ_BATCHAI_TASK_INDEX-secret"}],
+            )
+        )[0]
+    )
     out = batchai_env(env, spec=spec)
     assert "DATA_FILE" in out and "TOKEN" not in out
 
@@ -709,9 +984,17 @@ def test_the_jobs_own_variables_referring_to_batchai_ones_are_expanded() -> None
 def part_environment(spec: dict[str, Any], tmp_path: Path, rank: int = 0, **launch: str) -> dict[str, str]:
     parsed = parse_job_spec(spec)
     env = {"PATH": os.environ["PATH"], **parsed.env, **parsed.secrets, **launch}
-    env.update({"TRAINYARD_JOB_ID": "j-1", "TRAINYARD_ATTEMPT": "1", "TRAINYARD_NODE_RANK": str(rank),
-                "TRAINYARD_NUM_NODES": str(parsed.nodes), "CUDA_VISIBLE_DEVICES": "0",
-                "TRAINYARD_HOSTFILE": str(tmp_path / "hostfile"), "RANK": str(rank)})
+    env.update(
+        {
+            "TRAINYARD_JOB_ID": "j-1",
+            "TRAINYARD_ATTEMPT": "1",
+            "TRAINYARD_NODE_RANK": str(rank),
+            "TRAINYARD_NUM_NODES": str(parsed.nodes),
+            "CUDA_VISIBLE_DEVICES": "0",
+            "TRAINYARD_HOSTFILE": str(tmp_path / "hostfile"),
+            "RANK": str(rank),
+        }
+    )
     for kind, refs in (("INPUT", parsed.inputs), ("OUTPUT", parsed.outputs)):
         for ref in refs:
             local = tmp_path / kind.lower() / ref.id
@@ -761,8 +1044,11 @@ def test_pytorch_example_runs_two_ranks_with_gloo(tmp_path: Path) -> None:
         staged = Path(env["AZ_BATCHAI_INPUT_SCRIPTS"])  # the input as the worker would stage it
         (staged / "train_pytorch.py").write_text((EXAMPLES / "scripts" / "train_pytorch.py").read_text())
         command = spec["command"].replace("python ", f"{shlex.quote(sys.executable)} ", 1)  # with torch
-        parts.append(subprocess.Popen(["/bin/sh", "-c", command], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        parts.append(
+            subprocess.Popen(
+                ["/bin/sh", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outputs = [p.communicate(timeout=120) for p in parts]
     for part, (_, err) in zip(parts, outputs, strict=True):
         assert part.returncode == 0, err

@@ -14,7 +14,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "reference" / "compose-spec" / "compose-spec.json"
+COMPOSE_SCHEMA = REPO_ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"  # with its LICENSE
 # Services that run someone else's image (their commands are that image's, not trainyard's).
 THIRD_PARTY = {"redis", "postgres", "azurite"}
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; `$$` is a literal dollar.
@@ -58,7 +58,7 @@ def trainyard_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def compose_schema() -> dict[str, Any]:
     if not COMPOSE_SCHEMA.exists():
-        reason = f"the Compose specification's schema is not at {COMPOSE_SCHEMA} (../shared/reference/)"
+        reason = f"the Compose specification's schema is not at {COMPOSE_SCHEMA} (tests/data/)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)
@@ -70,8 +70,10 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
 
     schema = compose_schema()
     document = yaml.safe_load(COMPOSE_FILE.read_text())
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in jsonschema.Draft7Validator(schema).iter_errors(document)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(document)
+    ]
     assert not errors, errors
     interpolated = load_compose()
     assert not list(jsonschema.Draft7Validator(schema).iter_errors(interpolated))
@@ -86,8 +88,13 @@ def test_every_variable_used_is_defined_in_env_example() -> None:
 
 def test_secrets_come_from_env() -> None:
     used = used_variables(COMPOSE_FILE.read_text())
-    for secret in ("TRAINYARD_ADMIN_TOKEN", "TRAINYARD_SECRET_KEY", "REDIS_PASSWORD", "POSTGRES_PASSWORD",
-                   "FLOWER_BASIC_AUTH"):
+    for secret in (
+        "TRAINYARD_ADMIN_TOKEN",
+        "TRAINYARD_SECRET_KEY",
+        "REDIS_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "FLOWER_BASIC_AUTH",
+    ):
         assert secret in used
         assert secret in env_example()
     text = COMPOSE_FILE.read_text()

@@ -49,11 +49,14 @@ def _evil_archive(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Non
         archive.addfile(member, io.BytesIO(data) if member.isreg() else None)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: tarfile.TarInfo("../escaped.txt"),
-    lambda: _link("up", "../../.."),
-    lambda: _link("passwd", "/etc/passwd"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tarfile.TarInfo("../escaped.txt"),
+        lambda: _link("up", "../../.."),
+        lambda: _link("passwd", "/etc/passwd"),
+    ],
+)
 def test_unpacking_refuses_members_that_would_land_outside(tmp_path: Path, make: object) -> None:
     member: tarfile.TarInfo = make()  # type: ignore[operator]
     if member.type == tarfile.REGTYPE:
@@ -149,14 +152,17 @@ def test_an_input_object_whose_name_climbs_out_is_refused(tmp_path: Path) -> Non
     assert not (tmp_path / "escape.txt").exists()
 
 
-@pytest.mark.parametrize(("field", "value", "problem"), [
-    ("code", "./src", "packed and uploaded by the CLI/SDK"),
-    ("code", "trainyard-code://sha256:abc", "not a storage URI"),
-    ("inputs", [{"id": "d", "uri": "relative/path"}], "not a storage URI"),
-    ("inputs", [{"id": "d", "uri": "file://relative"}], "absolute path"),
-    ("outputs", [{"id": "o", "uri": "http://example.com/x"}], "not a storage URI"),
-    ("outputs", [{"id": "o", "uri": "s3:///no-bucket"}], "names no bucket"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("code", "./src", "packed and uploaded by the CLI/SDK"),
+        ("code", "trainyard-code://sha256:abc", "not a storage URI"),
+        ("inputs", [{"id": "d", "uri": "relative/path"}], "not a storage URI"),
+        ("inputs", [{"id": "d", "uri": "file://relative"}], "absolute path"),
+        ("outputs", [{"id": "o", "uri": "http://example.com/x"}], "not a storage URI"),
+        ("outputs", [{"id": "o", "uri": "s3:///no-bucket"}], "names no bucket"),
+    ],
+)
 def test_data_references_the_api_refuses(field: str, value: object, problem: str) -> None:
     spec = parse_job_spec({"name": "x", "command": "true", field: value})
     problems = datarefs.spec_problems(spec)
@@ -164,9 +170,15 @@ def test_data_references_the_api_refuses(field: str, value: object, problem: str
 
 
 def test_data_references_the_api_accepts() -> None:
-    spec = parse_job_spec({"name": "x", "command": "true", "code": datarefs.code_uri("a" * 64),
-                           "inputs": [{"id": "d", "uri": "s3://bucket/data/"}, {"id": "e", "uri": "file:///data"}],
-                           "outputs": [{"id": "o", "uri": "az://container/results"}]})
+    spec = parse_job_spec(
+        {
+            "name": "x",
+            "command": "true",
+            "code": datarefs.code_uri("a" * 64),
+            "inputs": [{"id": "d", "uri": "s3://bucket/data/"}, {"id": "e", "uri": "file:///data"}],
+            "outputs": [{"id": "o", "uri": "az://container/results"}],
+        }
+    )
     assert datarefs.spec_problems(spec) == []
 
 
@@ -175,16 +187,19 @@ def test_unsafe_relative_paths(path: str) -> None:
     assert not datarefs.safe_relpath(path)
 
 
-@pytest.mark.parametrize(("uri", "cluster", "expected"), [
-    ("s3://bucket/trainyard/logs/j1/", "s3://bucket/trainyard", True),   # inside: could overwrite logs
-    ("s3://bucket/", "s3://bucket/trainyard", True),                     # contains it: could read it all
-    ("s3://bucket", "s3://bucket/trainyard", True),
-    ("s3://bucket/trainyard-data/x", "s3://bucket/trainyard", False),    # a sibling that shares a prefix
-    ("s3://other/trainyard/x", "s3://bucket/trainyard", False),
-    ("az://c/trainyard", "az://c/trainyard/", True),
-    ("file:///srv/blobs/code/x.tar.gz", "file:///srv/blobs", True),
-    ("file:///srv/data", "file:///srv/blobs", False),
-])
+@pytest.mark.parametrize(
+    ("uri", "cluster", "expected"),
+    [
+        ("s3://bucket/trainyard/logs/j1/", "s3://bucket/trainyard", True),  # inside: could overwrite logs
+        ("s3://bucket/", "s3://bucket/trainyard", True),  # contains it: could read it all
+        ("s3://bucket", "s3://bucket/trainyard", True),
+        ("s3://bucket/trainyard-data/x", "s3://bucket/trainyard", False),  # a sibling that shares a prefix
+        ("s3://other/trainyard/x", "s3://bucket/trainyard", False),
+        ("az://c/trainyard", "az://c/trainyard/", True),
+        ("file:///srv/blobs/code/x.tar.gz", "file:///srv/blobs", True),
+        ("file:///srv/data", "file:///srv/blobs", False),
+    ],
+)
 def test_data_uris_may_not_overlap_the_cluster_store(uri: str, cluster: str, expected: bool) -> None:
     assert datarefs.overlaps(uri, cluster) is expected
     spec = parse_job_spec({"name": "x", "command": "true", "outputs": [{"id": "o", "uri": uri}]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -98,17 +99,23 @@ def test_a_store_outage_loses_nothing_and_logs_done_comes_after_it_returns(tmp_p
     assert not (tmp_path / "spool").exists()
 
 
-def test_a_retried_segment_names_exactly_the_same_bytes(tmp_path: Path) -> None:
-    storage = SwitchableStorage()
+def test_a_retried_segment_names_exactly_the_same_bytes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A real local store that really fails: the directory its segments go to is taken by a plain
+    # file, so the filesystem refuses every put (root or not) until the file is removed.
+    storage = open_storage(f"file://{tmp_path / 'blobs'}")
+    blocker = tmp_path / "blobs" / "logs"
+    blocker.write_bytes(b"")
+    caplog.set_level(logging.WARNING, logger="trainyard.workers.logpump")
     logs = PartLogs(storage, tmp_path / "spool", "job1", 1, 0)
-    storage.fail_after_put = 1  # the first upload lands but its reply is lost
     logs.streams["stdout"].append(b"first\n")
-    time.sleep(0.05)
-    logs.streams["stdout"].append(b"second\n")  # arrives before the retry
-    assert logs.finish(wait_s=10)
-    stdout_puts = [(key, size) for key, size in storage.puts if key.startswith(PREFIX)]
-    assert stdout_puts[0] == stdout_puts[1], "the retry re-sent the same range under the same key"
-    assert _stream(storage) == b"first\nsecond\n"
+    _wait_for(lambda: any("log upload failed" in r.getMessage() for r in caplog.records))
+    logs.streams["stdout"].append(b"second\n")  # arrives after the failed put, before its retry
+    blocker.unlink()
+    assert logs.finish(wait_s=20)
+    segments = {info.key: storage.get(info.key) for info in storage.list(PREFIX)}
+    # The retry re-sent the range it had tried, under the same key; the new bytes got a segment of their own.
+    assert segments == {logstore.key_at(PREFIX, 0): b"first\n", logstore.key_at(PREFIX, 6): b"second\n"}
+    assert logstore.read_from(storage, PREFIX, 0) == b"first\nsecond\n"
 
 
 def test_a_full_spool_drops_output_says_so_and_recovers_when_space_frees(tmp_path: Path) -> None:
@@ -216,8 +223,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:

@@ -51,19 +51,38 @@ def test_the_agent_reads_the_last_finite_value_of_each_metric_and_the_last_step(
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs a Python without trainyard installed")
 def test_a_job_on_a_python_without_trainyard_can_still_report(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    ctx = LaunchContext(job_id="s1-0", name="n", attempt=1, rank=0, num_nodes=1, node_hosts=["127.0.0.2"],
-                        node_address="127.0.0.2", spec={"env": {"PYTHONPATH": "/opt/mine"}}, gpus=[],
-                        workdir=workdir, checkpoint_dir=tmp_path / "ckpt", master_port=29500,
-                        extra_env=job_python_env(tmp_path / "node", {"env": {"PYTHONPATH": "/opt/mine"}}),
-                        params={"lr": "0.1", "batch_size": "32"})
+    ctx = LaunchContext(
+        job_id="s1-0",
+        name="n",
+        attempt=1,
+        rank=0,
+        num_nodes=1,
+        node_hosts=["127.0.0.2"],
+        node_address="127.0.0.2",
+        spec={"env": {"PYTHONPATH": "/opt/mine"}},
+        gpus=[],
+        workdir=workdir,
+        checkpoint_dir=tmp_path / "ckpt",
+        master_port=29500,
+        extra_env=job_python_env(tmp_path / "node", {"env": {"PYTHONPATH": "/opt/mine"}}),
+        params={"lr": "0.1", "batch_size": "32"},
+    )
     env = base_environment(ctx)
     assert env["TRAINYARD_PARAM_LR"] == "0.1" and env["TRAINYARD_PARAM_BATCH_SIZE"] == "32"
     assert env["PYTHONPATH"].startswith("/opt/mine" + os.pathsep)
     workdir.mkdir()
     script = "import trainyard; trainyard.report(step=7, loss=0.25); trainyard.report(step=8, loss=0.125)"
     without_shim = {**env, "PYTHONPATH": "/opt/mine"}
-    assert subprocess.run([str(SYSTEM_PYTHON), "-c", "import trainyard"], env=without_shim, cwd=workdir,
-                          capture_output=True, check=False).returncode != 0
+    assert (
+        subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import trainyard"],
+            env=without_shim,
+            cwd=workdir,
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    )
     done = subprocess.run([str(SYSTEM_PYTHON), "-c", script], env=env, cwd=workdir, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""

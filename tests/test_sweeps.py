@@ -72,8 +72,7 @@ def test_explicit_points_are_kept_in_order() -> None:
 
 
 def test_a_flat_job_spec_with_sweep_keys_is_a_sweep() -> None:
-    spec = parse_sweep_spec({**TEMPLATE, "grid": {"lr": [1], "bs": [2]}, "max_concurrency": 3,
-                             "idempotency_key": "k"})
+    spec = parse_sweep_spec({**TEMPLATE, "grid": {"lr": [1], "bs": [2]}, "max_concurrency": 3, "idempotency_key": "k"})
     assert spec.template.name == "lr{lr}-bs{bs}" and spec.max_concurrency == 3 and spec.idempotency_key == "k"
 
 
@@ -122,35 +121,65 @@ def test_the_bulk_encoder_matches_json_and_placeholder_filling(point: dict[str, 
     [
         ({"template": TEMPLATE, "grid": {}}, "grid", "at least one parameter"),
         ({"template": TEMPLATE, "grid": {"lr": [], "bs": [1]}}, "grid.lr", "at least one value"),
-        ({"template": TEMPLATE, "random": {"lr": {"normal": [0, 1]}, "bs": {"choice": [1]}}, "samples": 3},
-         "random.lr", "unknown distribution 'normal'"),
-        ({"template": TEMPLATE, "random": {"lr": {"loguniform": [0, 1]}, "bs": {"choice": [1]}}, "samples": 3},
-         "random.lr.loguniform", "greater than 0"),
-        ({"template": TEMPLATE, "random": {"lr": {"uniform": [1, 1]}, "bs": {"choice": [1]}}, "samples": 3},
-         "random.lr.uniform", "below high"),
-        ({"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": []}}, "samples": 3},
-         "random.bs.choice", "non-empty list"),
-        ({"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": [1]}}}, "samples",
-         "needs samples"),
-        ({"template": TEMPLATE, "grid": {"lr": [1], "bs": [1]}, "points": [{"lr": 1, "bs": 1}]}, "(sweep)",
-         "only one of grid and points"),
+        (
+            {"template": TEMPLATE, "random": {"lr": {"normal": [0, 1]}, "bs": {"choice": [1]}}, "samples": 3},
+            "random.lr",
+            "unknown distribution 'normal'",
+        ),
+        (
+            {"template": TEMPLATE, "random": {"lr": {"loguniform": [0, 1]}, "bs": {"choice": [1]}}, "samples": 3},
+            "random.lr.loguniform",
+            "greater than 0",
+        ),
+        (
+            {"template": TEMPLATE, "random": {"lr": {"uniform": [1, 1]}, "bs": {"choice": [1]}}, "samples": 3},
+            "random.lr.uniform",
+            "below high",
+        ),
+        (
+            {"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": []}}, "samples": 3},
+            "random.bs.choice",
+            "non-empty list",
+        ),
+        (
+            {"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": [1]}}},
+            "samples",
+            "needs samples",
+        ),
+        (
+            {"template": TEMPLATE, "grid": {"lr": [1], "bs": [1]}, "points": [{"lr": 1, "bs": 1}]},
+            "(sweep)",
+            "only one of grid and points",
+        ),
         ({"template": TEMPLATE}, "(sweep)", "one of grid, random or points"),
         ({"template": TEMPLATE, "grid": {"lr": [1], "bs": [1]}, "samples": 4}, "samples", "random sweep"),
         ({"template": TEMPLATE, "grid": {"lr": [1]}}, "template.name", "placeholder {bs} names no parameter"),
-        ({"template": {**TEMPLATE, "env": {"X": "{typo}"}}, "grid": {"lr": [1], "bs": [1]}}, "template.env.X",
-         "placeholder {typo}"),
+        (
+            {"template": {**TEMPLATE, "env": {"X": "{typo}"}}, "grid": {"lr": [1], "bs": [1]}},
+            "template.env.X",
+            "placeholder {typo}",
+        ),
         ({"template": TEMPLATE, "points": [{"lr": 1, "bs": 2}, {"lr": 1}]}, "template.name", "not set by point 1"),
         ({"template": TEMPLATE, "points": []}, "points", "at least one point"),
         ({"template": TEMPLATE, "grid": {"lr": [1], "bs": [1], "Lr": [2]}}, "grid.Lr", "clashes with 'lr'"),
         ({"template": TEMPLATE, "grid": {"lr": [1], "bs": [1], "bad-name": [2]}}, "grid.bad-name", "parameter name"),
         ({"template": TEMPLATE, "grid": {"lr": [[1]], "bs": [1]}}, "grid.lr", "strings, finite numbers"),
         ({"template": {**TEMPLATE, "nodes": 0}, "grid": {"lr": [1], "bs": [1]}}, "template.nodes", "greater than"),
-        ({"template": {**TEMPLATE, "idempotency_key": "k"}, "grid": {"lr": [1], "bs": [1]}},
-         "template.idempotency_key", "on the sweep"),
-        ({"template": TEMPLATE, "grid": {"lr": [1], "bs": [1]}, "max_concurrency": 0}, "max_concurrency",
-         "greater than"),
-        ({"template": TEMPLATE, "grid": {"lr": list(range(1001)), "bs": list(range(1000))}}, "(sweep)",
-         f"at most {MAX_SWEEP_POINTS:,}"),
+        (
+            {"template": {**TEMPLATE, "idempotency_key": "k"}, "grid": {"lr": [1], "bs": [1]}},
+            "template.idempotency_key",
+            "on the sweep",
+        ),
+        (
+            {"template": TEMPLATE, "grid": {"lr": [1], "bs": [1]}, "max_concurrency": 0},
+            "max_concurrency",
+            "greater than",
+        ),
+        (
+            {"template": TEMPLATE, "grid": {"lr": list(range(1001)), "bs": list(range(1000))}},
+            "(sweep)",
+            f"at most {MAX_SWEEP_POINTS:,}",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_naming_the_problem(data: dict[str, Any], field: str, words: str) -> None:
@@ -166,8 +195,9 @@ def test_literal_braces_and_shell_variables_are_not_placeholders() -> None:
 
 
 def test_a_random_sweep_without_seed_is_accepted_and_samples_are_counted() -> None:
-    spec = parse_sweep_spec({"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": [8]}},
-                             "samples": 5})
+    spec = parse_sweep_spec(
+        {"template": TEMPLATE, "random": {"lr": {"uniform": [0, 1]}, "bs": {"choice": [8]}}, "samples": 5}
+    )
     assert spec.seed is None and spec.size() == 5
     assert spec.definition() == {"kind": "random", "random": spec.random, "samples": 5, "seed": None}
     assert all(math.isfinite(p["lr"]) for p in expand(spec.model_copy(update={"seed": 1})))

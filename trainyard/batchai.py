@@ -23,34 +23,40 @@ Field by field (paths relative to `properties`):
 
 - `nodeCount` → `nodes`. Required by Batch AI; when missing: 1 node and a warning.
 - `schedulingPriority` → `priority` (low / normal / high, any case).
-- `cluster` → warning, ignored: the job goes to pool `default` unless the spec's pool is set.
+- `cluster` → `pool` (the id's last segment); the `pool=` argument (--pool) overrides.
 - `mountVolumes.<kind>[i]` (azureFileShares, azureBlobFileSystems, fileServers,
-  unmanagedFileSystems) → refused: trainyard mounts no file systems; stage data with
-  `inputDirectories`. `nodeSetup` (a cluster setting) → refused; use `jobPreparation`.
+  unmanagedFileSystems) → a volume at `$AZ_BATCHAI_JOB_MOUNT_ROOT/<relativeMountPath>`
+  (mount_path `.batchai/jobmounts/<rel>`), its source from `volumes=` (--volume KEY=TARGET, see
+  `parse_volume_target`); a mount no key names is refused. Paths under `$AZ_BATCHAI_MOUNT_ROOT/<x>`
+  are the pool's volumes (mount_path `.batchai/mounts/<x>`), or job volumes when `volumes` names x.
+  `nodeSetup` (a cluster setting) → refused.
 - `containerSettings.imageSourceRegistry.image` → `image`; `serverUrl` is put in front of
   the image name unless it is Docker Hub or already there (warning). `credentials` →
-  refused (log the nodes' Docker daemon in to the registry instead). `shmSize` → warning.
+  refused (log the nodes' Docker daemon in to the registry instead). `shmSize` → container.shm_size.
 - Tool settings (exactly one) → `command`, `launcher`, `processes_per_node`. `processCount`
   (default nodeCount) must be a multiple of nodeCount: processes_per_node = processCount /
   nodeCount. Python tools run `<pythonInterpreterPath or python> <pythonScriptFilePath>
   <commandLineArgs>`.
-  - `customToolkitSettings.commandLine` → launcher `process`. Batch AI ran it on the first
-    node only, and so does the translated command: the other nodes exit 0 at once (warning).
+  - `customToolkitSettings.commandLine` → launcher `process` on one node; on several, launcher
+    `mpi` with AZ_BATCHAI_OWN_MPIRUN: the first node runs the command line itself (its own
+    mpirun reaches the others through the rsh agent), `slots` processes per node.
   - `customMpiSettings` → launcher `mpi`, the command line as is.
   - `horovodSettings` → launcher `horovod`.
   - `pyTorchSettings` → launcher `torchrun` when nodeCount > 1 or processCount > 1, else
-    `process`. `communicationBackend` gloo or nccl (any case; default gloo) → env
-    `AZ_BATCHAI_PYTORCH_BACKEND`; TCP (gone since PyTorch 1.0) and MPI are refused.
+    `process` (where the node has no torchrun, the launcher starts one process per rank
+    itself; with several per node each gets AZ_BATCHAI_TASK_INDEX = its RANK).
+    `communicationBackend` gloo or nccl (any case; default gloo) → env `AZ_BATCHAI_PYTORCH_BACKEND`;
+    TCP (gone since PyTorch 1.0) and MPI are refused.
   - `tensorFlowSettings` → launcher `process`, one task per node: the first node runs
     `masterCommandLineArgs`, the others `workerCommandLineArgs` (the master's when absent).
-    No TF_CONFIG, AZ_BATCHAI_PS_HOSTS or AZ_BATCHAI_WORKER_HOSTS: a parameter-server layout
-    (`parameterServerCount`, `parameterServerCommandLineArgs`) and a `workerCount` other
-    than nodeCount are warned about.
+    A parameter-server layout (`parameterServerCount`, `workerCount`) runs every task with
+    TF_CONFIG, AZ_BATCHAI_PS_HOSTS and AZ_BATCHAI_WORKER_HOSTS (`_tensorflow_layout`).
   - `chainerSettings`, `cntkSettings`, `caffeSettings` → launcher `mpi` when processCount > 1,
     else `process`. CNTK BrainScript runs `cntk configFile=<configFilePath> <args>`; Caffe
     with a config file runs `caffe train --solver=<configFilePath> <args>`.
   - `caffe2Settings` → launcher `process`: the script runs once on every node.
-- `jobPreparation.commandLine` → `prepare` (every node, before the command, as in Batch AI).
+- `jobPreparation.commandLine` → in front of the command, once per container, for a container
+  job (Batch AI ran it in the job's container); else `prepare` (every node, before the command).
 - `inputDirectories[i]` {id, path} → `inputs[i]` {id, uri}. The path must be a storage URI
   (file://, s3://, az://) or an absolute path (taken as file://). A path under
   `$AZ_BATCHAI_MOUNT_ROOT` / `$AZ_BATCHAI_JOB_MOUNT_ROOT` (an Azure mount), with any other
@@ -99,16 +105,18 @@ The caller creates the directories named by `LOCAL_DIR_VARIABLES` before startin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import re
+import shlex
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainyard.spec import MAX_GANG_NODES, JobSpec, SpecError, parse_job_spec
+from trainyard.spec import _SLUG, MAX_GANG_NODES, JobSpec, SpecError, parse_job_spec, parse_memory_bytes
 from trainyard.storage_adapters import REGISTRY as _STORAGE_REGISTRY
 
 API_VERSION = "2018-05-01"
@@ -128,15 +136,57 @@ STDOUTERR_DIR = "AZ_BATCHAI_STDOUTERR_DIR"
 JOB_MOUNT_ROOT = "AZ_BATCHAI_JOB_MOUNT_ROOT"
 MOUNT_ROOT = "AZ_BATCHAI_MOUNT_ROOT"
 PYTORCH_INIT_METHOD = "AZ_BATCHAI_PYTORCH_INIT_METHOD"
+JOB_TEMP_DIR = "AZ_BATCHAI_JOB_TEMP_DIR"
+SHARED_JOB_TEMP = "AZ_BATCHAI_SHARED_JOB_TEMP"
+HOST_LIST = "AZ_BATCH_HOST_LIST"
+PS_HOSTS = "AZ_BATCHAI_PS_HOSTS"
+WORKER_HOSTS = "AZ_BATCHAI_WORKER_HOSTS"
+# Read by the mpi launcher: node rank 0 runs the job's command itself (it calls mpirun), with
+# trainyard's rsh agent in OMPI_MCA_plm_rsh_agent; the other nodes host what that mpirun spawns.
+OWN_MPIRUN_VAR = "AZ_BATCHAI_OWN_MPIRUN"
+# Set by the translation of a parameter-server layout: "<parameter servers>,<workers>".
+TF_LAYOUT_VAR = "AZ_BATCHAI_TF_LAYOUT"
+TF_CLUSTER_VAR = "AZ_BATCHAI_TF_CLUSTER"
+
+# The part's Batch AI directory is `<working directory>/.batchai` (the worker passes it as
+# scratch_dir); job mounts (mountVolumes) are volumes whose mount_path lies under it.
+SCRATCH_NAME = ".batchai"
+JOB_MOUNTS_DIR = "jobmounts"
+CLUSTER_MOUNTS_DIR = "mounts"
+SHARED_TEMP_DIR = "sharedtemp"
+HOSTFILE_NAME = "hostfile"
+# The --volume key naming the storage behind $AZ_BATCHAI_SHARED_JOB_TEMP (seen by every node).
+SHARED_TEMP_KEY = "SHARED_JOB_TEMP"
 
 # Set by batchai_env at launch (besides the per-id input/output variables).
 DERIVED_VARIABLES = (
-    MPI_HOST_FILE, NUM_GPUS, TASK_INDEX, JOB_TEMP, STDOUTERR_DIR, JOB_MOUNT_ROOT, MOUNT_ROOT,
+    MPI_HOST_FILE,
+    NUM_GPUS,
+    TASK_INDEX,
+    JOB_TEMP,
+    JOB_TEMP_DIR,
+    SHARED_JOB_TEMP,
+    STDOUTERR_DIR,
+    JOB_MOUNT_ROOT,
+    MOUNT_ROOT,
     PYTORCH_INIT_METHOD,
+    HOST_LIST,
 )
 # Directories batchai_env names; the worker creates them before it starts the part.
-LOCAL_DIR_VARIABLES = (JOB_TEMP, JOB_MOUNT_ROOT, MOUNT_ROOT, STDOUTERR_DIR)
-_RESERVED_ENV = frozenset({COMPAT_VAR, STDOUTERR_PREFIX_VAR, PYTORCH_BACKEND_VAR, *DERIVED_VARIABLES})
+LOCAL_DIR_VARIABLES = (JOB_TEMP, JOB_MOUNT_ROOT, MOUNT_ROOT, STDOUTERR_DIR, SHARED_JOB_TEMP)
+_RESERVED_ENV = frozenset(
+    {
+        COMPAT_VAR,
+        STDOUTERR_PREFIX_VAR,
+        PYTORCH_BACKEND_VAR,
+        OWN_MPIRUN_VAR,
+        TF_LAYOUT_VAR,
+        TF_CLUSTER_VAR,
+        PS_HOSTS,
+        WORKER_HOSTS,
+        *DERIVED_VARIABLES,
+    }
+)
 
 # The same rules as trainyard.spec applies, checked here to name the Batch AI field.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -149,12 +199,12 @@ _ISO_DURATION = re.compile(
     r"(?:(?P<D>\d+(?:[.,]\d+)?)D)?(?:T(?=\d)(?:(?P<h>\d+(?:[.,]\d+)?)H)?(?:(?P<m>\d+(?:[.,]\d+)?)M)?"
     r"(?:(?P<s>\d+(?:[.,]\d+)?)S)?)?$"
 )
-_TIMESPAN = re.compile(
-    r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2})(?::(?P<s>\d{1,2})(?:\.(?P<f>\d{1,7}))?)?$"
+_TIMESPAN = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2})(?::(?P<s>\d{1,2})(?:\.(?P<f>\d{1,7}))?)?$")
+# How `az batchai job show` printed a TimeSpan (Python's timedelta): "7 days, 0:00:00", "1 day, 1:30:00".
+_PRINTED_TIMESPAN = re.compile(
+    r"^(?:(?P<d>\d+) days?, )?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})(?:\.(?P<f>\d{1,7}))?$"
 )
-_DOCKER_HUB_HOSTS = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 _PYTHON_FIELDS = frozenset({"pythonScriptFilePath", "pythonInterpreterPath", "commandLineArgs"})
 TOOL_SETTINGS: dict[str, frozenset[str]] = {
@@ -162,25 +212,52 @@ TOOL_SETTINGS: dict[str, frozenset[str]] = {
     "customMpiSettings": frozenset({"commandLine", "processCount"}),
     "horovodSettings": _PYTHON_FIELDS | {"processCount"},
     "pyTorchSettings": _PYTHON_FIELDS | {"processCount", "communicationBackend"},
-    "tensorFlowSettings": frozenset({
-        "pythonScriptFilePath", "pythonInterpreterPath", "masterCommandLineArgs", "workerCommandLineArgs",
-        "parameterServerCommandLineArgs", "workerCount", "parameterServerCount",
-    }),
+    "tensorFlowSettings": frozenset(
+        {
+            "pythonScriptFilePath",
+            "pythonInterpreterPath",
+            "masterCommandLineArgs",
+            "workerCommandLineArgs",
+            "parameterServerCommandLineArgs",
+            "workerCount",
+            "parameterServerCount",
+        }
+    ),
     "chainerSettings": _PYTHON_FIELDS | {"processCount"},
     "cntkSettings": _PYTHON_FIELDS | {"languageType", "configFilePath", "processCount"},
     "caffe2Settings": _PYTHON_FIELDS,
     "caffeSettings": _PYTHON_FIELDS | {"configFilePath", "processCount"},
 }
-PROPERTY_FIELDS = frozenset({
-    "schedulingPriority", "cluster", "mountVolumes", "nodeCount", "containerSettings", "jobPreparation",
-    "stdOutErrPathPrefix", "inputDirectories", "outputDirectories", "environmentVariables", "secrets",
-    "constraints", *TOOL_SETTINGS,
-})
+PROPERTY_FIELDS = frozenset(
+    {
+        "schedulingPriority",
+        "cluster",
+        "mountVolumes",
+        "nodeCount",
+        "containerSettings",
+        "jobPreparation",
+        "stdOutErrPathPrefix",
+        "inputDirectories",
+        "outputDirectories",
+        "environmentVariables",
+        "secrets",
+        "constraints",
+        *TOOL_SETTINGS,
+    }
+)
 # Fields of a job as Azure returned it (GET), not of a job to create.
-READ_ONLY_FIELDS = frozenset({
-    "toolType", "jobOutputDirectoryPathSegment", "creationTime", "provisioningState",
-    "provisioningStateTransitionTime", "executionState", "executionStateTransitionTime", "executionInfo",
-})
+READ_ONLY_FIELDS = frozenset(
+    {
+        "toolType",
+        "jobOutputDirectoryPathSegment",
+        "creationTime",
+        "provisioningState",
+        "provisioningStateTransitionTime",
+        "executionState",
+        "executionStateTransitionTime",
+        "executionInfo",
+    }
+)
 ENVELOPE_FIELDS = frozenset({"$schema", "properties", "name", "type", "apiVersion", "id"})
 MOUNT_KINDS = ("azureFileShares", "azureBlobFileSystems", "fileServers", "unmanagedFileSystems")
 PYTORCH_BACKENDS = {"gloo", "nccl"}
@@ -193,6 +270,12 @@ class _Reader:
         self.problems: list[dict[str, str]] = []
         self.warnings: list[str] = []
         self.shell_texts: list[tuple[str, str]] = []  # (path, text) the shell will expand
+        self.path_texts: list[tuple[str, str]] = []  # input/output paths under the mount roots
+        self.mapping: Mapping[str, str] = {}  # --volume KEY=TARGET
+        self.job_mounts: list[str] = []  # relativeMountPaths under $AZ_BATCHAI_JOB_MOUNT_ROOT
+        self.cluster_mounts: list[str] = []  # ... under $AZ_BATCHAI_MOUNT_ROOT
+        self.mount_env: dict[str, str] = {}  # AZ_BATCHAI_INPUT_/OUTPUT_<ID> of directories on mounts
+        self.schema = "JobCreateParameters"  # named in the warning about unknown fields
 
     def refuse(self, path: str, reason: str) -> None:
         self.problems.append({"field": path or "(properties)", "reason": reason})
@@ -205,7 +288,7 @@ class _Reader:
     def unknown(self, obj: Mapping[str, Any], known: frozenset[str], path: str) -> None:
         for key in obj:
             if key not in known:
-                self.warn(_join(path, key), "not a field of Batch AI 2018-05-01 JobCreateParameters; ignored")
+                self.warn(_join(path, key), f"not a field of Batch AI 2018-05-01 {self.schema}; ignored")
 
     def obj(self, parent: Mapping[str, Any], key: str, path: str) -> dict[str, Any] | None:
         value = parent.get(key)
@@ -226,8 +309,14 @@ class _Reader:
         return value
 
     def string(
-        self, parent: Mapping[str, Any], key: str, path: str, *, required: bool = False,
-        shell: bool = False, allow_empty: bool = False,
+        self,
+        parent: Mapping[str, Any],
+        key: str,
+        path: str,
+        *,
+        required: bool = False,
+        shell: bool = False,
+        allow_empty: bool = False,
     ) -> str | None:
         where = _join(path, key)
         value = parent.get(key)
@@ -287,8 +376,9 @@ def _words(*parts: str | None) -> str:
 
 
 def parse_iso8601_duration(text: str) -> float:
-    """`P7D`, `PT1H30M`, `P1DT12H`, `PT0.5S`, `P2W` (ISO 8601) or `7.00:00:00`, `01:30:00`
-    (.NET TimeSpan, as Batch AI wrote its default) → seconds. Years and months are refused:
+    """`P7D`, `PT1H30M`, `P1DT12H`, `PT0.5S`, `P2W` (ISO 8601), `7.00:00:00`, `01:30:00`
+    (.NET TimeSpan, as Batch AI wrote its default) or `7 days, 0:00:00`, `1:30:00` (as
+    `az batchai job show` printed it) → seconds. Years and months are refused:
     they have no fixed length. Raises ValueError."""
     value = text.strip()
     iso = _ISO_DURATION.match(value.upper())
@@ -296,14 +386,24 @@ def parse_iso8601_duration(text: str) -> float:
         parts = {k: float(v.replace(",", ".")) for k, v in iso.groupdict().items() if v is not None}
         if parts.get("Y") or parts.get("M"):
             raise ValueError(f"{text!r}: years and months have no fixed length; give days (e.g. P30D)")
-        seconds = (parts.get("W", 0) * 604800 + parts.get("D", 0) * 86400 + parts.get("h", 0) * 3600
-                   + parts.get("m", 0) * 60 + parts.get("s", 0))
+        seconds = (
+            parts.get("W", 0) * 604800
+            + parts.get("D", 0) * 86400
+            + parts.get("h", 0) * 3600
+            + parts.get("m", 0) * 60
+            + parts.get("s", 0)
+        )
     else:
-        span = _TIMESPAN.match(value)
+        span = _TIMESPAN.match(value) or _PRINTED_TIMESPAN.match(value)
         if not span or int(span["h"]) > 23 or int(span["m"]) > 59 or int(span["s"] or 0) > 59:
             raise ValueError(f"{text!r} is not an ISO 8601 duration like PT1H30M or P7D")
-        seconds = (int(span["d"] or 0) * 86400 + int(span["h"]) * 3600 + int(span["m"]) * 60
-                   + int(span["s"] or 0) + float(f"0.{span['f'] or 0}"))
+        seconds = (
+            int(span["d"] or 0) * 86400
+            + int(span["h"]) * 3600
+            + int(span["m"]) * 60
+            + int(span["s"] or 0)
+            + float(f"0.{span['f'] or 0}")
+        )
     if seconds <= 0:
         raise ValueError(f"{text!r}: must be longer than zero")
     return seconds
@@ -313,27 +413,40 @@ def parse_iso8601_duration(text: str) -> float:
 # The document and its envelope
 
 
-def _unwrap(doc: Any, r: _Reader) -> tuple[dict[str, Any], str | None]:
-    """The properties object and the name the envelope gives the job, if any."""
+def unwrap_envelope(
+    doc: Any,
+    r: _Reader,
+    resource: str,
+    property_fields: frozenset[str],
+    envelope_fields: frozenset[str],
+    check_api_version: bool = True,
+) -> tuple[dict[str, Any], str | None]:
+    """The properties object of an ARM envelope (`{$schema, name, type, properties}`, or the bare
+    properties) and the name the envelope gives the `resource` (its last path segment), if any."""
     if not isinstance(doc, dict):
-        raise SpecError([{"field": "(file)", "reason": "a Batch AI job file must hold a JSON object"}])
+        raise SpecError([{"field": "(file)", "reason": f"a Batch AI {resource} file must hold a JSON object"}])
     inner = doc.get("properties")
-    if not isinstance(inner, dict) or set(doc) & PROPERTY_FIELDS:
+    if not isinstance(inner, dict) or set(doc) & property_fields:
         return {k: v for k, v in doc.items() if k != "$schema"}, None
-    r.unknown(doc, ENVELOPE_FIELDS, "")
+    r.unknown(doc, envelope_fields, "")
     schema = doc.get("$schema")
     if isinstance(schema, str) and API_VERSION not in schema:
         r.warn("$schema", f"{schema!r} is not the {API_VERSION} schema; read as {API_VERSION}")
     version = doc.get("apiVersion")
-    if version is not None and version != API_VERSION:
+    if check_api_version and version is not None and version != API_VERSION:
         r.warn("apiVersion", f"{version!r} is not {API_VERSION}; read as {API_VERSION}")
     kind = doc.get("type")
-    if isinstance(kind, str) and not kind.lower().endswith("jobs"):
-        r.warn("type", f"{kind!r} is not a Batch AI job resource type; read as a job")
+    if isinstance(kind, str) and not kind.lower().endswith(f"{resource}s"):
+        r.warn("type", f"{kind!r} is not a Batch AI {resource} resource type; read as a {resource}")
     name = doc.get("name")
     if isinstance(name, str) and name.strip():
         return inner, name.strip().rstrip("/").rsplit("/", 1)[-1]
     return inner, None
+
+
+def _unwrap(doc: Any, r: _Reader) -> tuple[dict[str, Any], str | None]:
+    """The properties object and the name the envelope gives the job, if any."""
+    return unwrap_envelope(doc, r, "job", PROPERTY_FIELDS, ENVELOPE_FIELDS)
 
 
 def envelope_name(doc: Any) -> str | None:
@@ -366,20 +479,19 @@ def _python_command(r: _Reader, s: dict[str, Any], path: str, args_key: str = "c
     return _words(interpreter, script, args)
 
 
-def _only_on_first_node(command: str) -> str:
-    return f'[ "${{TRAINYARD_NODE_RANK:-0}}" = 0 ] || exit 0\n{command}'
-
-
-def _custom_toolkit(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch:
+def _custom_toolkit(r: _Reader, s: dict[str, Any], path: str, nodes: int, slots: int = 1) -> _Launch:
     command = r.string(s, "commandLine", path, required=True, shell=True) or ""
-    if nodes > 1:
-        r.warn(path, f"Batch AI ran this command line on the first node only, and so does trainyard; the "
-                     f"other {nodes - 1} node(s) are reserved, listed in $AZ_BATCHAI_MPI_HOST_FILE, and "
-                     "run nothing themselves: an mpirun in the command line reaches them only if the "
-                     "nodes accept SSH from each other (customMpiSettings or horovodSettings let "
-                     "trainyard's MPI launcher start the ranks instead)")
-        command = _only_on_first_node(command)
-    return _Launch(command)
+    if nodes == 1:
+        return _Launch(command)
+    r.warn(
+        path,
+        f"Batch AI ran this command line on the first node only, and so does trainyard; the other "
+        f"{nodes - 1} node(s) are listed in $AZ_BATCHAI_MPI_HOST_FILE ({slots} slot(s) each) and "
+        "$AZ_BATCH_HOST_LIST, and host what the command's own mpirun starts there (Open MPI through "
+        "trainyard's rsh agent in OMPI_MCA_plm_rsh_agent; Intel MPI and MPICH through their rsh "
+        "bootstrap variables); no ssh",
+    )
+    return _Launch(command, "mpi", slots, {OWN_MPIRUN_VAR: "1"})
 
 
 def _custom_mpi(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch:
@@ -402,6 +514,9 @@ def _pytorch(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch:
         }.get(backend.lower(), "not a PyTorch backend trainyard supports")
         r.refuse(_join(path, "communicationBackend"), f"{backend!r}: {why}; use gloo or nccl")
     launcher = "torchrun" if nodes > 1 or per_node > 1 else "process"
+    if per_node > 1:
+        # batchai_env sets the node's task index; each of torchrun's workers is a task of its own.
+        command = f'{TASK_INDEX}="${{RANK:-0}}"; export {TASK_INDEX}\n{command}'
     return _Launch(command, launcher, per_node, {PYTORCH_BACKEND_VAR: backend.lower()})
 
 
@@ -409,7 +524,11 @@ def _tensorflow(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch
     master = _python_command(r, s, path, "masterCommandLineArgs")
     worker_args = r.string(s, "workerCommandLineArgs", path, shell=True)
     worker = _python_command(_Reader(), s, path, "workerCommandLineArgs") if worker_args else master
-    _tensorflow_layout_warnings(r, s, path, nodes)
+    ps_args = r.string(s, "parameterServerCommandLineArgs", path, shell=True)
+    ps_count = r.integer(s, "parameterServerCount", path, minimum=0)
+    workers = r.integer(s, "workerCount", path)
+    if ps_args or ps_count or (workers is not None and workers != nodes):
+        return _tensorflow_layout(r, s, path, nodes, (master, worker, ps_args), ps_count, workers)
     if nodes > 1 and worker != master:
         command = f'if [ "${{TRAINYARD_NODE_RANK:-0}}" = 0 ]; then\n{master}\nelse\n{worker}\nfi'
         return _Launch(command)
@@ -418,18 +537,63 @@ def _tensorflow(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch
     return _Launch(master)
 
 
-def _tensorflow_layout_warnings(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> None:
-    ps_args = r.string(s, "parameterServerCommandLineArgs", path, shell=True)
-    ps_count = r.integer(s, "parameterServerCount", path, minimum=0)
-    workers = r.integer(s, "workerCount", path)
-    if ps_args or ps_count:
-        r.warn(path, "parameter-server layout: trainyard starts no parameter-server tasks and sets neither "
-                     "TF_CONFIG nor AZ_BATCHAI_PS_HOSTS / AZ_BATCHAI_WORKER_HOSTS; one task runs per node "
-                     "(build the cluster from TRAINYARD_NODE_HOSTS and AZ_BATCHAI_TASK_INDEX, or use "
-                     "horovodSettings)")
-    if workers is not None and workers != nodes:
-        r.warn(_join(path, "workerCount"), f"{workers} workers asked for; trainyard runs one task per node "
-                                           f"({nodes})")
+_TF_CONFIG_LINE = r'  export TF_CONFIG="{\"cluster\":$AZ_BATCHAI_TF_CLUSTER,\"task\":{\"type\":\"$1\",\"index\":$2}}"'
+
+
+def _tensorflow_layout(
+    r: _Reader,
+    s: dict[str, Any],
+    path: str,
+    nodes: int,
+    commands: tuple[str, str, str | None],
+    ps_count: int | None,
+    workers: int | None,
+) -> _Launch:
+    """Batch AI's parameter-server layout: `workerCount` workers and `parameterServerCount` parameter
+    servers, task i of each kind on node i % nodeCount, each with its AZ_BATCHAI_TASK_INDEX and
+    TF_CONFIG; AZ_BATCHAI_PS_HOSTS and AZ_BATCHAI_WORKER_HOSTS list them all. A node's part ends
+    when its workers have ended (its parameter servers are then stopped)."""
+    master, worker, ps_args = commands
+    workers = workers if workers is not None else nodes
+    ps_count = ps_count if ps_count is not None else (1 if ps_args else 0)
+    if workers < nodes:
+        r.refuse(
+            _join(path, "workerCount"),
+            f"{workers} workers on {nodes} nodes: a node would run only "
+            "parameter servers, which never end; use workerCount >= nodeCount",
+        )
+    if ps_count and not ps_args:
+        r.refuse(_join(path, "parameterServerCommandLineArgs"), f"required with parameterServerCount {ps_count}")
+    ps = _words(s.get("pythonInterpreterPath") or DEFAULT_INTERPRETER, s.get("pythonScriptFilePath"), ps_args)
+    q = shlex.quote
+    command = "\n".join(
+        [
+            '_bai_task() { ( export AZ_BATCHAI_TASK_INDEX="$2"',
+            _TF_CONFIG_LINE,
+            '  exec /bin/sh -c "$3" ) & }',
+            "_bai_n=${TRAINYARD_NUM_NODES:-1}; _bai_r=${TRAINYARD_NODE_RANK:-0}; _bai_w=; _bai_p=; _bai_rc=0",
+            f"_bai_i=0; while [ $_bai_i -lt {workers} ]; do",
+            '  if [ $((_bai_i % _bai_n)) = "$_bai_r" ]; then',
+            f"    if [ $_bai_i = 0 ]; then _bai_task worker 0 {q(master)};"
+            f" else _bai_task worker $_bai_i {q(worker)}; fi",
+            '    _bai_w="$_bai_w $!"',
+            "  fi; _bai_i=$((_bai_i + 1)); done",
+            f"_bai_i=0; while [ $_bai_i -lt {ps_count} ]; do",
+            '  if [ $((_bai_i % _bai_n)) = "$_bai_r" ]; then',
+            f'    _bai_task ps $_bai_i {q(ps)}; _bai_p="$_bai_p $!"',
+            "  fi; _bai_i=$((_bai_i + 1)); done",
+            "for _bai_pid in $_bai_w; do wait $_bai_pid || _bai_rc=$?; done",
+            '[ -z "$_bai_p" ] || kill $_bai_p 2>/dev/null',
+            "exit $_bai_rc",
+        ]
+    )
+    r.warn(
+        path,
+        f"parameter-server layout: {workers} worker(s) and {ps_count} parameter server(s) over "
+        f"{nodes} node(s), task i of each kind on node i % {nodes}, with TF_CONFIG, "
+        "AZ_BATCHAI_TASK_INDEX, AZ_BATCHAI_PS_HOSTS and AZ_BATCHAI_WORKER_HOSTS",
+    )
+    return _Launch(command, env={TF_LAYOUT_VAR: f"{ps_count},{workers}"})
 
 
 def _mpi_or_process(command: str, nodes: int, per_node: int) -> _Launch:
@@ -480,8 +644,7 @@ def _caffe2(r: _Reader, s: dict[str, Any], path: str, nodes: int) -> _Launch:
     return _Launch(_python_command(r, s, path))
 
 
-_TOOLS: dict[str, Callable[[_Reader, dict[str, Any], str, int], _Launch]] = {
-    "customToolkitSettings": _custom_toolkit,
+_TOOLS: dict[str, Callable[[_Reader, dict[str, Any], str, int], _Launch]] = {  # customToolkit: see _tool
     "customMpiSettings": _custom_mpi,
     "horovodSettings": _horovod,
     "pyTorchSettings": _pytorch,
@@ -493,7 +656,7 @@ _TOOLS: dict[str, Callable[[_Reader, dict[str, Any], str, int], _Launch]] = {
 }
 
 
-def _tool(r: _Reader, props: dict[str, Any], nodes: int) -> _Launch | None:
+def _tool(r: _Reader, props: dict[str, Any], nodes: int, slots: int | None) -> _Launch | None:
     given = [key for key in TOOL_SETTINGS if props.get(key) is not None]
     if not given:
         r.refuse("", f"one of {', '.join(TOOL_SETTINGS)} is required")
@@ -505,6 +668,8 @@ def _tool(r: _Reader, props: dict[str, Any], nodes: int) -> _Launch | None:
     if settings is None:
         return None
     r.unknown(settings, TOOL_SETTINGS[key], key)
+    if key == "customToolkitSettings":
+        return _custom_toolkit(r, settings, key, nodes, slots or 1)
     return _TOOLS[key](r, settings, key, nodes)
 
 
@@ -533,41 +698,259 @@ def _priority(r: _Reader, props: dict[str, Any]) -> str:
     return value.strip().lower()
 
 
-def _cluster_and_mounts(r: _Reader, props: dict[str, Any]) -> None:
+def _cluster(r: _Reader, props: dict[str, Any]) -> str | None:
+    """The trainyard pool named after the job's cluster (`.../clusters/<name>` → `<name>`)."""
     cluster = r.obj(props, "cluster", "")
-    if cluster is not None:
-        r.warn("cluster", f"{cluster.get('id', '')!r} ignored: the job goes to trainyard pool 'default' "
-                          "unless the spec's pool is set")
     if props.get("nodeSetup") is not None:
-        r.refuse("nodeSetup", "a cluster setting (setup task, mounts), not a job field; use jobPreparation")
-    mounts = r.obj(props, "mountVolumes", "")
-    if mounts is None:
-        return
-    r.unknown(mounts, frozenset(MOUNT_KINDS), "mountVolumes")
+        r.refuse(
+            "nodeSetup",
+            "a cluster setting (setup task, mounts), not a job field: translate the cluster "
+            "file with trainyard pool create --format batchai, or use jobPreparation",
+        )
+    if cluster is None:
+        return None
+    r.unknown(cluster, frozenset({"id"}), "cluster")
+    ident = r.string(cluster, "id", "cluster")
+    if ident is None:
+        return None
+    pool = ident.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    if not _SLUG.match(pool):
+        r.refuse("cluster.id", f"{ident!r}: its last segment is not a pool name (letters, digits, '.', '_', '-')")
+        return None
+    return pool
+
+
+def parse_volume_target(text: str) -> dict[str, Any]:
+    """What a `--volume KEY=TARGET` gives a Batch AI mount: a trainyard volume's source.
+
+    `volume:NAME` (a registered volume), `host:/path` or `/path` or `file:///path` (a directory
+    on the nodes), `sync:URI` (copied in, changes put back: any store), `blob:URI` or a bare
+    `az://` / `s3://` URI (FUSE mount). Raises ValueError.
+    """
+    value = text.strip()
+    kind, _, rest = value.partition(":")
+    if kind == "volume":
+        if not _SLUG.match(rest):
+            raise ValueError(f"{text!r}: volume:NAME names a registered volume")
+        return {"volume": rest}
+    if kind in ("host", "sync", "blob") and rest and not rest.startswith("//"):
+        source = rest
+    else:
+        kind, source = "", value
+    if source.startswith("file://"):
+        if kind == "sync":
+            return {"kind": "sync", "uri": source}
+        source = source.removeprefix("file://")
+    if not kind:
+        scheme = _URI_SCHEME.match(source)
+        kind = "blob" if scheme and scheme.group(1).lower() in ("az", "s3") else "host" if not scheme else ""
+        if not kind:
+            raise ValueError(f"{text!r}: give volume:NAME, host:/path, sync:URI, blob:URI or an az:// / s3:// URI")
+    if kind == "host":
+        if not source.startswith("/") or ".." in source.split("/"):
+            raise ValueError(f"{text!r}: a host directory is an absolute path without '..'")
+        return {"kind": "host", "path": source}
+    return {"kind": kind, "uri": source}
+
+
+def _volume_name(prefix: str, rel: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", rel).strip("_") or "root"
+    return f"{prefix}_{cleaned}"[:63]
+
+
+def _relative_mount_path(r: _Reader, item: dict[str, Any], path: str) -> str | None:
+    rel = r.string(item, "relativeMountPath", path, required=True)
+    if rel is None:
+        return None
+    parts = [p for p in rel.strip().split("/") if p and p != "."]
+    if not parts or rel.strip().startswith("/") or ".." in parts or "$" in rel:
+        r.refuse(f"{path}.relativeMountPath", f"{rel!r}: must be a relative path without '..' or variables")
+        return None
+    return "/".join(parts)
+
+
+def _mount_keys(kind: str, item: dict[str, Any], rel: str) -> tuple[list[str], str]:
+    """The --volume keys that may name this mount (most specific first), and how to describe it."""
+    keys: list[str] = []
+    if kind == "azureFileShares":
+        url = str(item.get("azureFileUrl") or "").strip().rstrip("/")
+        share = url.rsplit("/", 1)[-1] if url else ""
+        keys, what = [url, share], f"Azure file share {share or url!r}"
+    elif kind == "azureBlobFileSystems":
+        container = str(item.get("containerName") or "")
+        keys, what = [container], f"blob container {container!r}"
+    elif kind == "fileServers":
+        server = str((item.get("fileServer") or {}).get("id") or "").rstrip("/").rsplit("/", 1)[-1]
+        keys, what = [server], f"file server {server!r}"
+    else:
+        keys, what = [], f"the file system of {item.get('mountCommand', '')!r}"
+    return [rel, *(k for k in keys if k)], what
+
+
+_MOUNT_FIELDS = {
+    "azureFileShares": frozenset(
+        {"accountName", "azureFileUrl", "credentials", "relativeMountPath", "fileMode", "directoryMode"}
+    ),
+    "azureBlobFileSystems": frozenset(
+        {"accountName", "containerName", "credentials", "relativeMountPath", "mountOptions"}
+    ),
+    "fileServers": frozenset({"fileServer", "sourceDirectory", "relativeMountPath", "mountOptions"}),
+    "unmanagedFileSystems": frozenset({"mountCommand", "relativeMountPath"}),
+}
+VOLUME_OPTION_HINT = (
+    "--volume KEY=TARGET (KEY: the relativeMountPath or the share/container name; TARGET: "
+    "volume:NAME, host:/path, sync:URI, blob:URI or az://container/prefix)"
+)
+
+
+def mount_volumes(
+    r: _Reader,
+    mounts: dict[str, Any],
+    where: str,
+    mapping: Mapping[str, str],
+    *,
+    cluster: bool,
+) -> list[dict[str, Any]]:
+    """`mountVolumes` (a job's, or a cluster's nodeSetup's) → trainyard volumes, each source from `mapping`."""
+    r.unknown(mounts, frozenset(MOUNT_KINDS), where)
+    volumes: list[dict[str, Any]] = []
+    base = f"{SCRATCH_NAME}/{CLUSTER_MOUNTS_DIR if cluster else JOB_MOUNTS_DIR}"
     for kind in MOUNT_KINDS:
-        for i, _ in enumerate(r.array(mounts, kind, "mountVolumes")):
-            r.refuse(f"mountVolumes.{kind}[{i}]", "trainyard mounts no file systems in jobs; stage the data "
-                                                  "with inputDirectories (a storage URI) instead")
+        for i, item in enumerate(r.array(mounts, kind, where)):
+            path = f"{where}.{kind}[{i}]"
+            if not isinstance(item, dict):
+                r.refuse(path, _type_reason(item, "an object"))
+                continue
+            r.unknown(item, _MOUNT_FIELDS[kind], path)
+            rel = _relative_mount_path(r, item, path)
+            if rel is None:
+                continue
+            keys, what = _mount_keys(kind, item, rel)
+            key = next((k for k in keys if k in mapping), None)
+            if key is None:
+                r.refuse(
+                    path,
+                    f"no storage given for {what} (mounted at {rel}): pass {VOLUME_OPTION_HINT}, "
+                    f"e.g. --volume {rel}=host:/srv/{rel}",
+                )
+                continue
+            try:
+                source = parse_volume_target(mapping[key])
+            except ValueError as exc:
+                r.refuse(path, f"--volume {key}: {exc}")
+                continue
+            root = "$AZ_BATCHAI_MOUNT_ROOT" if cluster else "$AZ_BATCHAI_JOB_MOUNT_ROOT"
+            r.warn(path, f"{what} mounted at {root}/{rel} from {mapping[key]} (--volume {key})")
+            if item.get("credentials") is not None:
+                r.warn(
+                    f"{path}.credentials",
+                    "not used: the volume's own credentials apply (the node's "
+                    "AZURE_STORAGE_* / AWS_*, or the job's secrets of those names)",
+                )
+            if item.get("mountOptions") or item.get("fileMode") or item.get("directoryMode"):
+                r.warn(path, "mountOptions / fileMode / directoryMode are not applied")
+            volumes.append(
+                {
+                    "name": _volume_name("bai_cluster" if cluster else "bai", rel),
+                    "mount_path": f"{base}/{rel}",
+                    **source,
+                }
+            )
+            (r.cluster_mounts if cluster else r.job_mounts).append(rel)
+    return volumes
 
 
-def _image(r: _Reader, props: dict[str, Any]) -> str | None:
+def _job_mounts(r: _Reader, props: dict[str, Any]) -> list[dict[str, Any]]:
+    mounts = r.obj(props, "mountVolumes", "")
+    volumes = mount_volumes(r, mounts, "mountVolumes", r.mapping, cluster=False) if mounts is not None else []
+    return volumes
+
+
+def _mounted(rel_paths: list[str], sub: str) -> bool:
+    sub = "/".join(p for p in sub.split("/") if p and p != ".")
+    return any(sub == rel or sub.startswith(rel + "/") for rel in rel_paths)
+
+
+def _cluster_mount_volumes(r: _Reader) -> list[dict[str, Any]]:
+    """Paths under $AZ_BATCHAI_MOUNT_ROOT are the cluster's mounts: the pool's volumes (trainyard pool
+    create --format batchai), or job volumes at the same place when --volume names them."""
+    volumes: list[dict[str, Any]] = []
+    for path, text in r.shell_texts + r.path_texts:
+        for sub in _root_references(text, MOUNT_ROOT):
+            first = sub.split("/", 1)[0]
+            if not first or _mounted(r.cluster_mounts, first):
+                continue
+            if first in r.mapping:
+                try:
+                    source = parse_volume_target(r.mapping[first])
+                except ValueError as exc:
+                    r.refuse(path, f"--volume {first}: {exc}")
+                    r.cluster_mounts.append(first)
+                    continue
+                volumes.append(
+                    {
+                        "name": _volume_name("bai_cluster", first),
+                        "mount_path": f"{SCRATCH_NAME}/{CLUSTER_MOUNTS_DIR}/{first}",
+                        **source,
+                    }
+                )
+                r.warn(
+                    path,
+                    f"$AZ_BATCHAI_MOUNT_ROOT/{first} (a cluster mount) is the job's volume from "
+                    f"{r.mapping[first]} (--volume {first})",
+                )
+            else:
+                r.warn(
+                    path,
+                    f"$AZ_BATCHAI_MOUNT_ROOT/{first} is a cluster mount: the pool must have a volume "
+                    f"with mount_path {SCRATCH_NAME}/{CLUSTER_MOUNTS_DIR}/{first} (trainyard pool create "
+                    f"--format batchai cluster.json), or pass --volume {first}=TARGET",
+                )
+            r.cluster_mounts.append(first)
+    return volumes
+
+
+def _root_references(text: str, root: str) -> list[str]:
+    """The paths below `$root` / `${root}` that `text` names (`$AZ_BATCHAI_MOUNT_ROOT/external/x` → `external/x`)."""
+    found = []
+    for match in re.finditer(r"\$(?:\{" + root + r"\}|" + root + r"(?![A-Za-z0-9_]))(/[^\s\"';:,]*)?", text):
+        found.append((match.group(1) or "").strip("/"))
+    return found
+
+
+def _image(r: _Reader, props: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(image, /dev/shm size) of containerSettings."""
     settings = r.obj(props, "containerSettings", "")
     if settings is None:
-        return None
+        return None, None
     r.unknown(settings, frozenset({"imageSourceRegistry", "shmSize"}), "containerSettings")
-    if settings.get("shmSize") is not None:
-        r.warn("containerSettings.shmSize", "ignored: trainyard has no /dev/shm size setting for containers")
+    shm = r.string(settings, "shmSize", "containerSettings")
+    if shm is not None:
+        try:
+            if parse_memory_bytes(shm) < 2**20:
+                raise ValueError
+        except ValueError:
+            r.refuse("containerSettings.shmSize", f"{shm!r}: not a size of at least 1M (e.g. 8G, 512m)")
+            shm = None
     path = "containerSettings.imageSourceRegistry"
     if settings.get("imageSourceRegistry") is None:
         r.refuse(path, "required field is missing")
-        return None
+        return None, shm
     registry = r.obj(settings, "imageSourceRegistry", "containerSettings")
     if registry is None:
-        return None
+        return None, shm
+    return _registry_image(r, registry, path), shm
+
+
+def _registry_image(r: _Reader, registry: dict[str, Any], path: str) -> str | None:
     r.unknown(registry, frozenset({"serverUrl", "image", "credentials"}), path)
     if registry.get("credentials") is not None:
-        r.refuse(f"{path}.credentials", "private registry credentials are not supported: log the nodes' "
-                                        "Docker daemon in to the registry (docker login) and leave them out")
+        r.refuse(
+            f"{path}.credentials",
+            "trainyard passes no registry credentials to the nodes' container "
+            "engine: log the nodes' Docker daemon in to the registry (docker login, "
+            "e.g. in the pool's setup task) and leave credentials out",
+        )
     image = r.string(registry, "image", path, required=True)
     server = r.string(registry, "serverUrl", path)
     if image is None or server is None:
@@ -579,6 +962,25 @@ def _image(r: _Reader, props: dict[str, Any]) -> str | None:
     return f"{host}/{image}"
 
 
+def _on_mount(r: _Reader, value: str, path: str) -> str | None:
+    """A directory on a mounted file system (`$AZ_BATCHAI_JOB_MOUNT_ROOT/<mount>/...` or
+    `$AZ_BATCHAI_MOUNT_ROOT/<cluster mount>/...`) as is, expanded at launch; None for anything else."""
+    for root, mounted in ((JOB_MOUNT_ROOT, r.job_mounts), (MOUNT_ROOT, None)):
+        if not re.match(r"^\$(\{" + root + r"\}|" + root + r"(?![A-Za-z0-9_]))", value):
+            continue
+        sub = _root_references(value, root)[0]
+        if "$" in value.split(root, 1)[1]:
+            r.refuse(path, "refers to another variable below the mount root; trainyard expands only the root here")
+            return ""
+        if mounted is not None and not _mounted(mounted, sub):
+            r.refuse(path, f"lies under ${root} but on no mountVolumes entry (mounted: {', '.join(mounted) or 'none'})")
+            return ""
+        if mounted is None:
+            r.path_texts.append((path, value))
+        return value
+    return None
+
+
 def _storage_uri(r: _Reader, value: str, path: str) -> str | None:
     scheme = _URI_SCHEME.match(value)
     if scheme:
@@ -587,8 +989,10 @@ def _storage_uri(r: _Reader, value: str, path: str) -> str | None:
             return value
         hint = ""
         if ".blob.core.windows.net/" in value:
-            hint = " (an Azure blob URL is written az://<container>/<path>, the account coming from " \
-                   "AZURE_STORAGE_CONNECTION_STRING)"
+            hint = (
+                " (an Azure blob URL is written az://<container>/<path>, the account coming from "
+                "AZURE_STORAGE_CONNECTION_STRING)"
+            )
         known = ", ".join(f"{s}://" for s in _STORAGE_REGISTRY)
         r.refuse(path, f"{name}:// is not a storage trainyard can stage from; use {known}{hint}")
         return None
@@ -596,9 +1000,12 @@ def _storage_uri(r: _Reader, value: str, path: str) -> str | None:
     if ref:
         var = ref.group(1) or ref.group(2)
         if var in (MOUNT_ROOT, JOB_MOUNT_ROOT):
-            r.refuse(path, f"lies under ${var}, a file system Batch AI mounted (mountVolumes or the "
-                           "cluster's nodeSetup); trainyard mounts none: give the storage URI holding the "
-                           "data (az://container/prefix, s3://bucket/prefix or file:///path)")
+            r.refuse(
+                path,
+                f"lies under ${var}, a file system Batch AI mounted (mountVolumes or the "
+                "cluster's nodeSetup); trainyard mounts none: give the storage URI holding the "
+                "data (az://container/prefix, s3://bucket/prefix or file:///path)",
+            )
         else:
             r.refuse(path, f"refers to ${var}: trainyard does not expand variables here; give a storage URI")
         return None
@@ -630,9 +1037,13 @@ def _inputs(r: _Reader, props: dict[str, Any]) -> list[dict[str, str]]:
         r.unknown(item, frozenset({"id", "path"}), path)
         ident = r.string(item, "id", path, required=True)
         where = r.string(item, "path", path, required=True)
-        uri = _storage_uri(r, where.strip(), f"{path}.path") if where else None
-        if ident and _check_id(r, ident, f"{path}.id", seen) and uri:
-            refs.append({"id": ident, "uri": uri})
+        on_mount = _on_mount(r, where.strip(), f"{path}.path") if where else None
+        uri = _storage_uri(r, where.strip(), f"{path}.path") if where and on_mount is None else None
+        if ident and _check_id(r, ident, f"{path}.id", seen):
+            if on_mount is not None:
+                r.mount_env[INPUT_PREFIX + ident] = on_mount
+            elif uri:
+                refs.append({"id": ident, "uri": uri})
     return refs
 
 
@@ -654,10 +1065,14 @@ def _outputs(r: _Reader, props: dict[str, Any], name: str) -> list[dict[str, str
         suffix = r.string(item, "pathSuffix", path) or ""
         if "$" in suffix:
             r.refuse(f"{path}.pathSuffix", "trainyard does not expand variables here")
-        base = _storage_uri(r, prefix.strip(), f"{path}.pathPrefix") if prefix else None
-        if ident and _check_id(r, ident, f"{path}.id", seen) and base:
-            parts = [base.rstrip("/"), _segment(name), suffix.strip("/")]
-            refs.append({"id": ident, "uri": "/".join(p for p in parts if p)})
+        on_mount = _on_mount(r, prefix.strip(), f"{path}.pathPrefix") if prefix else None
+        base = _storage_uri(r, prefix.strip(), f"{path}.pathPrefix") if prefix and on_mount is None else None
+        if ident and _check_id(r, ident, f"{path}.id", seen) and (base or on_mount):
+            parts = [(base or on_mount or "").rstrip("/"), _segment(name), suffix.strip("/")]
+            if on_mount is not None:
+                r.mount_env[OUTPUT_PREFIX + ident] = "/".join(p for p in parts if p)
+            else:
+                refs.append({"id": ident, "uri": "/".join(p for p in parts if p)})
     return refs
 
 
@@ -697,12 +1112,17 @@ def _env_and_secrets(r: _Reader, props: dict[str, Any]) -> tuple[dict[str, str],
 
 def _env_value(r: _Reader, item: dict[str, Any], path: str, *, secret: bool) -> str | None:
     if secret and item.get("valueSecretReference") is not None:
-        r.refuse(f"{path}.valueSecretReference", "Azure Key Vault references are not resolved by trainyard; "
-                                                 "put the secret in value (stored encrypted, never shown)")
+        r.refuse(
+            f"{path}.valueSecretReference",
+            "Azure Key Vault references are not resolved by trainyard; "
+            "put the secret in value (stored encrypted, never shown)",
+        )
         return None
     if "value" not in item:
-        r.refuse(f"{path}.value", "required field is missing" if not secret
-                 else "one of value or valueSecretReference is required")
+        r.refuse(
+            f"{path}.value",
+            "required field is missing" if not secret else "one of value or valueSecretReference is required",
+        )
         return None
     value = r.string(item, "value", path, allow_empty=True)
     if value is not None and not secret:
@@ -732,6 +1152,8 @@ def _provided_names(spec: dict[str, Any], launch: _Launch | None) -> set[str]:
     names |= {OUTPUT_PREFIX + ref["id"] for ref in spec["outputs"]}
     if launch is None or PYTORCH_BACKEND_VAR not in launch.env:
         names.discard(PYTORCH_INIT_METHOD)
+    if launch is not None and TF_LAYOUT_VAR in launch.env:
+        names |= {PS_HOSTS, WORKER_HOSTS, "TF_CONFIG"}
     return names
 
 
@@ -742,10 +1164,21 @@ def _reference_warnings(r: _Reader, spec: dict[str, Any], launch: _Launch | None
             var = match.group(1) or match.group(2)
             if not var.startswith("AZ_BATCHAI_"):
                 continue
-            if var in (MOUNT_ROOT, JOB_MOUNT_ROOT):
-                r.warn(path, f"refers to ${var}: nothing is mounted there in trainyard (an empty directory "
-                             "on the node); stage files with inputDirectories instead")
-            elif var not in provided:
+            if var == JOB_MOUNT_ROOT:
+                for sub in _root_references(text, var):
+                    if not _mounted(r.job_mounts, sub):
+                        r.warn(
+                            path,
+                            f"refers to ${var}/{sub}, on no mountVolumes entry of the job (mounted: "
+                            f"{', '.join(r.job_mounts) or 'none'})",
+                        )
+            elif var == SHARED_JOB_TEMP and SHARED_TEMP_KEY not in r.mapping and spec["nodes"] > 1:
+                r.warn(
+                    path,
+                    f"refers to ${var}: a directory of this node only, not shared by the job's nodes, "
+                    f"unless --volume {SHARED_TEMP_KEY}=TARGET names storage they all see",
+                )
+            elif var not in provided and var != MOUNT_ROOT:
                 r.warn(path, f"refers to ${var}, which trainyard does not set{_missing_hint(var)}")
 
 
@@ -761,32 +1194,98 @@ def _missing_hint(var: str) -> str:
 
 
 def batchai_to_spec(
-    doc: dict[str, Any], *, name: str | None = None, gpus: int | None = None,
+    doc: dict[str, Any],
+    *,
+    name: str | None = None,
+    gpus: int | None = None,
+    volumes: Mapping[str, str] | None = None,
+    pool: str | None = None,
+    slots: int | None = None,
+    gpus_note: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate a Batch AI job file into (trainyard job spec dict, warnings).
 
     `doc` is the bare `properties` object, the ARM envelope, or the `$schema` file. `name`
     defaults to the envelope's name, else `batchai-job`. `gpus` sets `resources.gpus` (GPUs per
-    node): Batch AI jobs had the whole VM, trainyard jobs get only what they ask for.
+    node): Batch AI jobs had the whole VM, trainyard jobs get only what they ask for. `volumes`
+    maps each mount (by relativeMountPath, share or container name) to its storage
+    (`parse_volume_target`). `pool` overrides the pool the job's `cluster` names. `slots` is the
+    slots per node in $AZ_BATCHAI_MPI_HOST_FILE of a customToolkitSettings job (default: gpus, else 1).
+    `gpus_note` is the warning that says where `gpus` came from (`gpus_of_pool`), when not from the user.
     Raises SpecError naming every field that cannot be honoured.
     """
     r = _Reader()
+    r.mapping = dict(volumes or {})
     props, given_name = _unwrap(doc, r)
     job_name = (name or given_name or DEFAULT_NAME).strip() or DEFAULT_NAME
-    spec = _convert(r, props, job_name, gpus)
+    spec = _convert(r, props, job_name, gpus, slots, gpus_note)
+    if pool:
+        spec["pool"] = pool
+    unused = sorted(set(r.mapping) - _used_keys(r, props))
+    for key in unused:
+        r.warn("", f"--volume {key}: no mount of this job file has that key; not used")
     if r.problems:
         raise SpecError(r.problems)
     parse_job_spec(spec)  # what it refuses, the API would refuse too: fail here, naming the field
     return spec, r.warnings
 
 
-def _convert(r: _Reader, props: dict[str, Any], name: str, gpus: int | None) -> dict[str, Any]:
+# Nodes in these states are (or are about to be) the pool's: their GPUs are what a job would get.
+_LIVE_NODE_STATES = frozenset({"up", "draining", "preparing"})
+
+
+def gpus_of_pool(pool: str, nodes: list[dict[str, Any]], pools: list[dict[str, Any]]) -> tuple[int | None, str]:
+    """GPUs per node for a job file that asks for none (Batch AI gave a job its nodes' every GPU).
+
+    From the pool's live nodes (`GET /v1/nodes`: the fewest any of them has, so every node can take
+    the job), else from the pool's `gpus_per_node` (`GET /v1/pools`: the nodes its provider starts).
+    Returns (None, why) when neither says, and (count, the warning that says where it came from).
+    """
+    counts = sorted(
+        len(n.get("gpus") or []) for n in nodes if n.get("pool") == pool and n.get("state") in _LIVE_NODE_STATES
+    )
+    if counts:
+        mixed = f" (its nodes have {counts[0]} to {counts[-1]}: the fewest, so every node can take it)"
+        return counts[0], (
+            f"{counts[0]} per node, the GPUs of pool {pool}'s nodes{mixed if counts[0] != counts[-1] else ''}: "
+            "Batch AI gave a job every GPU of its VMs; --gpus N overrides"
+        )
+    for item in pools:
+        per_node = (item.get("settings") or {}).get("gpus_per_node")
+        if item.get("name") == pool and isinstance(per_node, int) and per_node > 0:
+            return per_node, (
+                f"{per_node} per node, the gpus_per_node of pool {pool} (it has no nodes now): Batch AI gave a "
+                "job every GPU of its VMs; --gpus N overrides"
+            )
+    return None, f"pool {pool} has no nodes to count GPUs on"
+
+
+def _used_keys(r: _Reader, props: dict[str, Any]) -> set[str]:
+    used = set(r.cluster_mounts) | {SHARED_TEMP_KEY} & set(r.mapping)
+    mounts = props.get("mountVolumes")
+    if isinstance(mounts, dict):
+        for kind in MOUNT_KINDS:
+            for item in mounts.get(kind) or []:
+                if isinstance(item, dict):
+                    used |= set(_mount_keys(kind, item, str(item.get("relativeMountPath", "")))[0])
+    return used
+
+
+def _convert(
+    r: _Reader,
+    props: dict[str, Any],
+    name: str,
+    gpus: int | None,
+    slots: int | None,
+    gpus_note: str | None = None,
+) -> dict[str, Any]:
     r.unknown(props, PROPERTY_FIELDS | READ_ONLY_FIELDS | {"nodeSetup"}, "")
     for key in sorted(READ_ONLY_FIELDS & set(props)):
         r.warn(key, "a read-only field of a job Azure returned; ignored")
     nodes = _node_count(r, props)
-    launch = _tool(r, props, nodes)
-    _cluster_and_mounts(r, props)
+    launch = _tool(r, props, nodes, slots if slots is not None else gpus)
+    pool = _cluster(r, props)
+    volumes = _job_mounts(r, props)
     env, secrets = _env_and_secrets(r, props)
     spec: dict[str, Any] = {
         "name": name,
@@ -801,33 +1300,88 @@ def _convert(r: _Reader, props: dict[str, Any], name: str, gpus: int | None) -> 
         "outputs": _outputs(r, props, name),
         "max_retries": 0,
     }
-    _optional_fields(r, props, spec, gpus)
+    if pool:
+        spec["pool"] = pool
+    _optional_fields(r, props, spec, gpus, gpus_note)
+    spec["env"].update(r.mount_env)
+    volumes += _cluster_mount_volumes(r)
+    volumes += _shared_temp_volume(r)
+    if volumes:
+        spec["volumes"] = volumes
     _reference_warnings(r, spec, launch)
     return spec
 
 
-def _optional_fields(r: _Reader, props: dict[str, Any], spec: dict[str, Any], gpus: int | None) -> None:
-    image = _image(r, props)
+def _shared_temp_volume(r: _Reader) -> list[dict[str, Any]]:
+    target = r.mapping.get(SHARED_TEMP_KEY)
+    if target is None:
+        return []
+    try:
+        source = parse_volume_target(target)
+    except ValueError as exc:
+        r.refuse("", f"--volume {SHARED_TEMP_KEY}: {exc}")
+        return []
+    return [{"name": "bai_shared_job_temp", "mount_path": f"{SCRATCH_NAME}/{SHARED_TEMP_DIR}", **source}]
+
+
+def _optional_fields(
+    r: _Reader, props: dict[str, Any], spec: dict[str, Any], gpus: int | None, gpus_note: str | None
+) -> None:
+    image, shm_size = _image(r, props)
     if image:
         spec["image"] = image
+        if shm_size:
+            spec["container"] = {"shm_size": shm_size}
     preparation = r.obj(props, "jobPreparation", "")
     if preparation is not None:
         r.unknown(preparation, frozenset({"commandLine"}), "jobPreparation")
-        spec["prepare"] = r.string(preparation, "commandLine", "jobPreparation", required=True, shell=True)
+        script = r.string(preparation, "commandLine", "jobPreparation", required=True, shell=True)
+        if script and image:
+            # Batch AI ran it "in the same container as job": what it installs must be there.
+            spec["command"] = _with_preparation(script, spec["command"])
+            r.warn(
+                "jobPreparation",
+                "runs in the job's container before the command, once per container (a node's ranks share it)",
+            )
+        elif script:
+            spec["prepare"] = script
     wall_clock = _max_wall_clock(r, props)
     if wall_clock is not None:
         spec["max_wall_clock"] = wall_clock
-    prefix = r.string(props, "stdOutErrPathPrefix", "")
+    prefix = r.string(props, "stdOutErrPathPrefix", "", shell=True)
     if prefix is not None:
         spec["env"][STDOUTERR_PREFIX_VAR] = prefix
-        r.warn("stdOutErrPathPrefix", "stdout and stderr are kept by trainyard (trainyard job logs), not "
-                                      "written under this prefix; $AZ_BATCHAI_STDOUTERR_DIR is a directory "
-                                      "on the node based on it")
+        r.warn(
+            "stdOutErrPathPrefix",
+            "stdout and stderr are kept by trainyard (trainyard job logs), not "
+            "written under this prefix; $AZ_BATCHAI_STDOUTERR_DIR is a directory "
+            "on the node based on it",
+        )
     if gpus is not None:
         spec["resources"] = {"gpus": gpus}
+        if gpus_note:
+            r.warn("resources.gpus", gpus_note)
     else:
-        r.warn("", "Batch AI gave a job every GPU of its VMs; trainyard gives it the resources.gpus it asks "
-                   "for, 0 here: set resources.gpus to the GPUs per node the job needs")
+        r.warn(
+            "",
+            "Batch AI gave a job every GPU of its VMs; trainyard gives it the resources.gpus it asks "
+            "for, 0 here: set resources.gpus (--gpus) to the GPUs per node the job needs",
+        )
+
+
+def _with_preparation(script: str, command: str) -> str:
+    """The command preceded by the job preparation, run once per container (a lock and a marker in its /tmp)."""
+    marker = '/tmp/.batchai-jobprep-"$TRAINYARD_JOB_ID"-"$TRAINYARD_ATTEMPT"'
+    return (
+        f"_bai_m={marker}\n"
+        'until mkdir "$_bai_m.lock" 2>/dev/null; do sleep 0.2; done\n'
+        'if [ ! -e "$_bai_m.done" ]; then\n'
+        f'( {script}\n) || {{ _bai_rc=$?; rmdir "$_bai_m.lock"; exit $_bai_rc; }}\n'
+        'touch "$_bai_m.done"\n'
+        "fi\n"
+        'rmdir "$_bai_m.lock"\n'
+        f"{command}"
+    )
 
 
 def load_batchai_file(path: str | Path) -> dict[str, Any]:
@@ -842,11 +1396,15 @@ def load_batchai_file(path: str | Path) -> dict[str, Any]:
 
 
 def batchai_file_to_spec(
-    path: str | Path, *, name: str | None = None, gpus: int | None = None,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    gpus: int | None = None,
+    **options: Any,
 ) -> tuple[dict[str, Any], list[str]]:
     """`batchai_to_spec` of a file; the job is named after the envelope's name, else the file."""
     doc = load_batchai_file(path)
-    return batchai_to_spec(doc, name=name or envelope_name(doc) or Path(path).stem, gpus=gpus)
+    return batchai_to_spec(doc, name=name or envelope_name(doc) or Path(path).stem, gpus=gpus, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -901,8 +1459,10 @@ def _io_variables(job_env: Mapping[str, str], spec: JobSpec | None) -> dict[str,
             if key.startswith(ours) and len(key) > len(ours):
                 out[theirs + key.removeprefix(ours)] = value
     if spec is not None:
-        for refs, ours, theirs in ((spec.inputs, "TRAINYARD_INPUT_", INPUT_PREFIX),
-                                   (spec.outputs, "TRAINYARD_OUTPUT_", OUTPUT_PREFIX)):
+        for refs, ours, theirs in (
+            (spec.inputs, "TRAINYARD_INPUT_", INPUT_PREFIX),
+            (spec.outputs, "TRAINYARD_OUTPUT_", OUTPUT_PREFIX),
+        ):
             for ref in refs:
                 found = job_env.get(ours + ref.id) or job_env.get(ours + ref.id.upper())
                 if found is not None:
@@ -911,7 +1471,10 @@ def _io_variables(job_env: Mapping[str, str], spec: JobSpec | None) -> dict[str,
 
 
 def batchai_env(
-    job_env: Mapping[str, str], *, spec: JobSpec | None = None, scratch_dir: str | None = None,
+    job_env: Mapping[str, str],
+    *,
+    spec: JobSpec | None = None,
+    scratch_dir: str | None = None,
 ) -> dict[str, str]:
     """The AZ_BATCHAI_* variables a Batch AI job expects, derived from the part's environment.
 
@@ -927,17 +1490,27 @@ def batchai_env(
     if COMPAT_VAR not in job_env:
         return {}
     scratch = _scratch(job_env, scratch_dir)
+    job = _segment(job_env.get("TRAINYARD_JOB_ID") or "job")
+    attempt = _segment(job_env.get("TRAINYARD_ATTEMPT") or "1")
     out: dict[str, str] = {
         JOB_TEMP: posixpath.join(scratch, "temp"),
-        JOB_MOUNT_ROOT: posixpath.join(scratch, "mounts"),
-        MOUNT_ROOT: posixpath.join(scratch, "mounts"),
+        JOB_TEMP_DIR: posixpath.join(scratch, "temp"),
+        SHARED_JOB_TEMP: posixpath.join(scratch, SHARED_TEMP_DIR, job, attempt),
+        JOB_MOUNT_ROOT: posixpath.join(scratch, JOB_MOUNTS_DIR),
+        MOUNT_ROOT: posixpath.join(scratch, CLUSTER_MOUNTS_DIR),
         NUM_GPUS: str(_count_gpus(job_env.get("CUDA_VISIBLE_DEVICES"))),
     }
     rank = job_env.get("RANK", "")
     node_rank = job_env.get("TRAINYARD_NODE_RANK", "")
     out[TASK_INDEX] = rank if rank.isdigit() else node_rank if node_rank.isdigit() else "0"
+    hosts = [h for h in job_env.get("TRAINYARD_NODE_HOSTS", "").split(",") if h]
+    if hosts:
+        out[HOST_LIST] = ",".join(hosts)
     if job_env.get("TRAINYARD_HOSTFILE"):
         out[MPI_HOST_FILE] = job_env["TRAINYARD_HOSTFILE"]
+    elif len(hosts) > 1:
+        out[MPI_HOST_FILE] = posixpath.join(scratch, HOSTFILE_NAME)  # written by prepare_part_files
+    out.update(_tf_layout_variables(job_env, hosts))
     address, port = job_env.get("MASTER_ADDR"), job_env.get("MASTER_PORT")
     if address and port:
         out[PYTORCH_INIT_METHOD] = f"tcp://{f'[{address}]' if ':' in address else address}:{port}"
@@ -951,3 +1524,51 @@ def batchai_env(
             if expanded != value:
                 out[key] = expanded
     return out
+
+
+def _tf_layout_variables(job_env: Mapping[str, str], hosts: list[str]) -> dict[str, str]:
+    """A parameter-server layout's host lists: task i of each kind on node i % nodes, each on its own port."""
+    layout = job_env.get(TF_LAYOUT_VAR, "")
+    if not layout or not hosts:
+        return {}
+    ps_count, workers = (int(n) for n in layout.split(","))
+    base = int(job_env.get("MASTER_PORT") or 2222) + 1
+    worker_hosts = [f"{hosts[i % len(hosts)]}:{base + i}" for i in range(workers)]
+    ps_hosts = [f"{hosts[i % len(hosts)]}:{base + workers + i}" for i in range(ps_count)]
+    return {
+        PS_HOSTS: ",".join(ps_hosts),
+        WORKER_HOSTS: ",".join(worker_hosts),
+        TF_CLUSTER_VAR: json.dumps({"ps": ps_hosts, "worker": worker_hosts}, separators=(",", ":")),
+    }
+
+
+def hostfile_text(job_env: Mapping[str, str]) -> str:
+    """$AZ_BATCHAI_MPI_HOST_FILE of a job whose launcher writes none: each node, `slots=` its processes."""
+    hosts = [h for h in job_env.get("TRAINYARD_NODE_HOSTS", "").split(",") if h]
+    world = job_env.get("WORLD_SIZE", "")
+    slots = max(1, int(world) // len(hosts)) if world.isdigit() and hosts else 1
+    return "".join(f"{host} slots={slots}\n" for host in hosts)
+
+
+def prepare_part_files(env: Mapping[str, str]) -> None:
+    """Before a Batch AI part starts: its directories (LOCAL_DIR_VARIABLES, the outputs on mounts)
+    and the hostfile batchai_env named, when no launcher wrote one."""
+    if COMPAT_VAR not in env:
+        return
+    for name in LOCAL_DIR_VARIABLES:
+        if env.get(name):
+            Path(env[name]).mkdir(parents=True, exist_ok=True)
+    root = env.get(JOB_MOUNT_ROOT, "")
+    cluster_root = env.get(MOUNT_ROOT, "")
+    for key, value in env.items():
+        if (
+            key.startswith(OUTPUT_PREFIX)
+            and value.startswith("/")
+            and ((root and value.startswith(root + "/")) or (cluster_root and value.startswith(cluster_root + "/")))
+        ):
+            with contextlib.suppress(OSError):  # a read-only mount: the job says so when it writes
+                Path(value).mkdir(parents=True, exist_ok=True)
+    hostfile = env.get(MPI_HOST_FILE)
+    if hostfile and not env.get("TRAINYARD_HOSTFILE"):
+        Path(hostfile).parent.mkdir(parents=True, exist_ok=True)
+        Path(hostfile).write_text(hostfile_text(env))

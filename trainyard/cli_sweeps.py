@@ -14,13 +14,13 @@ from rich.table import Table
 
 from trainyard.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, console, errors, fail, refuse
 from trainyard.client import Client, SpecRejected, Sweep, TrainyardError
-from trainyard.spec import SpecError, load_spec_file
+from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
 
 sweep_app = typer.Typer(help="Parameter sweeps: many jobs from one template.", no_args_is_help=True)
 
 WATCH_POLL_S = 1.0
 PLOT_POINTS_MAX = 10_000
-STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+STATES = tuple(state.value for state in JobState)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -54,8 +54,11 @@ def sweep_submit(
         _print_json(sweep.data)
         return
     limit = sweep.data.get("max_concurrency")
-    console.print(f"submitted sweep [bold]{sweep.id}[/bold] ({sweep.data['name']}): {sweep.data['total']:,} jobs, "
-                  f"at most {limit or 'unlimited'} at once; experiment {sweep.data['experiment']}", highlight=False)
+    console.print(
+        f"submitted sweep [bold]{sweep.id}[/bold] ({sweep.data['name']}): {sweep.data['total']:,} jobs, "
+        f"at most {limit or 'unlimited'} at once; experiment {sweep.data['experiment']}",
+        highlight=False,
+    )
 
 
 def _counts_line(data: dict[str, Any]) -> str:
@@ -65,22 +68,38 @@ def _counts_line(data: dict[str, Any]) -> str:
 
 def _leaderboard_table(data: dict[str, Any]) -> Table:
     parameters = list(data.get("parameters") or [])
-    table = Table("RANK", "JOB", "STATE", *[p.upper() for p in parameters], data["metric"].upper(), "STEP",
-                  title=f"best by {data['metric']} ({data['order']})")
+    table = Table(
+        "RANK",
+        "JOB",
+        "STATE",
+        *[p.upper() for p in parameters],
+        data["metric"].upper(),
+        "STEP",
+        title=f"best by {data['metric']} ({data['order']})",
+    )
     for entry in data.get("leaderboard", []):
         params = entry.get("params", {})
-        table.add_row(str(entry["rank"]), entry["job_id"], entry["state"],
-                      *[str(params.get(p, "")) for p in parameters], f"{entry['value']:.6g}",
-                      "" if entry.get("step") is None else str(entry["step"]))
+        table.add_row(
+            str(entry["rank"]),
+            entry["job_id"],
+            entry["state"],
+            *[str(params.get(p, "")) for p in parameters],
+            f"{entry['value']:.6g}",
+            "" if entry.get("step") is None else str(entry["step"]),
+        )
     return table
 
 
 def _print_sweep(data: dict[str, Any]) -> None:
-    console.print(f"[bold]{data['id']}[/bold] {data['name']}  state={data['state']}  kind={data['kind']}  "
-                  f"jobs={data['total']:,}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
-                  f"progress={data['progress']:.1%}", highlight=False)
-    console.print(f"experiment={data['experiment']}  parameters={', '.join(data.get('parameters') or [])}",
-                  highlight=False)
+    console.print(
+        f"[bold]{data['id']}[/bold] {data['name']}  state={data['state']}  kind={data['kind']}  "
+        f"jobs={data['total']:,}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
+        f"progress={data['progress']:.1%}",
+        highlight=False,
+    )
+    console.print(
+        f"experiment={data['experiment']}  parameters={', '.join(data.get('parameters') or [])}", highlight=False
+    )
     console.print(_counts_line(data), highlight=False)
     if "leaderboard" in data:
         console.print(_leaderboard_table(data))
@@ -88,12 +107,13 @@ def _print_sweep(data: dict[str, Any]) -> None:
 
 def _watch(sweep: Sweep) -> None:
     """A live progress bar until no job of the sweep can run any more."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task(sweep.id, total=sweep.data["total"])
         while True:
             data = sweep.refresh().data
-            done = sum(data["counts"].get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+            done = sum(data["counts"].get(s, 0) for s in TERMINAL_STATES)
             progress.update(task, total=data["total"], completed=done, description=f"{sweep.id} {_counts_line(data)}")
             if data["state"] in ("finished", "cancelled"):
                 return
@@ -106,10 +126,16 @@ def _plot(client: Client, sweep_id: str, metric: str, order: str, path: Path) ->
     data = client.get_sweep(sweep_id, metric=metric, order=order, top=PLOT_POINTS_MAX).data
     if not data["leaderboard"]:
         _fail(f"no job of sweep {sweep_id} has reported {metric!r} yet")
-    drawn = plot_metric(data["leaderboard"], list(data.get("parameters") or []), metric, path,
-                        title=f"{data['name']} ({sweep_id}): {metric}")
-    errors.print(f"plotted {metric} of {drawn:,} points against {', '.join(data['parameters'])} into {path}",
-                 highlight=False)
+    drawn = plot_metric(
+        data["leaderboard"],
+        list(data.get("parameters") or []),
+        metric,
+        path,
+        title=f"{data['name']} ({sweep_id}): {metric}",
+    )
+    errors.print(
+        f"plotted {metric} of {drawn:,} points against {', '.join(data['parameters'])} into {path}", highlight=False
+    )
 
 
 @sweep_app.command("show")
@@ -168,6 +194,13 @@ def sweep_list(
     table = Table("ID", "NAME", "STATE", "JOBS", "PROGRESS", "MAX", "CREATED")
     for sweep in sweeps:
         d = sweep.data
-        table.add_row(d["id"], d["name"], d["state"], f"{d['total']:,}", f"{d['progress']:.1%}",
-                      str(d.get("max_concurrency") or ""), d.get("created_at") or "")
+        table.add_row(
+            d["id"],
+            d["name"],
+            d["state"],
+            f"{d['total']:,}",
+            f"{d['progress']:.1%}",
+            str(d.get("max_concurrency") or ""),
+            d.get("created_at") or "",
+        )
     console.print(table)

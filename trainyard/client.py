@@ -1,23 +1,41 @@
-"""The Python SDK (SPEC §7): a thin, typed client of the REST API."""
+"""The Python SDK (SPEC §7): a thin, typed client of the REST API that rides out API restarts.
+
+Calls that are safe to send twice (reads, keyed submits, cancels) are retried on connection
+errors and 502/503/504 (client_retry.py); every submit carries an idempotency key, so a retried
+submit never makes a second job.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from trainyard.client_retry import RetryPolicy as RetryPolicy  # re-exported: Client(retry=RetryPolicy(...))
+from trainyard.client_retry import retryable_error, transient
 from trainyard.codepack import pack_to_file
 from trainyard.config import client_token, load_settings
 from trainyard.datarefs import is_local_code, safe_relpath
 from trainyard.spec import TERMINAL_STATES, JobSpec, JobState, load_spec_file
 
+log = logging.getLogger(__name__)
+
 BATCH_SIZE = 10_000  # the most POST /v1/jobs:batch takes: one call, one transaction
 WAIT_POLL_S = 0.5
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# As many idle connections kept as open ones: httpcore 1.0.9 may close a surplus idle connection
+# it has just handed to a queued request (encode/httpcore#1110), which fails that request with
+# EBADF or hangs it until its read timeout when more threads than connections share a Client.
+MAX_CONNECTIONS = 100
+# Below uvicorn's 5 s keep-alive, so the server rarely closes a connection as we reuse it.
+KEEPALIVE_EXPIRY_S = 3.0
 
 
 class TrainyardError(Exception):
@@ -59,6 +77,39 @@ def _as_dict(spec: dict[str, Any] | JobSpec | str | Path) -> dict[str, Any]:
     return dict(spec)
 
 
+def new_idempotency_key() -> str:
+    return f"sdk-{uuid.uuid4().hex}"
+
+
+def _keyed(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """The body with an idempotency key (the caller's, else `key`): a retried submit finds what it made."""
+    return data if data.get("idempotency_key") else {**data, "idempotency_key": key}
+
+
+def _wait_until(
+    fetch: Callable[[float | None], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float | None,
+    poll_s: float,
+    what: str,
+) -> dict[str, Any]:
+    """Poll `fetch(retry_budget_s)` until `done`; an API outage is polled through until `timeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            data = fetch(remaining_s)  # with no timeout, the Client's retry budget bounds one outage
+        except (httpx.TransportError, TrainyardError) as exc:
+            if deadline is None or not transient(exc):
+                raise
+            raise TimeoutError(f"{what}: no answer from the API within {timeout} s ({exc})") from exc
+        if done(data):
+            return data
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{what} still {data['state']} after {timeout} s")
+        time.sleep(poll_s)
+
+
 def _spec_dir(spec: dict[str, Any] | JobSpec | str | Path) -> Path:
     """Where a relative `code:` directory is found: beside a spec file, else the current directory."""
     return Path(spec).resolve().parent if isinstance(spec, (str, Path)) else Path.cwd()
@@ -93,15 +144,17 @@ class Job(_ApiObject):
         return self
 
     def wait(self, timeout: float | None = None, poll_s: float = WAIT_POLL_S) -> str:
-        """Block until the job ends; returns its final state (TimeoutError after `timeout` seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self.refresh()
-            if JobState(self.data["state"]) in TERMINAL_STATES:
-                return str(self.data["state"])
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {self.data['state']} after {timeout} s")
-            time.sleep(poll_s)
+        """Block until the job ends; returns its final state (TimeoutError after `timeout` seconds).
+
+        Connection errors and 502/503/504 (an API restart) are polled through until `timeout`.
+        """
+
+        def fetch(retry_total_s: float | None) -> dict[str, Any]:
+            self.data = self._client._request("GET", f"/v1/jobs/{self.id}", retry_total_s=retry_total_s)
+            return self.data
+
+        done = _wait_until(fetch, lambda d: JobState(d["state"]) in TERMINAL_STATES, timeout, poll_s, f"job {self.id}")
+        return str(done["state"])
 
     def log_bytes(self, rank: int = 0, stream: str = "stdout", attempt: int | None = None) -> bytes:
         """Everything the stream holds so far, byte-exact."""
@@ -125,7 +178,6 @@ class Job(_ApiObject):
                 yield (line + b"\n").decode("utf-8", "surrogateescape")
         if pending:
             yield pending.decode("utf-8", "surrogateescape")
-
 
     def outputs(self, attempt: int | None = None) -> list[dict[str, Any]]:
         """Output files the job's nodes uploaded: key, attempt, rank, output, path, size, sha256."""
@@ -163,6 +215,7 @@ class Sweep(_ApiObject):
         return self._client.jobs(state=state, limit=limit, sweep=self.id)
 
     def add_points(self, points: list[dict[str, Any]]) -> Sweep:
+        """Not retried once sent: the route takes no idempotency key, and a repeat would add the points twice."""
         self.data = self._client._request("POST", f"/v1/sweeps/{self.id}/points", json={"points": points})
         return self
 
@@ -171,22 +224,50 @@ class Sweep(_ApiObject):
         return self
 
     def wait(self, timeout: float | None = None, poll_s: float = WAIT_POLL_S) -> str:
-        """Block until no job of the sweep can run any more; returns `finished` or `cancelled`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.refresh().data["state"] in ("finished", "cancelled"):
-                return str(self.data["state"])
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"sweep {self.id} still {self.data['state']} after {timeout} s")
-            time.sleep(poll_s)
+        """Block until no job of the sweep can run any more; returns `finished` or `cancelled`.
+
+        Connection errors and 502/503/504 (an API restart) are polled through until `timeout`.
+        """
+
+        def fetch(retry_total_s: float | None) -> dict[str, Any]:
+            self.data = self._client._request("GET", f"/v1/sweeps/{self.id}", retry_total_s=retry_total_s)
+            return self.data
+
+        done = _wait_until(
+            fetch, lambda d: d["state"] in ("finished", "cancelled"), timeout, poll_s, f"sweep {self.id}"
+        )
+        return str(done["state"])
 
 
 class Client:
-    def __init__(self, api_url: str | None = None, token: str | None = None, timeout_s: float = 60.0):
+    """One Client may be shared by many threads (its connection pool is; nothing else is mutable).
+
+    `timeout_s` bounds each HTTP request; `retry` how long a call is retried (RetryPolicy:
+    60 s in all by default; `RetryPolicy(total_s=0)` never retries). `transport` replaces
+    httpx's (a proxy, a test stub).
+    """
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.api_url = (api_url or load_settings().api_url).rstrip("/")
         self.token = token or client_token()
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout_s)
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        )
+        self._http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=timeout_s, limits=limits, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -197,25 +278,69 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
+    def _request(
+        self,
+        method: str,
+        path: str,
+        idempotent: bool | None = None,
+        retry_total_s: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._send(method, path, idempotent=idempotent, retry_total_s=retry_total_s, **kwargs).json()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        idempotent: bool | None = None,
+        retry_total_s: float | None = None,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One call, retried by the policy; raises TrainyardError for a 4xx/5xx answer.
+
+        `idempotent` (default: GET/HEAD/OPTIONS) says the call may be sent twice; otherwise only
+        a connection that never opened is retried. `retry_total_s` overrides the policy's budget.
+        With `stream`, the caller reads the body and closes the response.
+        """
+        safe = method in SAFE_METHODS if idempotent is None else idempotent
+
+        def send() -> httpx.Response:
+            body: Any = kwargs.get("content")
+            if hasattr(body, "seek"):  # a file body is sent from its start on every try
+                body.seek(0)
+            response = self._http.send(self._http.build_request(method, path, **kwargs), stream=stream)
+            if stream and response.status_code >= 400:
+                response.read()
+                response.close()
+            return response
+
+        response = self.retry.call(send, safe, f"{method} {path}", total_s=retry_total_s)
         if response.status_code >= 400:
             _raise_for(response)
-        return response.json()
+        return response
 
     # -- jobs ----------------------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any] | JobSpec | str | Path) -> Job:
-        data = self._with_code(_as_dict(spec), _spec_dir(spec), {})
-        return Job(self, self._request("POST", "/v1/jobs", json=data))
+        """Submit one job. Without an `idempotency_key` in the spec one is generated, so the retry
+        of a submit whose answer was lost returns the job the first try made."""
+        data = _keyed(self._with_code(_as_dict(spec), _spec_dir(spec), {}), new_idempotency_key())
+        return Job(self, self._request("POST", "/v1/jobs", idempotent=True, json=data))
 
     def submit_many(self, specs: Iterable[dict[str, Any] | JobSpec], batch_size: int = BATCH_SIZE) -> list[Job]:
-        """Submit many specs, batch_size per call; each batch is stored whole or refused whole."""
+        """Submit many specs, batch_size per call; each batch is stored whole or refused whole.
+
+        Specs without an `idempotency_key` get `<one key per call>-<index>`: a retried batch
+        returns the jobs its first try stored.
+        """
         jobs: list[Job] = []
         batch: list[dict[str, Any]] = []
         uploaded: dict[Path, str] = {}  # one upload per code directory for the whole call
-        for spec in specs:
-            batch.append(self._with_code(_as_dict(spec), _spec_dir(spec), uploaded))
+        call_key = new_idempotency_key()
+        for index, spec in enumerate(specs):
+            data = self._with_code(_as_dict(spec), _spec_dir(spec), uploaded)
+            batch.append(_keyed(data, f"{call_key}-{index}"))
             if len(batch) >= batch_size:
                 jobs.extend(self._submit_batch(batch))
                 batch = []
@@ -224,7 +349,7 @@ class Client:
         return jobs
 
     def _submit_batch(self, batch: list[dict[str, Any]]) -> list[Job]:
-        reply = self._request("POST", "/v1/jobs:batch", json={"jobs": batch})
+        reply = self._request("POST", "/v1/jobs:batch", idempotent=True, json={"jobs": batch})
         return [Job(self, item) for item in reply["jobs"]]
 
     def _with_code(self, data: dict[str, Any], base: Path, uploaded: dict[Path, str]) -> dict[str, Any]:
@@ -245,9 +370,10 @@ class Client:
                 pack_to_file(Path(directory), archive)
             except (OSError, ValueError) as exc:
                 raise SpecRejected(422, {"problems": [{"field": "code", "reason": str(exc)}]}) from None
-            with archive.open("rb") as body:
-                reply = self._request("POST", "/v1/code", content=body,
-                                      headers={"Content-Type": "application/gzip"})
+            with archive.open("rb") as body:  # content-addressed: the same bytes twice store one archive
+                reply = self._request(
+                    "POST", "/v1/code", idempotent=True, content=body, headers={"Content-Type": "application/gzip"}
+                )
         return str(reply["code"])
 
     # -- outputs -------------------------------------------------------------------------------
@@ -281,15 +407,20 @@ class Client:
         target = Path(dest, str(first["output"]), str(first["path"]))
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        digest = hashlib.sha256()
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/outputs/{first['key']}", timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for(response)
-            with partial.open("wb") as sink:
-                for chunk in response.iter_bytes():
-                    sink.write(chunk)
-                    digest.update(chunk)
+        path = f"/v1/jobs/{job_id}/outputs/{first['key']}"
+        while True:
+            digest = hashlib.sha256()
+            response = self._send("GET", path, stream=True, timeout=self._stream_timeout())
+            try:
+                with partial.open("wb") as sink:
+                    for chunk in response.iter_bytes():
+                        sink.write(chunk)
+                        digest.update(chunk)
+                break
+            except httpx.TransportError as exc:  # cut off mid-file: fetch it again from the start
+                self._before_reopening(exc, f"downloading {path}: {exc}; starting the file again")
+            finally:
+                response.close()
         if digest.hexdigest() not in {e["sha256"] for e in entries}:
             partial.unlink(missing_ok=True)
             raise TrainyardError(0, f"{first['output']}/{first['path']}: checksum mismatch (changed in its store?)")
@@ -316,7 +447,13 @@ class Client:
             params["cursor"] = reply["next_cursor"]
 
     def cancel(self, job_id: str) -> Job:
-        return Job(self, self._request("POST", f"/v1/jobs/{job_id}:cancel"))
+        """Retried like a read: cancelling twice is cancelling once."""
+        return Job(self, self._request("POST", f"/v1/jobs/{job_id}:cancel", idempotent=True))
+
+    def rerun(self, job_id: str) -> Job:
+        """A new job with the same spec, linked to this one (`rerun_of`). Not retried after it may
+        have been sent: a retry could make a second rerun."""
+        return Job(self, self._request("POST", f"/v1/jobs/{job_id}:rerun"))
 
     def log_chunks(
         self,
@@ -327,24 +464,92 @@ class Client:
         follow: bool = False,
         offset: int = 0,
     ) -> Iterator[bytes]:
+        """Bytes of one stream from `offset` (the newest attempt unless `attempt` is given).
+
+        With `follow`, until the attempt has ended and every byte is in; when the API goes away
+        meanwhile, the follow reconnects at the offset it reached: no byte is lost or repeated.
+        """
         params: dict[str, Any] = {"rank": rank, "stream": stream, "offset": offset}
         if attempt is not None:
             params["attempt"] = attempt
-        if not follow:
-            while True:
-                response = self._http.get(f"/v1/jobs/{job_id}/logs", params=params)
-                if response.status_code >= 400:
-                    _raise_for(response)
-                if not response.content:
-                    return
-                yield response.content
-                params["offset"] = int(response.headers["X-Next-Offset"])
-        params["follow"] = "true"
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/logs", params=params, timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for(response)
-            yield from response.iter_bytes()
+        if follow:
+            yield from self._follow(job_id, params)
+            return
+        while True:
+            response = self._send("GET", f"/v1/jobs/{job_id}/logs", params=params)
+            if not response.content:
+                return
+            yield response.content
+            params["offset"] = int(response.headers["X-Next-Offset"])
+            if "X-Attempt" in response.headers:  # every page from the same attempt, even if one starts meanwhile
+                params.setdefault("attempt", int(response.headers["X-Attempt"]))
+
+    def _follow(self, job_id: str, params: dict[str, Any]) -> Iterator[bytes]:
+        path = f"/v1/jobs/{job_id}/logs"
+        start = params["offset"]
+        if "attempt" not in params:
+            # The route follows the newest attempt it finds: pin it, so that a reconnection reads
+            # on in the attempt whose bytes came (a requeue meanwhile makes a newer one).
+            numbers = self._attempt_numbers(job_id)
+            if numbers:
+                params["attempt"] = max(numbers)
+        while True:
+            if "attempt" not in params and params["offset"] > start:
+                self._pin_first_attempt(params, self._request("GET", f"/v1/jobs/{job_id}"))
+            # Opening is retried like any read (the Client's budget from each cut).
+            response = self._send(
+                "GET", path, params={**params, "follow": "true"}, stream=True, timeout=self._stream_timeout()
+            )
+            try:
+                for chunk in response.iter_bytes():
+                    params["offset"] += len(chunk)
+                    yield chunk
+            except httpx.TransportError as exc:  # the API went away (a killed API cuts the chunked body)
+                self._before_reopening(exc, f"following {path}: {exc}; reconnecting at byte {params['offset']}")
+                continue
+            finally:
+                response.close()
+            # The route ends a follow once the attempt is over and its logs are in; an API that shuts
+            # down cleanly ends it too: then the attempt still runs, and the follow goes on.
+            if self._follow_done(job_id, params):
+                return
+            log.warning(
+                "following %s: the stream ended before the attempt did; reconnecting at byte %d", path, params["offset"]
+            )
+            self.retry.sleep(self.retry.first_backoff_s)
+
+    @staticmethod
+    def _pin_first_attempt(params: dict[str, Any], job: dict[str, Any]) -> None:
+        """There was no attempt when the follow began: the bytes that came are the first attempt's."""
+        numbers = [int(a["number"]) for a in job.get("attempts") or []]
+        if numbers:
+            params["attempt"] = min(numbers)
+
+    def _follow_done(self, job_id: str, params: dict[str, Any]) -> bool:
+        job = self._request("GET", f"/v1/jobs/{job_id}")
+        attempts = job.get("attempts") or []
+        if "attempt" not in params:
+            if not attempts:  # no attempt began: the follow ended with the job
+                return JobState(job["state"]) in TERMINAL_STATES
+            # None had begun when the follow did, and no byte came (an attempt that failed to start
+            # writes no stdout): the follow is the first attempt's, pinned from now on.
+            params["attempt"] = min(int(a["number"]) for a in attempts)
+        found = next((a for a in attempts if int(a["number"]) == params["attempt"]), None)
+        return found is None or found.get("ended_at") is not None
+
+    def _attempt_numbers(self, job_id: str) -> list[int]:
+        return [int(a["number"]) for a in self._request("GET", f"/v1/jobs/{job_id}").get("attempts") or []]
+
+    def _stream_timeout(self) -> httpx.Timeout:
+        """A stream may be quiet for long (a follow waits for output): only connecting is bounded."""
+        return httpx.Timeout(None, connect=self.timeout_s, pool=self.timeout_s)
+
+    def _before_reopening(self, exc: httpx.TransportError, message: str) -> None:
+        """A stream was cut: re-raise what no retry mends, else pause briefly before opening it again."""
+        if not retryable_error(exc, idempotent=True) or self.retry.total_s <= 0:
+            raise exc
+        log.warning(message)
+        self.retry.sleep(self.retry.first_backoff_s)
 
     # -- sweeps --------------------------------------------------------------------------------
 
@@ -361,8 +566,16 @@ class Client:
         idempotency_key: str | None = None,
     ) -> Sweep:
         """Submit a sweep: the template's `{param}` placeholders are filled per point (SPEC §3)."""
-        options = {"grid": grid, "random": random, "points": points, "samples": samples, "seed": seed,
-                   "max_concurrency": max_concurrency, "name": name, "idempotency_key": idempotency_key}
+        options = {
+            "grid": grid,
+            "random": random,
+            "points": points,
+            "samples": samples,
+            "seed": seed,
+            "max_concurrency": max_concurrency,
+            "name": name,
+            "idempotency_key": idempotency_key,
+        }
         template_data = self._with_code(_as_dict(template), _spec_dir(template), {})
         body = {"template": template_data, **{k: v for k, v in options.items() if v is not None}}
         return self.submit_sweep(body)
@@ -375,7 +588,8 @@ class Client:
             body = {**body, "template": self._with_code(body["template"], base, {})}
         else:
             body = self._with_code(body, base, {})
-        return Sweep(self, self._request("POST", "/v1/sweeps", json=body))
+        body = _keyed(body, new_idempotency_key())
+        return Sweep(self, self._request("POST", "/v1/sweeps", idempotent=True, json=body))
 
     def get_sweep(self, sweep_id: str, metric: str | None = None, order: str = "min", top: int = 20) -> Sweep:
         params: dict[str, Any] = {"order": order, "top": top}
@@ -396,22 +610,54 @@ class Client:
             params["cursor"] = reply["next_cursor"]
 
     def cancel_sweep(self, sweep_id: str) -> Sweep:
-        return Sweep(self, self._request("POST", f"/v1/sweeps/{sweep_id}:cancel"))
+        return Sweep(self, self._request("POST", f"/v1/sweeps/{sweep_id}:cancel", idempotent=True))
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    def nodes(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/v1/nodes")["nodes"])
+    def nodes(self, retry_total_s: float | None = None) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/nodes", retry_total_s=retry_total_s)["nodes"])
 
     def drain(self, node_id: str) -> dict[str, Any]:
-        return dict(self._request("POST", f"/v1/nodes/{node_id}:drain"))
+        return dict(self._request("POST", f"/v1/nodes/{node_id}:drain", idempotent=True))
 
-    def pools(self) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/v1/pools")["pools"])
+    def node_logs(self, node_id: str) -> str:
+        """The output of the node's setup task (its latest run; so far, while it runs)."""
+        response = self._http.get(f"/v1/nodes/{node_id}/logs")
+        if response.status_code >= 400:
+            _raise_for(response)
+        return response.text
+
+    def pools(self, retry_total_s: float | None = None) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/pools", retry_total_s=retry_total_s)["pools"])
+
+    def set_pool_setup(self, name: str, setup: dict[str, Any]) -> dict[str, Any]:
+        """PUT /v1/pools/{name}/setup: {command, env, secrets, timeout_s}, run by each node before it takes work."""
+        return dict(self._request("PUT", f"/v1/pools/{name}/setup", json=setup))
+
+    def remove_pool_setup(self, name: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/pools/{name}/setup"))
+
+    def set_pool_volumes(self, name: str, volumes: list[dict[str, Any]]) -> dict[str, Any]:
+        """PUT /v1/pools/{name}/volumes: volumes every job of the pool sees (a job's own of that name wins)."""
+        return dict(self._request("PUT", f"/v1/pools/{name}/volumes", json={"volumes": volumes}))
 
     def scale_pool(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
         """PUT /v1/pools/{name}: min/max nodes, target or autoscale, idle timeout, deallocation, provider."""
-        return dict(self._request("PUT", f"/v1/pools/{name}", json=settings))
+        return dict(self._request("PUT", f"/v1/pools/{name}", idempotent=True, json=settings))
+
+    # -- named volumes -------------------------------------------------------------------------
+
+    def create_volume(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/volumes: {name, kind: host|sync|blob, path | uri, read_only, sync_interval_s, workspace}."""
+        return dict(self._request("POST", "/v1/volumes", json=volume))
+
+    def volumes(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        params = {"workspace": workspace} if workspace else {}
+        return list(self._request("GET", "/v1/volumes", params=params)["volumes"])
+
+    def delete_volume(self, name: str, workspace: str | None = None) -> dict[str, Any]:
+        params = {"workspace": workspace} if workspace else {}
+        return dict(self._request("DELETE", f"/v1/volumes/{name}", params=params))
 
 
 def _raise_for(response: httpx.Response) -> None:

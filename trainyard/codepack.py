@@ -45,8 +45,10 @@ def _tarinfo(archive: tarfile.TarFile, path: Path, name: str) -> tarfile.TarInfo
 
 def pack(root: Path, sink: BinaryIO) -> None:
     """Write `root`'s tree as tar.gz into `sink` (files, directories and symlinks as they are)."""
-    with gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, filename="") as zipped, \
-            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with (
+        gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, filename="") as zipped,
+        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
         for path in _entries(root):
             info = _tarinfo(archive, path, path.relative_to(root).as_posix())
             if info.isreg():

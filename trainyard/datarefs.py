@@ -157,10 +157,18 @@ def spec_problems(spec: JobSpec, cluster_url: str | None = None) -> list[dict[st
             problem = uri_problem(ref.uri, cluster_url)
             if problem:
                 problems.append({"field": f"{field_name}[{i}].uri", "reason": problem})
+    for i, volume in enumerate(spec.volumes):
+        if volume.uri is not None and (problem := uri_problem(volume.uri, cluster_url)):
+            problems.append({"field": f"volumes[{i}].uri", "reason": problem})
     if spec.code is not None and code_digest(spec.code) is None:
         if is_local_code(spec.code):
-            problems.append({"field": "code", "reason": "a local directory is packed and uploaded by the CLI/SDK; "
-                             "the API takes a storage URI or trainyard-code://sha256:<hex> (POST /v1/code)"})
+            problems.append(
+                {
+                    "field": "code",
+                    "reason": "a local directory is packed and uploaded by the CLI/SDK; "
+                    "the API takes a storage URI or trainyard-code://sha256:<hex> (POST /v1/code)",
+                }
+            )
         elif problem := uri_problem(spec.code, cluster_url):
             problems.append({"field": "code", "reason": problem})
     return problems

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from trainyard.client import Client, Job
+from trainyard.config import load_settings
 from trainyard.up import start_cluster
 
 console = Console()
@@ -101,7 +101,7 @@ def _summary(jobs: list[Job]) -> Table:
 
 def run_demo(workers: int = 2, slots: int = 2) -> int:
     """Exit code 0 when every demo job succeeded."""
-    home = os.environ.get("TRAINYARD_HOME", "./.trainyard")
+    home = load_settings().home
     console.print(
         f"[bold]trainyard demo[/bold]: starting a local cluster in {home} "
         f"({workers} nodes x {slots} slots, embedded Redis unless TRAINYARD_REDIS_URL is set)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from typing import NoReturn
 
 from trainyard import transport
@@ -27,9 +26,10 @@ class FlowerAuthMissing(ValueError):
     """Flower was asked to start without credentials and without `--no-auth`."""
 
 
-def resolve_basic_auth(flag: str | None, env: Mapping[str, str], no_auth: bool) -> str | None:
-    """The `user:pass[,user2:pass2]` credentials to use, or None when running open on purpose."""
-    credentials = flag or env.get(AUTH_ENV) or None
+def resolve_basic_auth(flag: str | None, configured: str | None, no_auth: bool) -> str | None:
+    """The `user:pass[,user2:pass2]` credentials to use (the flag, else Settings.flower_basic_auth), or
+    None when running open on purpose."""
+    credentials = flag or configured or None
     if credentials is None:
         if no_auth:
             return None
@@ -55,7 +55,9 @@ def run_flower(settings: Settings, address: str, port: int, basic_auth: str | No
         os.environ[AUTH_ENV] = basic_auth
     else:
         os.environ.pop(AUTH_ENV, None)
-    app = transport.make_celery(settings.redis_url)
+    app = transport.make_celery(
+        settings.redis_url.get_secret_value(), visibility_timeout_s=settings.broker_visibility_timeout_s
+    )
     code = int(app.start(argv=flower_argv(address, port)) or 0)
     # Flower's pool threads may still be retrying a broadcast to a Redis that is gone, and the
     # interpreter would wait for them forever; Flower keeps nothing to save, so leave at once.

@@ -150,4 +150,4 @@ def read_scheduler_metrics(client: redis.Redis) -> dict[str, float]:
 def node_gauges(fields: dict[str, float], field: str) -> dict[str, float]:
     """Per-node gauges stored as `<field>:<node>`."""
     prefix = field + ":"
-    return {name[len(prefix):]: value for name, value in fields.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in fields.items() if name.startswith(prefix)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -16,16 +18,23 @@ MAX_PRIORITY = 1000
 DEFAULT_MAX_WALL_CLOCK_S = 7 * 24 * 3600
 MAX_GANG_NODES = 4096
 # Launchers whose implementation has landed; others are refused at submit with 422.
-AVAILABLE_LAUNCHERS = frozenset({"process", "mpi", "horovod", "ray", "torchrun"})
-CONTAINERS_AVAILABLE = True
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IO_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-                 "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 class JobState(StrEnum):
@@ -40,8 +49,56 @@ class JobState(StrEnum):
         return self in TERMINAL_STATES
 
 
+# The one definition of which job states are final (and which hold resources); members compare
+# and hash as their string values, so `"failed" in TERMINAL_STATES` holds too.
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.RUNNING})
+
+
+def state_values(states: frozenset[StrEnum]) -> tuple[str, ...]:
+    """The states as plain strings, in a fixed order: for SQL `IN (...)` and for tuples in output."""
+    return tuple(sorted(state.value for state in states))
+
+
+class AttemptState(StrEnum):
+    """An attempt: placed, running, then how it ended (requeued: the job went back to the queue)."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+
+
+class PartState(StrEnum):
+    """One node's share of an attempt: exited when its process ended, lost when the scheduler ended it."""
+
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    EXITED = "exited"
+    LOST = "lost"
+
+
+class NodeState(StrEnum):
+    """A node: up, draining (no new work), lost (no heartbeat), removed (the autoscaler took it away);
+    preparing (its pool's setup task runs), unusable (that task failed), stopping (its worker shuts down)."""
+
+    UP = "up"
+    DRAINING = "draining"
+    LOST = "lost"
+    REMOVED = "removed"
+    PREPARING = "preparing"
+    UNUSABLE = "unusable"
+    STOPPING = "stopping"
+
+
+# Nodes that still hold their parts (a draining node runs what it has, takes nothing new).
+SERVING_NODE_STATES = (NodeState.UP.value, NodeState.DRAINING.value)
+# Nodes that take no work yet: their pool's setup task runs, or it failed.
+UNREADY_NODE_STATES = (NodeState.PREPARING.value, NodeState.UNUSABLE.value)
+# Nodes a job's shape is checked against at submit (a preparing node will take work).
+FITTING_NODE_STATES = (*SERVING_NODE_STATES, NodeState.PREPARING.value)
 
 
 class AttemptReason(StrEnum):
@@ -53,6 +110,7 @@ class AttemptReason(StrEnum):
     WALL_CLOCK = "wall_clock"
     CANCELLED = "cancelled"
     PREPARE_FAILED = "prepare_failed"
+    MOUNT_FAILED = "mount_failed"
 
 
 class SpecError(ValueError):
@@ -128,6 +186,185 @@ class DataRef(_Strict):
         return value
 
 
+VOLUME_KINDS = ("host", "sync", "blob")
+BLOB_SCHEMES = ("s3", "az")
+DEFAULT_SYNC_INTERVAL_S = 30.0
+DEFAULT_CHECKPOINT_INTERVAL_S = 60.0
+DEFAULT_SHM_SIZE = "2g"  # Docker's 64 MiB is the classic crash of PyTorch's DataLoader workers and NCCL
+# Where a volume may not be mounted: it would hide what the system (or the container) needs.
+_RESERVED_MOUNT_PATHS = (
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var",
+    "/tmp",
+)
+# Host devices a container job may ask for: accelerators and fabrics, never disks or memory.
+DEVICE_PREFIXES = ("/dev/infiniband", "/dev/nvidia", "/dev/dri", "/dev/kfd", "/dev/accel", "/dev/neuron")
+ULIMIT_NAMES = frozenset(
+    {
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    }
+)
+_ULIMIT_VALUE = re.compile(r"^-?\d+(:-?\d+)?$")
+
+
+class VolumeSpec(_Strict):
+    """A file system the job sees at `mount_path` and as TRAINYARD_VOLUME_<NAME> (SPEC §11).
+
+    `host`: a path already on the node (zero copy); `sync`: a store URI downloaded at the start
+    and uploaded (changed files) every `sync_interval_s` and at the end; `blob`: an s3:// or
+    az:// container mounted through FUSE. `volume:` names a registered volume instead of a kind.
+    """
+
+    name: str
+    kind: Literal["host", "sync", "blob"] | None = None
+    volume: str | None = None
+    path: str | None = None
+    uri: str | None = None
+    mount_path: str | None = None
+    read_only: bool = False
+    sync_interval_s: float | None = Field(default=None, ge=1, le=86400)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_identifier(cls, value: str) -> str:
+        if not _IO_ID.match(value):
+            raise ValueError("must start with a letter and hold only letters, digits and _")
+        return value
+
+    @field_validator("volume")
+    @classmethod
+    def _volume_is_a_slug(cls, value: str | None) -> str | None:
+        if value is not None and not _SLUG.match(value):
+            raise ValueError("must be the name of a registered volume (letters, digits, '.', '_', '-')")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path_is_safe(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or "\x00" in value or any(part == ".." for part in value.split("/")):
+            raise ValueError("must be an absolute path or a path under the working directory, without '..'")
+        if value.startswith("/"):
+            normal = "/" + "/".join(p for p in value.split("/") if p and p != ".")
+            if normal in _RESERVED_MOUNT_PATHS:
+                raise ValueError(f"{normal} is a system directory; mount elsewhere (e.g. /mnt/...)")
+            return normal
+        return "/".join(p for p in value.split("/") if p and p != ".") or "."
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> VolumeSpec:
+        if self.volume is not None:
+            if self.kind is not None or self.path is not None or self.uri is not None:
+                raise ValueError("a volume named by `volume:` takes its kind, path and uri from the registration")
+            return self
+        if self.kind is None:
+            raise ValueError("needs `kind` (host, sync or blob) or `volume` (a registered volume's name)")
+        problem = volume_source_problem(self.kind, self.path, self.uri)
+        if problem:
+            raise ValueError(problem)
+        if self.sync_interval_s is not None and self.kind != "sync":
+            raise ValueError("sync_interval_s applies to sync volumes only")
+        if self.mount_path == ".":
+            raise ValueError("mount_path may not be the working directory itself")
+        return self
+
+    @property
+    def job_path(self) -> str:
+        """Where the job finds it: mount_path (absolute, or under the working directory), else its name."""
+        return self.mount_path or self.name
+
+
+def volume_source_problem(kind: str, path: str | None, uri: str | None) -> str | None:
+    """Why `path`/`uri` do not fit a volume of `kind`, or None."""
+    if kind == "host":
+        if uri is not None:
+            return "a host volume takes `path` (a directory on the node), not `uri`"
+        if not path or not path.startswith("/"):
+            return "a host volume needs `path`: an absolute directory on the node"
+        if any(part == ".." for part in path.split("/")):
+            return "path may not contain '..'"
+        return None
+    if path is not None:
+        return f"a {kind} volume takes `uri`, not `path`"
+    if not uri:
+        return f"a {kind} volume needs `uri` (" + (
+            "s3://bucket/prefix or az://container/prefix)" if kind == "blob" else "file://, s3:// or az://)"
+        )
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if kind == "blob" and scheme not in BLOB_SCHEMES:
+        return "a blob volume mounts s3://bucket/... or az://container/... (use kind sync for other stores)"
+    return None
+
+
+class ContainerSettings(_Strict):
+    """Runtime settings of the job's container (with `image:`): never privileged."""
+
+    shm_size: str = DEFAULT_SHM_SIZE
+    ipc: Literal["private", "shareable", "host"] | None = None
+    ulimits: dict[str, int | str] = Field(default_factory=dict)
+    devices: list[str] = Field(default_factory=list)
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm_is_a_size(cls, value: str) -> str:
+        if parse_memory_bytes(value) < 2**20:
+            raise ValueError("must be at least 1Mi")
+        return value
+
+    @field_validator("ulimits")
+    @classmethod
+    def _ulimits_known(cls, value: dict[str, int | str]) -> dict[str, int | str]:
+        for name, limit in value.items():
+            if name not in ULIMIT_NAMES:
+                raise ValueError(f"{name!r} is not a ulimit ({', '.join(sorted(ULIMIT_NAMES))})")
+            if isinstance(limit, bool) or not _ULIMIT_VALUE.match(str(limit)):
+                raise ValueError(f"{name}: must be an integer (-1: unlimited) or 'soft:hard'")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_allowed(cls, value: list[str]) -> list[str]:
+        for device in value:
+            host = device.split(":", 1)[0]
+            normal = "/" + "/".join(p for p in host.split("/") if p)
+            if ".." in host.split("/") or not normal.startswith(DEVICE_PREFIXES):
+                raise ValueError(
+                    f"{device!r}: only accelerator and fabric devices may be passed ({', '.join(DEVICE_PREFIXES)})"
+                )
+        return value
+
+    @property
+    def shm_size_bytes(self) -> int:
+        return parse_memory_bytes(self.shm_size)
+
+
 class JobSpec(_Strict):
     """One job as a user writes it (SPEC §3)."""
 
@@ -152,6 +389,9 @@ class JobSpec(_Strict):
     max_retries: int = Field(default=3, ge=0, le=100)
     preemptible: bool = False
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+    checkpoint_interval_s: float = Field(default=DEFAULT_CHECKPOINT_INTERVAL_S, ge=1, le=7 * 86400)
+    container: ContainerSettings | None = None
 
     @field_validator("command")
     @classmethod
@@ -193,10 +433,9 @@ class JobSpec(_Strict):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key.startswith("TRAINYARD_"):
-                raise ValueError(f"{key!r}: the TRAINYARD_ prefix is reserved for trainyard")
+            problem = env_name_problem(key)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -209,7 +448,15 @@ class JobSpec(_Strict):
         clash = set(self.env) & set(self.secrets)
         if clash:
             raise ValueError(f"env and secrets both set {', '.join(sorted(clash))}")
+        check_volume_clashes(self.volumes)
+        if self.container is not None and self.image is None:
+            raise ValueError("container settings apply to a job with `image:` only")
         return self
+
+    @property
+    def host_paths(self) -> list[str]:
+        """The host directories this job's volumes need on a node (placement asks the node for them)."""
+        return sorted({os.path.normpath(str(v.path)) for v in self.volumes if v.kind == "host" and v.path})
 
     def public_dict(self) -> dict[str, Any]:
         """The spec as stored and shown: secrets replaced by their names only."""
@@ -221,6 +468,27 @@ class JobSpec(_Strict):
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
         return list(self.command)
+
+
+def env_name_problem(key: str) -> str | None:
+    """Why `key` may not be an environment variable a user sets, or None."""
+    if not _ENV_NAME.match(key):
+        return f"{key!r} is not a valid environment variable name"
+    if key.startswith("TRAINYARD_"):
+        return f"{key!r}: the TRAINYARD_ prefix is reserved for trainyard"
+    return None
+
+
+def check_volume_clashes(volumes: list[VolumeSpec]) -> None:
+    """Two volumes of one job may not share a name or a mount path (nor nest one in the other)."""
+    names = [v.name.upper() for v in volumes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"volumes: duplicate name {', '.join(dupes)}")
+    paths = sorted(v.job_path.rstrip("/") for v in volumes)
+    for first, second in itertools.pairwise(paths):
+        if second == first or second.startswith(first + "/"):
+            raise ValueError(f"volumes: mount paths {first} and {second} overlap")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -270,13 +538,3 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError([{"field": "(file)", "reason": "the file must hold a mapping of fields"}])
     return data
-
-
-def unsupported_features(spec: JobSpec) -> list[dict[str, str]]:
-    """Features whose issue has not landed yet: refused with 422 rather than half-run."""
-    problems = []
-    if spec.launcher not in AVAILABLE_LAUNCHERS:
-        problems.append({"field": "launcher", "reason": f"launcher {spec.launcher!r} is not available yet"})
-    if spec.image is not None and not CONTAINERS_AVAILABLE:
-        problems.append({"field": "image", "reason": "containers (image:) are not available yet"})
-    return problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PANEL_WIDTH_IN = 4.0
 PANEL_HEIGHT_IN = 3.2
@@ -25,25 +25,50 @@ def _wants_log(values: list[float]) -> bool:
     return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) > LOG_SPAN
 
 
-def plot_metric(entries: list[dict[str, Any]], parameters: list[str], metric: str, path: Path, title: str) -> int:
-    """Draw `metric` against every parameter of the ranked `entries` into `path`; returns points drawn."""
+# The pseudo-parameter of the panel that draws each point's metric at the step it last reported.
+STEP_PANEL = "step"
+
+
+def plot_metric(
+    entries: list[dict[str, Any]],
+    parameters: list[str],
+    metric: str,
+    path: Path | IO[bytes],
+    title: str,
+    steps: bool = False,
+) -> int:
+    """Draw `metric` against every parameter of the ranked `entries` into `path` (a PNG); returns points drawn.
+
+    With `steps`, one more panel draws each point's value against the step it was reported at.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = parameters or sorted({name for entry in entries for name in entry.get("params", {})})
-    columns = max(1, min(3, len(names)))
-    rows = max(1, math.ceil(len(names) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(PANEL_WIDTH_IN * columns, PANEL_HEIGHT_IN * rows),
-                                squeeze=False)
-    for index, name in enumerate(names):
-        _panel(axes[index // columns][index % columns], entries, name, metric)
-    for extra in range(len(names), rows * columns):
+    panels = [(name, entries) for name in names]
+    if steps:
+        at_step = [
+            {"params": {STEP_PANEL: e["step"]}, "value": e["value"]} for e in entries if e.get("step") is not None
+        ]
+        panels.append((STEP_PANEL, at_step))
+    columns = max(1, min(3, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(PANEL_WIDTH_IN * columns, PANEL_HEIGHT_IN * rows), squeeze=False
+    )
+    for index, (name, drawn) in enumerate(panels):
+        _panel(axes[index // columns][index % columns], drawn, name, metric)
+    for extra in range(len(panels), rows * columns):
         axes[extra // columns][extra % columns].set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    # A file name says its format (.png, .svg); a file object gets a PNG.
+    if isinstance(path, Path):
+        figure.savefig(path, dpi=100)
+    else:
+        figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
     return len(entries)
 

@@ -252,8 +252,11 @@ def _check_kind(spec: SweepSpec) -> list[dict[str, str]]:
     if spec.random is not None and spec.samples is None:
         problems.append(_problem("samples", "a random sweep needs samples: how many points to draw"))
     if spec.random is None:
-        problems += [_problem(key, "only applies to a random sweep") for key in ("samples", "seed")
-                     if getattr(spec, key) is not None]
+        problems += [
+            _problem(key, "only applies to a random sweep")
+            for key in ("samples", "seed")
+            if getattr(spec, key) is not None
+        ]
     return problems
 
 
@@ -263,8 +266,11 @@ def _check_values(spec: SweepSpec) -> list[dict[str, str]]:
         if not spec.grid:
             problems.append(_problem("grid", "must name at least one parameter"))
         problems += [_problem(f"grid.{k}", "must list at least one value") for k, v in spec.grid.items() if not v]
-        problems += [_problem(f"grid.{k}", "values must be strings, finite numbers or booleans")
-                     for k, v in spec.grid.items() if not all(_is_scalar(x) for x in v)]
+        problems += [
+            _problem(f"grid.{k}", "values must be strings, finite numbers or booleans")
+            for k, v in spec.grid.items()
+            if not all(_is_scalar(x) for x in v)
+        ]
         problems += _check_names(list(spec.grid), "grid")
     if spec.random is not None:
         if not spec.random:
@@ -286,8 +292,11 @@ def check_points(points: list[dict[str, Any]], where: str) -> list[dict[str, str
         if not point:
             problems.append(_problem(f"{where}[{index}]", "a point must set at least one parameter"))
         problems += _check_names(list(point), f"{where}[{index}]")
-        problems += [_problem(f"{where}[{index}].{k}", "must be a string, a finite number or a boolean")
-                     for k, v in point.items() if not _is_scalar(v)]
+        problems += [
+            _problem(f"{where}[{index}].{k}", "must be a string, a finite number or a boolean")
+            for k, v in point.items()
+            if not _is_scalar(v)
+        ]
         if len(problems) >= 20:
             break
     return problems
@@ -327,8 +336,10 @@ def split_flat(data: dict[str, Any]) -> dict[str, Any]:
     """A sweep file may be a job spec with sweep keys beside its fields: move the rest to `template`."""
     if "template" in data:
         return data
-    return {"template": {k: v for k, v in data.items() if k not in SWEEP_KEYS},
-            **{k: v for k, v in data.items() if k in SWEEP_KEYS}}
+    return {
+        "template": {k: v for k, v in data.items() if k not in SWEEP_KEYS},
+        **{k: v for k, v in data.items() if k in SWEEP_KEYS},
+    }
 
 
 def parse_sweep_spec(data: Any) -> SweepSpec:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -17,12 +16,13 @@ from urllib.parse import parse_qsl, urlsplit
 import redis
 from celery import Celery
 
+from trainyard.config import BROKER_VISIBILITY_TIMEOUT_S
+
 RUN_TASK = "trainyard.run"
 KEY_PREFIX = "trainyard:"
 EVENTS_STREAM = KEY_PREFIX + "events"
 EVENTS_GROUP = "scheduler"
 EVENTS_STREAM_MAXLEN = 1_000_000
-SCHEDULER_LEASE_KEY = KEY_PREFIX + "scheduler:leader"
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
@@ -33,10 +33,6 @@ def node_queue(node_id: str) -> str:
 def node_control_key(node_id: str) -> str:
     """A list the node agent pops control messages (cancel, kill stale) from."""
     return f"{KEY_PREFIX}node:{node_id}:control"
-
-
-def heartbeat_key(node_id: str) -> str:
-    return f"{KEY_PREFIX}node:{node_id}:heartbeat"
 
 
 def secrets_key(job_id: str, attempt: int) -> str:
@@ -52,6 +48,11 @@ def spawn_requests_key(job_id: str, attempt: int, rank: int) -> str:
 def spawn_reply_key(job_id: str, attempt: int, spawn_id: str) -> str:
     """Where the target node answers one spawn request with the spawned command's exit code."""
     return f"{KEY_PREFIX}spawn:{job_id}:{attempt}:reply:{spawn_id}"
+
+
+def log_notices_channel(job_id: str) -> str:
+    """Pub/sub channel where nodes announce a job's new log segments and completed parts (lognotify)."""
+    return f"{KEY_PREFIX}logs:{job_id}"
 
 
 def scheduler_metrics_key() -> str:
@@ -78,12 +79,13 @@ def redis_ssl_options(redis_url: str) -> dict[str, Any] | None:
     return options
 
 
-def visibility_timeout_s() -> int:
-    return int(os.environ.get("TRAINYARD_BROKER_VISIBILITY_TIMEOUT_S", str(7 * 24 * 3600)))
+def make_celery(
+    redis_url: str, *, task_events: bool = True, visibility_timeout_s: int = BROKER_VISIBILITY_TIMEOUT_S
+) -> Celery:
+    """Our Celery app: JSON only, early ack, prefetch 1, one queue per node.
 
-
-def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
-    """Our Celery app: JSON only, early ack, prefetch 1, one queue per node."""
+    visibility_timeout_s is Settings.broker_visibility_timeout_s (TRAINYARD_BROKER_VISIBILITY_TIMEOUT_S).
+    """
     app = Celery("trainyard", broker=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -108,7 +110,7 @@ def make_celery(redis_url: str, *, task_events: bool = True) -> Celery:
         # Tasks are acknowledged on receipt, so this never triggers a redelivery; it only bounds how
         # long a message prefetched by a worker that then died stays invisible (the scheduler
         # re-sends such parts itself).
-        broker_transport_options={"visibility_timeout": visibility_timeout_s()},
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
     )

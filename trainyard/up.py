@@ -15,10 +15,13 @@ from pathlib import Path
 
 import httpx
 
+from trainyard.config import load_settings, secret
 from trainyard.crypto import new_secret_key
 from trainyard.db.engine import upgrade
 
 READY_TIMEOUT_S = 60.0
+# The nodes `trainyard up` starts run on this machine: every host path of it is theirs.
+LOCAL_HOST_VOLUMES = ("/",)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -95,15 +98,25 @@ class Cluster:
     flower_auth: str = field(default="", repr=False)
 
     def add_worker(
-        self, node_id: str, address: str, pool: str = "default", slots: int = 2, gpus: int | None = 0
+        self,
+        node_id: str,
+        address: str,
+        pool: str = "default",
+        slots: int = 2,
+        gpus: int | None = 0,
+        host_volumes: tuple[str, ...] = LOCAL_HOST_VOLUMES,
     ) -> subprocess.Popen[bytes]:
         """Start one more `trainyard worker` that joins this cluster (same environment).
 
-        gpus=None lets the worker discover its GPUs (NVML); a number declares them.
+        gpus=None lets the worker discover its GPUs (NVML); a number declares them. The nodes of a
+        local cluster share this machine's file system, so by default they declare all of it as
+        host volume.
         """
         args = ["worker", "--pool", pool, "--node-id", node_id, "--address", address, "--slots", str(slots)]
         if gpus is not None:
             args += ["--gpus", str(gpus)]
+        for path in host_volumes:
+            args += ["--host-volume", path]
         name, process = _spawn(node_id, args, self.env, self.home / "logs")
         self.processes.append((name, process))
         return process
@@ -172,7 +185,8 @@ def _wait_ready(api_url: str, cluster: Cluster) -> None:
 
 def start_flower(cluster: Cluster, port: int | None = None) -> subprocess.Popen[bytes]:
     """Start `trainyard flower` with basic auth (FLOWER_BASIC_AUTH, else generated `admin:<random>`)."""
-    credentials = cluster.env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(18)}"
+    configured = secret(load_settings(cluster.env, home_files=False).flower_basic_auth)
+    credentials = configured or f"admin:{secrets.token_urlsafe(18)}"
     port = port or free_port()
     env = dict(cluster.env, FLOWER_BASIC_AUTH=credentials)
     name, process = _spawn("flower", ["flower", "--port", str(port)], env, cluster.home / "logs")
@@ -212,23 +226,30 @@ def start_cluster(
     With `flower_port` (0: any free port) Flower starts too, before any job can run.
     """
     env = dict(os.environ, **(extra_env or {}))
-    home = (home or Path(env.get("TRAINYARD_HOME", "./.trainyard"))).resolve()
+    if home is not None:
+        env["TRAINYARD_HOME"] = str(home)
+    # What the environment sets, without the files an earlier `up` left in TRAINYARD_HOME: a new
+    # `up` starts its own Redis and admin token rather than reuse a previous cluster's.
+    settings = load_settings(env, home_files=False)
+    home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     env["TRAINYARD_HOME"] = str(home)
-    token = env.get("TRAINYARD_ADMIN_TOKEN") or secrets.token_urlsafe(32)
-    secret_key = env.get("TRAINYARD_SECRET_KEY")
+    token = secret(settings.admin_token) or secrets.token_urlsafe(32)
+    secret_key = secret(settings.secret_key)
     key_file = home / "secret-key"
     if not secret_key:
         secret_key = key_file.read_text().strip() if key_file.exists() else new_secret_key()
         write_private(key_file, secret_key)
     env.update(TRAINYARD_ADMIN_TOKEN=token, TRAINYARD_SECRET_KEY=secret_key)
     cluster = Cluster(home=home, api_url="", admin_token=token, env=env)
-    if not env.get("TRAINYARD_REDIS_URL"):
+    if "redis_url" in settings.model_fields_set:  # set by the environment, not the field's default
+        redis_url = settings.redis_url.get_secret_value()
+    else:
         redis_process, redis_url = start_embedded_redis(home)
         cluster.processes.append(("redis", redis_process))
-        env["TRAINYARD_REDIS_URL"] = redis_url
-    write_private(home / "redis-url", env["TRAINYARD_REDIS_URL"])
-    database_url = env.get("TRAINYARD_DATABASE_URL") or f"sqlite:///{home / 'trainyard.db'}"
+    env["TRAINYARD_REDIS_URL"] = redis_url
+    write_private(settings.redis_url_file, redis_url)
+    database_url = settings.database_url.get_secret_value()  # SQLite in TRAINYARD_HOME unless set
     env["TRAINYARD_DATABASE_URL"] = database_url
     try:
         upgrade(database_url)

@@ -88,6 +88,15 @@ class ClusterDb:
         self.engine = make_engine(url)
         self.sessions = make_sessionmaker(self.engine)
 
+    def __enter__(self) -> ClusterDb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
     def states(self, ids: list[str]) -> dict[str, str]:
         with self.sessions() as session:
             return dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(ids))).tuples().all())
@@ -125,7 +134,10 @@ def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             },
         )
         try:
-            with Client(api_url=cluster.api_url, token=cluster.admin_token) as client:
+            with (
+                Client(api_url=cluster.api_url, token=cluster.admin_token) as client,
+                ClusterDb(f"sqlite:///{home / 'trainyard.db'}") as db,
+            ):
                 wait_until(lambda: sum(n["state"] == "up" for n in client.nodes()) == 3, 60, "3 nodes up")
                 yield {
                     "cluster": cluster,
@@ -134,7 +146,7 @@ def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     "redis_port": port,
                     "redis_dir": tmp_path / "redis",
                     "ledger": Ledger(tmp_path / "ledger.txt"),
-                    "db": ClusterDb(f"sqlite:///{home / 'trainyard.db'}"),
+                    "db": db,
                 }
         finally:
             cluster.stop()

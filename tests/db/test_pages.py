@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.jobs import NewJob, create_jobs
 from trainyard.db.models import Job
 from trainyard.db.pages import index_columns, job_page
@@ -18,11 +18,16 @@ STATES = ("queued", "running", "succeeded")
 
 
 @pytest.mark.parametrize("page_size", [7])
-def test_every_filter_set_pages_through_exactly_its_jobs_newest_first(database_url: str, page_size: int) -> None:
-    sessions = make_sessionmaker(make_engine(database_url))
+def test_every_filter_set_pages_through_exactly_its_jobs_newest_first(
+    sessions: sessionmaker[Session], page_size: int
+) -> None:
     specs = [
-        NewJob(parse_job_spec({"name": f"n{i % 3}-{i}", "command": "true", "workspace": f"w{i % 2}",
-                               "experiment": f"e{i % 3}"}), sweep_id=f"s{i % 4}")
+        NewJob(
+            parse_job_spec(
+                {"name": f"n{i % 3}-{i}", "command": "true", "workspace": f"w{i % 2}", "experiment": f"e{i % 3}"}
+            ),
+            sweep_id=f"s{i % 4}",
+        )
         for i in range(120)
     ]
     with sessions.begin() as session:
@@ -30,16 +35,21 @@ def test_every_filter_set_pages_through_exactly_its_jobs_newest_first(database_u
         for index, job_id in enumerate(ids):
             session.execute(update(Job).where(Job.id == job_id).values(state=STATES[index % 3]))
     with sessions() as session:
-        rows = session.execute(select(Job.id, Job.seq, Job.workspace, Job.experiment, Job.state, Job.sweep_id,
-                                      Job.name)).all()
+        rows = session.execute(
+            select(Job.id, Job.seq, Job.workspace, Job.experiment, Job.state, Job.sweep_id, Job.name)
+        ).all()
     everyone = sorted(rows, key=lambda r: -r.seq)
     values: dict[str, list[Any]] = {"workspace": ["w1"], "experiment": ["e2"], "state": ["running"], "sweep_id": ["s3"]}
     for size in range(0, 4):
         for names in itertools.combinations(values, size):
             equals = {name: values[name][0] for name in names}
             for prefix in (None, "n1-"):
-                expected = [r.id for r in everyone if all(getattr(r, k) == v for k, v in equals.items())
-                            and (prefix is None or r.name.startswith(prefix))]
+                expected = [
+                    r.id
+                    for r in everyone
+                    if all(getattr(r, k) == v for k, v in equals.items())
+                    and (prefix is None or r.name.startswith(prefix))
+                ]
                 assert _all_pages(sessions, equals, prefix, page_size) == expected, (equals, prefix)
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, update
+from sqlalchemy import Engine, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard import sweeps
 from trainyard.db import sweep_queries
-from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.jobs import NewJob, create_jobs, load_job_dict
 from trainyard.db.models import Job, Sweep
 from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, fill_specs, sweep_limits
@@ -27,18 +26,13 @@ TEMPLATE = {
 }
 
 
-def _sessions(url: str) -> sessionmaker[Session]:
-    return make_sessionmaker(make_engine(url))
-
-
 def _create(sessions: sessionmaker[Session], **extra: Any) -> str:
     spec = sweeps.parse_sweep_spec({"template": TEMPLATE, "grid": {"lr": [0.1, 0.01], "bs": [8, 16, 32]}, **extra})
     with sessions.begin() as session:
         return create_sweep(session, spec, sweeps.expand(spec), secrets_enc="ENC", actor="t")
 
 
-def test_a_sweep_stores_one_compact_job_per_point_and_renders_its_spec_on_read(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_a_sweep_stores_one_compact_job_per_point_and_renders_its_spec_on_read(sessions: sessionmaker[Session]) -> None:
     sweep_id = _create(sessions, max_concurrency=2)
     with sessions() as session:
         sweep = session.get(Sweep, sweep_id)
@@ -64,8 +58,9 @@ def test_a_sweep_stores_one_compact_job_per_point_and_renders_its_spec_on_read(d
         assert session.scalars(select(Job.spec).where(Job.id == f"{sweep_id}-5")).one() == {}
 
 
-def test_points_added_later_continue_the_numbering_and_a_cancelled_sweep_takes_none(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_points_added_later_continue_the_numbering_and_a_cancelled_sweep_takes_none(
+    sessions: sessionmaker[Session],
+) -> None:
     sweep_id = _create(sessions)
     with sessions.begin() as session:
         assert add_points(session, sweep_id, [{"lr": 1.0, "bs": 1}, {"lr": 2.0, "bs": 2}]) == 6
@@ -78,8 +73,7 @@ def test_points_added_later_continue_the_numbering_and_a_cancelled_sweep_takes_n
         add_points(session, sweep_id, [{"lr": 3.0, "bs": 3}])
 
 
-def test_cancel_ends_queued_jobs_at_once_and_flags_running_ones(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_cancel_ends_queued_jobs_at_once_and_flags_running_ones(sessions: sessionmaker[Session]) -> None:
     sweep_id = _create(sessions)
     with sessions.begin() as session:
         session.execute(update(Job).where(Job.id.in_([f"{sweep_id}-0", f"{sweep_id}-1"])).values(state="running"))
@@ -95,8 +89,7 @@ def test_cancel_ends_queued_jobs_at_once_and_flags_running_ones(database_url: st
     assert data["state"] == "cancelling" and data["counts"]["running"] == 2
 
 
-def test_sweep_limits_give_the_scheduler_each_limit_and_what_runs(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_sweep_limits_give_the_scheduler_each_limit_and_what_runs(sessions: sessionmaker[Session]) -> None:
     limited, unlimited = _create(sessions, max_concurrency=3), _create(sessions)
     with sessions.begin() as session:
         session.execute(update(Job).where(Job.id.in_([f"{limited}-0", f"{limited}-1"])).values(state="running"))
@@ -107,14 +100,16 @@ def test_sweep_limits_give_the_scheduler_each_limit_and_what_runs(database_url: 
         assert sweep_limits(session, []) == ({}, {})
 
 
-def test_the_leaderboard_ranks_reported_points_by_a_metric_either_way(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_the_leaderboard_ranks_reported_points_by_a_metric_either_way(sessions: sessionmaker[Session]) -> None:
     sweep_id = _create(sessions)
     losses = {0: 0.5, 1: 0.25, 2: 0.75, 3: 0.25}  # 4 and 5 never reported
     with sessions.begin() as session:
         for index, loss in losses.items():
-            session.execute(update(Job).where(Job.id == f"{sweep_id}-{index}")
-                            .values(metrics={"loss": loss, "acc": 1 - loss}, metrics_step=index))
+            session.execute(
+                update(Job)
+                .where(Job.id == f"{sweep_id}-{index}")
+                .values(metrics={"loss": loss, "acc": 1 - loss}, metrics_step=index)
+            )
     with sessions() as session:
         best = sweep_queries.leaderboard(session, sweep_id, "loss", "min", 10)
         worst = sweep_queries.leaderboard(session, sweep_id, "acc", "min", 2)
@@ -125,8 +120,7 @@ def test_the_leaderboard_ranks_reported_points_by_a_metric_either_way(database_u
     assert [e["job_id"] for e in worst] == [f"{sweep_id}-2", f"{sweep_id}-0"]
 
 
-def test_the_same_idempotency_key_returns_the_same_sweep_and_refuses_another(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_the_same_idempotency_key_returns_the_same_sweep_and_refuses_another(sessions: sessionmaker[Session]) -> None:
     first = _create(sessions, idempotency_key="k1")
     assert _create(sessions, idempotency_key="k1") == first
     with pytest.raises(SweepConflict):
@@ -135,8 +129,7 @@ def test_the_same_idempotency_key_returns_the_same_sweep_and_refuses_another(dat
         assert len(session.scalars(select(Sweep)).all()) == 1
 
 
-def test_bulk_job_batches_keep_order_and_unique_cursor_values(database_url: str) -> None:
-    sessions = _sessions(database_url)
+def test_bulk_job_batches_keep_order_and_unique_cursor_values(sessions: sessionmaker[Session]) -> None:
     specs = [NewJob(parse_job_spec({"name": f"b{i}", "command": "true", "env": {"I": str(i)}})) for i in range(300)]
     with sessions.begin() as session:
         ids = create_jobs(session, specs) + create_jobs(session, specs[:5])
@@ -149,8 +142,8 @@ def test_bulk_job_batches_keep_order_and_unique_cursor_values(database_url: str)
     assert by_id[ids[7]][2]["env"] == {"I": "7"}
 
 
-def test_the_migrations_make_the_sweep_tables_columns_and_every_job_index_of_the_models(database_url: str) -> None:
-    inspector = inspect(make_engine(database_url))
+def test_the_migrations_make_the_sweep_tables_columns_and_every_job_index_of_the_models(engine: Engine) -> None:
+    inspector = inspect(engine)
     assert {c["name"] for c in inspector.get_columns("sweeps")} == {c.name for c in Sweep.__table__.columns}
     assert {"params", "metrics", "metrics_step"} <= {c["name"] for c in inspector.get_columns("jobs")}
     in_database = {index["name"] for index in inspector.get_indexes("jobs")}

@@ -12,6 +12,8 @@ from trainyard.up import Cluster, start_cluster
 
 # Each backend's cluster gets its own Redis database number on the session's private Redis.
 REDIS_DB = {"sqlite": 1, "postgresql": 2}
+# SIGTERM → SIGKILL for preempted jobs in these clusters (the default is 30 s).
+PREEMPT_GRACE_S = 5
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -33,6 +35,7 @@ def cluster(
             "TRAINYARD_REDIS_URL": redis_url,
             "TRAINYARD_ADMIN_TOKEN": "",
             "TRAINYARD_SECRET_KEY": "",
+            "TRAINYARD_PREEMPT_GRACE_S": str(PREEMPT_GRACE_S),
         },
     )
     try:

@@ -44,8 +44,13 @@ class StoreCluster:
         return self.server.create_root(f"data-{uuid.uuid4().hex[:12]}")
 
     def cli_env(self) -> dict[str, str]:
-        return dict(os.environ, TRAINYARD_API_URL=self.cluster.api_url, TRAINYARD_TOKEN=self.cluster.admin_token,
-                    TRAINYARD_HOME=str(self.cluster.home), **self.env)
+        return dict(
+            os.environ,
+            TRAINYARD_API_URL=self.cluster.api_url,
+            TRAINYARD_TOKEN=self.cluster.admin_token,
+            TRAINYARD_HOME=str(self.cluster.home),
+            **self.env,
+        )
 
 
 def _isolated_cloud_env(tmp: Path) -> dict[str, str]:
@@ -55,7 +60,11 @@ def _isolated_cloud_env(tmp: Path) -> dict[str, str]:
 
 @contextmanager
 def store_cluster(
-    store: str, tmp: Path, workers: int = 1, slots: int = 4, extra_env: dict[str, str] | None = None,
+    store: str,
+    tmp: Path,
+    workers: int = 1,
+    slots: int = 4,
+    extra_env: dict[str, str] | None = None,
     server: BlobServer | None = None,
 ) -> Iterator[StoreCluster]:
     """Start the blob server (unless given), a cluster on it, and set the client-side variables."""
@@ -74,10 +83,18 @@ def store_cluster(
             for key, value in env.items():
                 patch.setenv(key, value)
             cluster = start_cluster(
-                workers=workers, slots=slots, home=tmp / "home",
-                extra_env={"TRAINYARD_STORAGE_URL": storage_url, "TRAINYARD_REDIS_URL": "",
-                           "TRAINYARD_DATABASE_URL": "", "TRAINYARD_ADMIN_TOKEN": "", "TRAINYARD_SECRET_KEY": "",
-                           **env, **(extra_env or {})},
+                workers=workers,
+                slots=slots,
+                home=tmp / "home",
+                extra_env={
+                    "TRAINYARD_STORAGE_URL": storage_url,
+                    "TRAINYARD_REDIS_URL": "",
+                    "TRAINYARD_DATABASE_URL": "",
+                    "TRAINYARD_ADMIN_TOKEN": "",
+                    "TRAINYARD_SECRET_KEY": "",
+                    **env,
+                    **(extra_env or {}),
+                },
             )
             try:
                 with Client(api_url=cluster.api_url, token=cluster.admin_token) as client:

@@ -22,9 +22,16 @@ def autoscaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Control plane only (no workers): the leading scheduler's autoscaler starts every node."""
     home: Path = tmp_path_factory.mktemp("autoscale")
     with private_redis(home / "redis") as (redis_url, _port):
-        cluster = start_cluster(workers=0, home=home, extra_env={
-            "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}", "TRAINYARD_REDIS_URL": redis_url,
-            "TRAINYARD_ADMIN_TOKEN": "", "TRAINYARD_SECRET_KEY": ""})
+        cluster = start_cluster(
+            workers=0,
+            home=home,
+            extra_env={
+                "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
+                "TRAINYARD_REDIS_URL": redis_url,
+                "TRAINYARD_ADMIN_TOKEN": "",
+                "TRAINYARD_SECRET_KEY": "",
+            },
+        )
         try:
             yield cluster
         finally:
@@ -43,8 +50,17 @@ def client(autoscaled: Cluster) -> Iterator[Client]:
 
 
 def _scale(client: Client, pool: str, **settings: Any) -> dict[str, Any]:
-    body = {"min_nodes": 0, "max_nodes": 3, "autoscale": True, "idle_timeout_s": 5, "deallocation": "wait",
-            "provider": "local", "slots_per_node": 2, "gpus_per_node": 0, **settings}
+    body = {
+        "min_nodes": 0,
+        "max_nodes": 3,
+        "autoscale": True,
+        "idle_timeout_s": 5,
+        "deallocation": "wait",
+        "provider": "local",
+        "slots_per_node": 2,
+        "gpus_per_node": 0,
+        **settings,
+    }
     return client.scale_pool(pool, body)
 
 

@@ -8,6 +8,7 @@ addresses become 127.0.0.x. Nothing else of the service's command or environment
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -17,11 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.services import BlobServer, free_port, private_postgres_database, redis_binary, wait_for_port
 from tests.test_compose import env_example, load_compose, trainyard_services
-from trainyard import transport
 
 pytestmark = pytest.mark.timeout(180)
 STAY_UP_S = 4.0
@@ -35,9 +34,24 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     env = env_example()
     port = free_port()
     redis_process = subprocess.Popen(
-        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base), "--save", "",
-         "--appendonly", "yes", "--requirepass", env["REDIS_PASSWORD"]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(base),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--requirepass",
+            env["REDIS_PASSWORD"],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         with private_postgres_database() as database_url, BlobServer("azurite", base / "azurite") as azurite:
@@ -80,6 +94,7 @@ def services(servers: dict[str, Any]) -> Iterator[dict[str, Any]]:
     api_port, flower_port = free_port(), free_port()
     started: dict[str, subprocess.Popen[bytes]] = {}
     envs: dict[str, dict[str, str]] = {}
+    logs = contextlib.ExitStack()
     try:
         for index, name in enumerate(ORDER):
             service = defined[name]
@@ -87,16 +102,22 @@ def services(servers: dict[str, Any]) -> Iterator[dict[str, Any]]:
             home.mkdir(parents=True)
             env = translate_env(service["environment"], servers, api_port, home)
             args = translate_command(service["command"], api_port, flower_port, f"127.0.0.{20 + index}")
-            log = (servers["base"] / f"{name}.log").open("wb")
-            started[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+            log = logs.enter_context((servers["base"] / f"{name}.log").open("wb"))
+            started[name] = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
             envs[name] = env
             if name == "storage-init":
                 assert started[name].wait(timeout=60) == 0, (servers["base"] / f"{name}.log").read_text()
             if name == "api":
                 _wait_http(f"http://127.0.0.1:{api_port}/healthz", started[name], servers["base"] / "api.log")
-        yield {"processes": started, "envs": envs, "api_port": api_port, "flower_port": flower_port,
-               "base": servers["base"]}
+        yield {
+            "processes": started,
+            "envs": envs,
+            "api_port": api_port,
+            "flower_port": flower_port,
+            "base": servers["base"],
+        }
     finally:
         for process in started.values():
             if process.poll() is None:
@@ -106,6 +127,8 @@ def services(servers: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+        logs.close()
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> httpx.Response:
@@ -142,11 +165,21 @@ def test_api_answers_and_workers_register(services: dict[str, Any]) -> None:
 
 
 def test_one_scheduler_takes_the_lease(services: dict[str, Any]) -> None:
-    client = redis.Redis.from_url(services["envs"]["scheduler-1"]["TRAINYARD_REDIS_URL"])
+    from trainyard.db.engine import make_engine, make_sessionmaker
+    from trainyard.scheduler.lease import current_leader
+
+    engine = make_engine(services["envs"]["scheduler-1"]["TRAINYARD_DATABASE_URL"])
+    sessions = make_sessionmaker(engine)
+
+    def leader() -> tuple[str, int] | None:
+        with sessions() as session:
+            return current_leader(session)
+
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not client.get(transport.SCHEDULER_LEASE_KEY):
+    while time.monotonic() < deadline and leader() is None:
         time.sleep(0.2)
-    assert client.get(transport.SCHEDULER_LEASE_KEY)
+    assert leader() is not None
+    engine.dispose()
     logs = [(services["base"] / f"scheduler-{n}.log").read_text() for n in (1, 2)]
     assert sum("leads" in text for text in logs) == 1, logs
 
@@ -161,6 +194,9 @@ def test_flower_wants_credentials(services: dict[str, Any]) -> None:
 
 def test_every_service_stays_up(services: dict[str, Any]) -> None:
     time.sleep(STAY_UP_S)
-    dead = {name: p.returncode for name, p in services["processes"].items()
-            if name != "storage-init" and p.poll() is not None}
+    dead = {
+        name: p.returncode
+        for name, p in services["processes"].items()
+        if name != "storage-init" and p.poll() is not None
+    }
     assert not dead, {name: (services["base"] / f"{name}.log").read_text()[-2000:] for name in dead}

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,10 +54,15 @@ def test_stdout_is_readable_within_two_seconds_while_the_job_runs(on_store: Stor
 
 
 def test_every_attempt_keeps_its_own_streams(on_store: StoreCluster) -> None:
-    job = on_store.client.submit({
-        "name": f"attempts-{on_store.store}", "max_retries": 1,
-        "command": 'echo "out $TRAINYARD_ATTEMPT"; echo "err $TRAINYARD_ATTEMPT" >&2; test "$TRAINYARD_ATTEMPT" = 2',
-    })
+    job = on_store.client.submit(
+        {
+            "name": f"attempts-{on_store.store}",
+            "max_retries": 1,
+            "command": (
+                'echo "out $TRAINYARD_ATTEMPT"; echo "err $TRAINYARD_ATTEMPT" >&2; test "$TRAINYARD_ATTEMPT" = 2'
+            ),
+        }
+    )
     assert job.wait(timeout=90) == "succeeded"
     for attempt in (1, 2):
         assert job.log_bytes(attempt=attempt) == f"out {attempt}\n".encode()
@@ -100,8 +106,12 @@ os.symlink("model/weights.bin", out / "weights-link")
 
 def _put_inputs(on_store: StoreCluster, root_url: str) -> dict[str, bytes]:
     store = on_store.storage(root_url)
-    objects = {"data/one.txt": b"first input\n", "data/tree/a.bin": os.urandom(3000),
-               "data/tree/sub/b.txt": b"b\n", "data/tree/sub/deeper/c.txt": b"c\n"}
+    objects = {
+        "data/one.txt": b"first input\n",
+        "data/tree/a.bin": os.urandom(3000),
+        "data/tree/sub/b.txt": b"b\n",
+        "data/tree/sub/deeper/c.txt": b"c\n",
+    }
     for key, data in objects.items():
         store.put(key, data)
     return objects
@@ -120,7 +130,9 @@ def test_inputs_outputs_and_code_round_trip(on_store: StoreCluster, tmp_path: Pa
     root = on_store.new_root(tmp_path)
     objects = _put_inputs(on_store, root)
     spec = {
-        "name": f"data-{on_store.store}", "code": str(_code_dir(tmp_path)), "command": "python3 main.py",
+        "name": f"data-{on_store.store}",
+        "code": str(_code_dir(tmp_path)),
+        "command": "python3 main.py",
         "inputs": [{"id": "one", "uri": f"{root}/data/one.txt"}, {"id": "tree", "uri": f"{root}/data/tree/"}],
         "outputs": [{"id": "results", "uri": f"{root}/results/run-1"}],
     }
@@ -129,12 +141,19 @@ def test_inputs_outputs_and_code_round_trip(on_store: StoreCluster, tmp_path: Pa
     assert job.wait(timeout=120) == "succeeded", job.log_bytes(stream="stderr")
     seen = json.loads(job.log_bytes())
     assert seen["one"] == "first input\n" and seen["double"] == 42
-    assert seen["tree"] == {k.removeprefix("data/tree/"): hashlib.sha256(v).hexdigest()
-                            for k, v in objects.items() if k.startswith("data/tree/")}
+    assert seen["tree"] == {
+        k.removeprefix("data/tree/"): hashlib.sha256(v).hexdigest()
+        for k, v in objects.items()
+        if k.startswith("data/tree/")
+    }
     assert {"main.py", "helpers"} <= set(seen["cwd"])
 
-    expected = {"model/weights.bin": bytes(range(256)) * 4000, "metrics.json": b'{"loss": 0.5}',
-                "deep/er/est/leaf.txt": b"leaf", "weights-link": bytes(range(256)) * 4000}
+    expected = {
+        "model/weights.bin": bytes(range(256)) * 4000,
+        "metrics.json": b'{"loss": 0.5}',
+        "deep/er/est/leaf.txt": b"leaf",
+        "weights-link": bytes(range(256)) * 4000,
+    }
     listed = {f["path"]: f for f in job.outputs()}
     assert set(listed) == set(expected)
     for path, data in expected.items():
@@ -145,8 +164,13 @@ def test_inputs_outputs_and_code_round_trip(on_store: StoreCluster, tmp_path: Pa
 
     downloaded = job.download(tmp_path / "sdk")
     assert {p.relative_to(tmp_path / "sdk" / "results").as_posix(): p.read_bytes() for p in downloaded} == expected
-    cli = subprocess.run([*TRAINYARD, "job", "download", job.id, str(tmp_path / "cli"), "--output", "results"],
-                         env=on_store.cli_env(), capture_output=True, timeout=60, check=False)
+    cli = subprocess.run(
+        [*TRAINYARD, "job", "download", job.id, str(tmp_path / "cli"), "--output", "results"],
+        env=on_store.cli_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "cli" / "results" / "model" / "weights.bin").read_bytes() == expected["model/weights.bin"]
 
@@ -157,15 +181,22 @@ def test_inputs_outputs_and_code_round_trip(on_store: StoreCluster, tmp_path: Pa
     assert manifest["inputs"][0]["sha256"] == hashlib.sha256(objects["data/one.txt"]).hexdigest()
     refused = [{"path": "passwd", "reason": "a symlink pointing outside the directory"}]
     assert manifest["outputs"][0]["refused"] == refused
-    assert manifest["started_at"] <= manifest["ended_at"] and manifest["exit_code"] == 0
+    assert datetime.fromisoformat(manifest["started_at"]) <= datetime.fromisoformat(manifest["ended_at"])
+    assert manifest["exit_code"] == 0
     beside = on_store.storage(root).get(f"results/run-1/.trainyard/manifest-{job.id}-1-0.json")
     assert json.loads(beside)["outputs"] == manifest["outputs"]
 
 
 def test_a_missing_input_fails_the_attempt_before_its_command(on_store: StoreCluster, tmp_path: Path) -> None:
     root = on_store.new_root(tmp_path)
-    job = on_store.client.submit({"name": "no-input", "max_retries": 0, "command": "echo ran",
-                                  "inputs": [{"id": "gone", "uri": f"{root}/missing/data"}]})
+    job = on_store.client.submit(
+        {
+            "name": "no-input",
+            "max_retries": 0,
+            "command": "echo ran",
+            "inputs": [{"id": "gone", "uri": f"{root}/missing/data"}],
+        }
+    )
     assert job.wait(timeout=60) == "failed"
     assert job.data["attempts"][0]["reason"] == "prepare_failed"
     assert job.log_bytes() == b""
@@ -190,16 +221,42 @@ def test_the_checkpoint_dir_is_restored_on_the_next_attempt(on_store: StoreClust
 # -- traversal -------------------------------------------------------------------------------
 
 ENCODED_PAYLOADS = [
-    "..%2f..%2f..%2f..%2fetc%2fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/passwd",
-    "%252e%252e%252f%252e%252e%252fetc%252fpasswd", "%252e%252e", "..%5c..%5c..%5cetc%5cpasswd",
-    "%5c%5c..%5cetc%5cpasswd", "%2fetc%2fpasswd", "..%3b%2f..%3b%2fetc%2fpasswd", "..;/..;/etc/passwd",
-    "%2e%2e", "%2e", "passwd", "results%2fpasswd", "results/passwd", "inside.txt", "results/inside.txt",
-    "%c0%ae%c0%ae%c0%af%c0%ae%c0%ae%c0%afetc%c0%afpasswd", "..%00", "%00", "....//....//etc/passwd",
-    "0123456789abcdef0123456789abcdef%2f..%2f..%2fetc%2fpasswd", "0123456789ABCDEF0123456789ABCDEF",
+    "..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "%2e%2e/%2e%2e/etc/passwd",
+    "%252e%252e%252f%252e%252e%252fetc%252fpasswd",
+    "%252e%252e",
+    "..%5c..%5c..%5cetc%5cpasswd",
+    "%5c%5c..%5cetc%5cpasswd",
+    "%2fetc%2fpasswd",
+    "..%3b%2f..%3b%2fetc%2fpasswd",
+    "..;/..;/etc/passwd",
+    "%2e%2e",
+    "%2e",
+    "passwd",
+    "results%2fpasswd",
+    "results/passwd",
+    "inside.txt",
+    "results/inside.txt",
+    "%c0%ae%c0%ae%c0%af%c0%ae%c0%ae%c0%afetc%c0%afpasswd",
+    "..%00",
+    "%00",
+    "....//....//etc/passwd",
+    "0123456789abcdef0123456789abcdef%2f..%2f..%2fetc%2fpasswd",
+    "0123456789ABCDEF0123456789ABCDEF",
 ]
 # Dot segments go byte for byte through http.client: httpx would resolve them before sending.
-RAW_PAYLOADS = ["../../../../etc/passwd", "/../../etc/passwd", "..\\..\\etc\\passwd", "../outputs", "./.", "..",
-                ".", ";/../../etc/passwd", "results/../../../etc/passwd"]
+RAW_PAYLOADS = [
+    "../../../../etc/passwd",
+    "/../../etc/passwd",
+    "..\\..\\etc\\passwd",
+    "../outputs",
+    "./.",
+    "..",
+    ".",
+    ";/../../etc/passwd",
+    "results/../../../etc/passwd",
+]
 
 
 def _refused(status: int, body: bytes, secret: bytes) -> bool:
@@ -209,11 +266,14 @@ def _refused(status: int, body: bytes, secret: bytes) -> bool:
 def test_output_traversal_payloads_are_all_refused(on_store: StoreCluster, tmp_path: Path) -> None:
     root = on_store.new_root(tmp_path)
     secret = b"secret-" + os.urandom(8).hex().encode()
-    job = on_store.client.submit({
-        "name": f"traversal-{on_store.store}", "outputs": [{"id": "results", "uri": f"{root}/out"}],
-        "command": f"printf {secret.decode()} > $TRAINYARD_OUTPUT_RESULTS/inside.txt; "
-                   "ln -s /etc/passwd $TRAINYARD_OUTPUT_RESULTS/passwd; ln -s ../../.. $TRAINYARD_OUTPUT_RESULTS/up",
-    })
+    job = on_store.client.submit(
+        {
+            "name": f"traversal-{on_store.store}",
+            "outputs": [{"id": "results", "uri": f"{root}/out"}],
+            "command": f"printf {secret.decode()} > $TRAINYARD_OUTPUT_RESULTS/inside.txt; "
+            "ln -s /etc/passwd $TRAINYARD_OUTPUT_RESULTS/passwd; ln -s ../../.. $TRAINYARD_OUTPUT_RESULTS/up",
+        }
+    )
     assert job.wait(timeout=60) == "succeeded"
     (inside,) = job.outputs()
     base, auth = on_store.cluster.api_url, {"Authorization": f"Bearer {on_store.cluster.admin_token}"}
@@ -239,8 +299,9 @@ def test_a_sweep_template_with_a_code_directory_uploads_it_once(on_store: StoreC
     code = tmp_path / "sweep-code"
     code.mkdir()
     (code / "train.py").write_text("import sys\nprint('lr', sys.argv[1])\n")
-    sweep = on_store.client.sweep({"name": "lr-{lr}", "code": str(code), "command": "python3 train.py {lr}"},
-                                  grid={"lr": [0.1, 0.01]})
+    sweep = on_store.client.sweep(
+        {"name": "lr-{lr}", "code": str(code), "command": "python3 train.py {lr}"}, grid={"lr": [0.1, 0.01]}
+    )
     assert sweep.wait(timeout=120) == "finished"
     jobs = sweep.jobs()
     assert sorted(job.log_bytes() for job in jobs) == [b"lr 0.01\n", b"lr 0.1\n"]
@@ -253,8 +314,14 @@ def test_a_data_uri_inside_the_cluster_store_is_refused(on_store: StoreCluster) 
 
     inside = on_store.storage_url + "/logs/someone-else/"
     with pytest.raises(SpecRejected) as refused:
-        on_store.client.submit({"name": "snoop", "command": "true", "inputs": [{"id": "a", "uri": inside}],
-                                "outputs": [{"id": "b", "uri": on_store.storage_url.rsplit("/", 1)[0]}]})
+        on_store.client.submit(
+            {
+                "name": "snoop",
+                "command": "true",
+                "inputs": [{"id": "a", "uri": inside}],
+                "outputs": [{"id": "b", "uri": on_store.storage_url.rsplit("/", 1)[0]}],
+            }
+        )
     assert {p["field"] for p in refused.value.problems} == {"inputs[0].uri", "outputs[0].uri"}
 
 

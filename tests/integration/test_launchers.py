@@ -73,9 +73,16 @@ def test_mpi_allreduce_over_two_nodes_prints_the_sum_from_rank_zero(
     launcher: str, launchers_client: Client, tmp_path: Path
 ) -> None:
     components.require_mpi()
-    job = launchers_client.submit({"name": f"{launcher}-allreduce", "launcher": launcher, "nodes": 2,
-                                   "processes_per_node": 2, "max_retries": 0,
-                                   "command": _program(tmp_path, "allreduce.py", MPI_ALLREDUCE)})
+    job = launchers_client.submit(
+        {
+            "name": f"{launcher}-allreduce",
+            "launcher": launcher,
+            "nodes": 2,
+            "processes_per_node": 2,
+            "max_retries": 0,
+            "command": _program(tmp_path, "allreduce.py", MPI_ALLREDUCE),
+        }
+    )
     data = finished(job)
     log = job.log_bytes(rank=0).decode()
     assert data["state"] == "succeeded", (data, log, job.log_bytes(rank=0, stream="stderr"))
@@ -88,8 +95,15 @@ def test_ray_gang_sees_two_nodes_places_a_strict_spread_group_and_leaves_no_ray_
     launchers_client: Client, tmp_path: Path
 ) -> None:
     components.require_ray()
-    job = launchers_client.submit({"name": "ray-gang", "launcher": "ray", "nodes": 2, "max_retries": 0,
-                                   "command": _program(tmp_path, "placement.py", RAY_PLACEMENT)})
+    job = launchers_client.submit(
+        {
+            "name": "ray-gang",
+            "launcher": "ray",
+            "nodes": 2,
+            "max_retries": 0,
+            "command": _program(tmp_path, "placement.py", RAY_PLACEMENT),
+        }
+    )
     data = finished(job)
     log = job.log_bytes(rank=0).decode()
     assert data["state"] == "succeeded", (data, log, job.log_bytes(rank=0, stream="stderr")[-4000:])
@@ -100,9 +114,16 @@ def test_ray_gang_sees_two_nodes_places_a_strict_spread_group_and_leaves_no_ray_
 
 def test_torchrun_gloo_allreduce_over_two_nodes(launchers_client: Client, tmp_path: Path) -> None:
     components.require_torch()
-    job = launchers_client.submit({"name": "torchrun-allreduce", "launcher": "torchrun", "nodes": 2,
-                                   "processes_per_node": 1, "max_retries": 0,
-                                   "command": _program(tmp_path, "allreduce.py", TORCH_ALLREDUCE)})
+    job = launchers_client.submit(
+        {
+            "name": "torchrun-allreduce",
+            "launcher": "torchrun",
+            "nodes": 2,
+            "processes_per_node": 1,
+            "max_retries": 0,
+            "command": _program(tmp_path, "allreduce.py", TORCH_ALLREDUCE),
+        }
+    )
     data = finished(job)
     assert data["state"] == "succeeded", (data, job.log_bytes(rank=0, stream="stderr")[-4000:])
     assert "rank=0 world=2 sum=3.0" in job.log_bytes(rank=0).decode()
@@ -115,9 +136,17 @@ def test_killing_one_rank_fails_the_attempt_and_leaves_no_process_on_any_node(
     components.require_mpi()
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = launchers_client.submit({"name": "mpi-rank-dies", "launcher": "mpi", "nodes": 2, "processes_per_node": 2,
-                                   "max_retries": 0, "env": {"MARKS": str(marks)},
-                                   "command": _program(tmp_path, "hang.py", MPI_HANG)})
+    job = launchers_client.submit(
+        {
+            "name": "mpi-rank-dies",
+            "launcher": "mpi",
+            "nodes": 2,
+            "processes_per_node": 2,
+            "max_retries": 0,
+            "env": {"MARKS": str(marks)},
+            "command": _program(tmp_path, "hang.py", MPI_HANG),
+        }
+    )
     deadline = time.monotonic() + 120
     while len(list(marks.glob("*.pid"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -136,13 +165,17 @@ def test_container_job_reads_its_input_writes_its_output_and_streams_stdout(
     components.docker_url()
     (tmp_path / "data.txt").write_text("forty-two\n")
     outputs = tmp_path / "results"
-    job = launchers_client.submit({
-        "name": "container-io", "image": components.TEST_IMAGE, "max_retries": 0,
-        "inputs": [{"id": "data", "uri": f"file://{tmp_path / 'data.txt'}"}],
-        "outputs": [{"id": "result", "uri": f"file://{outputs}/"}],
-        "command": 'echo "read $(cat $TRAINYARD_INPUT_DATA)"; sleep 3; '
-                   'echo answer > "$TRAINYARD_OUTPUT_RESULT/answer.txt"; echo done',
-    })
+    job = launchers_client.submit(
+        {
+            "name": "container-io",
+            "image": components.TEST_IMAGE,
+            "max_retries": 0,
+            "inputs": [{"id": "data", "uri": f"file://{tmp_path / 'data.txt'}"}],
+            "outputs": [{"id": "result", "uri": f"file://{outputs}/"}],
+            "command": 'echo "read $(cat $TRAINYARD_INPUT_DATA)"; sleep 3; '
+            'echo answer > "$TRAINYARD_OUTPUT_RESULT/answer.txt"; echo done',
+        }
+    )
     assert "read forty-two" in wait_for_log(job, "read forty-two")  # streamed while the job still runs
     assert job.refresh().data["state"] == "running"
     data = finished(job)
@@ -153,8 +186,9 @@ def test_container_job_reads_its_input_writes_its_output_and_streams_stdout(
 
 def test_cancelling_a_container_job_stops_and_removes_its_container(launchers_client: Client) -> None:
     url = components.docker_url()
-    job = launchers_client.submit({"name": "container-cancel", "image": components.TEST_IMAGE,
-                                   "command": "echo started; sleep 300"})
+    job = launchers_client.submit(
+        {"name": "container-cancel", "image": components.TEST_IMAGE, "command": "echo started; sleep 300"}
+    )
     wait_for_log(job, "started")
     launchers_client.cancel(job.id)
     assert finished(job, timeout_s=60)["state"] == "cancelled"
@@ -176,10 +210,16 @@ def test_one_gpu_jobs_on_a_four_gpu_node_get_four_different_gpus(launchers_clien
     jobs_total = 2 * GPUS_PER_NODE  # every GPU of both nodes taken at once
     ready = tmp_path / "ready"
     ready.mkdir()
-    command = (f'echo "gpus=$CUDA_VISIBLE_DEVICES"; touch {ready}/$TRAINYARD_JOB_ID; '
-               f'while [ "$(ls {ready} | wc -l)" -lt {jobs_total} ]; do sleep 0.1; done')
-    jobs = launchers_client.submit_many([{"name": f"gpu-{i}", "command": command, "max_retries": 0,
-                                          "resources": {"gpus": 1, "cpus": 0.5}} for i in range(jobs_total)])
+    command = (
+        f'echo "gpus=$CUDA_VISIBLE_DEVICES"; touch {ready}/$TRAINYARD_JOB_ID; '
+        f'while [ "$(ls {ready} | wc -l)" -lt {jobs_total} ]; do sleep 0.1; done'
+    )
+    jobs = launchers_client.submit_many(
+        [
+            {"name": f"gpu-{i}", "command": command, "max_retries": 0, "resources": {"gpus": 1, "cpus": 0.5}}
+            for i in range(jobs_total)
+        ]
+    )
     per_node: dict[str, list[str]] = {}
     for job in jobs:
         data = finished(job)
@@ -194,9 +234,15 @@ def test_one_gpu_jobs_on_a_four_gpu_node_get_four_different_gpus(launchers_clien
 
 
 def test_prepare_runs_on_every_node_before_the_command(launchers_client: Client) -> None:
-    job = launchers_client.submit({"name": "prepare-gang", "nodes": 2, "max_retries": 0,
-                                   "prepare": 'echo "prepared on $TRAINYARD_NODE_RANK"; echo ready > prepared.txt',
-                                   "command": "cat prepared.txt"})
+    job = launchers_client.submit(
+        {
+            "name": "prepare-gang",
+            "nodes": 2,
+            "max_retries": 0,
+            "prepare": 'echo "prepared on $TRAINYARD_NODE_RANK"; echo ready > prepared.txt',
+            "command": "cat prepared.txt",
+        }
+    )
     assert finished(job)["state"] == "succeeded"
     for rank in (0, 1):
         assert job.log_bytes(rank=rank).decode() == f"prepared on {rank}\nready\n"
@@ -205,8 +251,14 @@ def test_prepare_runs_on_every_node_before_the_command(launchers_client: Client)
 def test_prepare_failure_fails_the_attempt_with_reason_prepare_failed_and_keeps_its_output(
     launchers_client: Client,
 ) -> None:
-    job = launchers_client.submit({"name": "prepare-fails", "max_retries": 0, "command": "echo never",
-                                   "prepare": "echo preparing; echo broken >&2; exit 4"})
+    job = launchers_client.submit(
+        {
+            "name": "prepare-fails",
+            "max_retries": 0,
+            "command": "echo never",
+            "prepare": "echo preparing; echo broken >&2; exit 4",
+        }
+    )
     data = finished(job)
     assert data["state"] == "failed"
     assert data["exit_code"] == 4
@@ -214,3 +266,26 @@ def test_prepare_failure_fails_the_attempt_with_reason_prepare_failed_and_keeps_
     assert job.log_bytes().decode() == "preparing\n"
     assert "broken" in job.log_bytes(stream="stderr").decode()
 
+
+def test_a_container_job_writes_1_gib_to_dev_shm_and_a_smaller_shm_size_holds(launchers_client: Client) -> None:
+    """The engines' 64 MiB /dev/shm crashes PyTorch data loaders; the default holds 1 GiB, shm_size is applied."""
+    components.docker_url()
+    write = "dd if=/dev/zero of=/dev/shm/blob bs=1048576 count=1024 && ls -l /dev/shm/blob && df -k /dev/shm"
+    default = launchers_client.submit(
+        {"name": "shm-default", "image": components.TEST_IMAGE, "max_retries": 0, "command": write}
+    )
+    small = launchers_client.submit(
+        {
+            "name": "shm-small",
+            "image": components.TEST_IMAGE,
+            "max_retries": 0,
+            "container": {"shm_size": "128m"},
+            "command": write,
+        }
+    )
+    data = finished(default, timeout_s=180)
+    assert data["state"] == "succeeded", (data, default.log_bytes(stream="stderr"))
+    assert " 1073741824 " in default.log_bytes().decode()
+    data = finished(small, timeout_s=180)
+    assert data["state"] == "failed", data
+    assert b"No space left on device" in small.log_bytes(stream="stderr")

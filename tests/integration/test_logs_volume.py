@@ -81,5 +81,7 @@ def test_two_gigabytes_of_small_lines_pass_with_flat_memory(tmp_path: Path) -> N
         assert chunk[: len(LINE)] == LINE[5:] + LINE[:5]
         assert not (on_store.cluster.home / "nodes" / "node-1" / "spool" / f"{job.id}-1-0").exists()
         shutil.rmtree(on_store.storage_url.removeprefix("file://"), ignore_errors=True)  # 2 GB of /tmp back
-        print(f"\nworker RSS {watch.start_rss / 2**20:.0f} MiB → peak {watch.peak_rss / 2**20:.0f} MiB; "
-              f"job {job.data['attempts'][0]['started_at']} → {job.data['attempts'][0]['ended_at']}")
+        print(
+            f"\nworker RSS {watch.start_rss / 2**20:.0f} MiB → peak {watch.peak_rss / 2**20:.0f} MiB; "
+            f"job {job.data['attempts'][0]['started_at']} → {job.data['attempts'][0]['ended_at']}"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 
@@ -85,8 +86,15 @@ def test_a_high_priority_job_preempts_a_preemptible_low_one_which_later_succeeds
     client: Client, cluster: Cluster
 ) -> None:
     pool = _pool_with_nodes(client, cluster, "preempt", 1, 1, 40)
-    low = client.submit({"name": "low", "pool": pool, "priority": "low", "preemptible": True,
-                         "command": 'if [ "$TRAINYARD_ATTEMPT" = 1 ]; then sleep 120; fi; echo resumed'})
+    low = client.submit(
+        {
+            "name": "low",
+            "pool": pool,
+            "priority": "low",
+            "preemptible": True,
+            "command": 'if [ "$TRAINYARD_ATTEMPT" = 1 ]; then sleep 120; fi; echo resumed',
+        }
+    )
     deadline = time.monotonic() + 30
     while low.refresh().state != "running" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -96,7 +104,8 @@ def test_a_high_priority_job_preempts_a_preemptible_low_one_which_later_succeeds
     first, second = low.data["attempts"][:2]
     assert first["reason"] == "preempted"
     assert low.data["retries_used"] == 0
-    assert high.data["attempts"][0]["started_at"] <= second["started_at"]
+    high_start, low_restart = (datetime.fromisoformat(a["started_at"]) for a in (high.data["attempts"][0], second))
+    assert high_start <= low_restart
     assert low.log_bytes(attempt=2) == b"resumed\n"
 
 

@@ -9,6 +9,7 @@ leaderboard is checked on a smaller sweep that runs to the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -39,8 +40,14 @@ REPORT = (
 )
 
 
+@contextlib.contextmanager
 def _sessions(cluster: Cluster):  # type: ignore[no-untyped-def]
-    return make_sessionmaker(make_engine(cluster.env["TRAINYARD_DATABASE_URL"]))
+    """Sessions on the cluster's database, from an engine disposed when the block ends."""
+    engine = make_engine(cluster.env["TRAINYARD_DATABASE_URL"])
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 class ActiveSampler(threading.Thread):
@@ -48,22 +55,25 @@ class ActiveSampler(threading.Thread):
 
     def __init__(self, cluster: Cluster, sweep_id: str):
         super().__init__(daemon=True)
-        self.sessions, self.sweep_id = _sessions(cluster), sweep_id
+        self.cluster, self.sweep_id = cluster, sweep_id
         self.samples: list[int] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         query = select(func.count()).select_from(Job).where(Job.sweep_id == self.sweep_id, Job.state.in_(ACTIVE))
-        while not self.stop.is_set():
-            with self.sessions() as session:
-                self.samples.append(int(session.scalar(query) or 0))
-            time.sleep(SAMPLE_EVERY_S)
+        with _sessions(self.cluster) as sessions:
+            while not self.stop.is_set():
+                with sessions() as session:
+                    self.samples.append(int(session.scalar(query) or 0))
+                time.sleep(SAMPLE_EVERY_S)
 
 
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
     """Most intervals open at one instant (an end and a start at the same instant do not overlap)."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
-                   key=lambda edge: (edge[0], edge[1]))
+    edges = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda edge: (edge[0], edge[1]),
+    )
     most = open_now = 0
     for _, step in edges:
         open_now += step
@@ -84,8 +94,11 @@ def test_ten_thousand_point_sweep_is_stored_whole_runs_within_its_limit_and_canc
     client: Client, cluster: Cluster
 ) -> None:
     started = time.monotonic()
-    sweep = client.sweep({"name": "g-{a}-{b}", "command": "true", "max_retries": 0},
-                         grid={"a": list(range(100)), "b": list(range(100))}, max_concurrency=LIMIT)
+    sweep = client.sweep(
+        {"name": "g-{a}-{b}", "command": "true", "max_retries": 0},
+        grid={"a": list(range(100)), "b": list(range(100))},
+        max_concurrency=LIMIT,
+    )
     accepted_s = time.monotonic() - started
     sampler = ActiveSampler(cluster, sweep.id)
     sampler.start()
@@ -110,7 +123,7 @@ def test_ten_thousand_point_sweep_is_stored_whole_runs_within_its_limit_and_canc
     assert counts["queued"] == counts["scheduled"] == counts["running"] == 0, counts
     assert counts["succeeded"] >= LIMIT and counts["cancelled"] > 9_000 and sum(counts.values()) == 10_000
     assert max(sampler.samples) == LIMIT, f"never more than {LIMIT}, and the limit was used: {max(sampler.samples)}"
-    with _sessions(cluster)() as session:
+    with _sessions(cluster) as sessions, sessions() as session:
         rows = session.execute(
             select(Attempt.created_at, Attempt.ended_at).join(Job, Job.id == Attempt.job_id)
             .where(Job.sweep_id == sweep.id)
@@ -130,8 +143,10 @@ def test_a_sweep_ranks_its_points_by_a_reported_metric_and_takes_more_points(
     assert sweep.wait(timeout=180) == "finished"
     assert sweep.counts["succeeded"] == 12, sweep.counts
 
-    points = [{"x": x, "y": y} for x in [0, 1, 2, 3, 4] for y in [0.5, 0.25]] + [{"x": 2.2, "y": 0.0},
-                                                                                  {"x": 9, "y": 1.0}]
+    points = [{"x": x, "y": y} for x in [0, 1, 2, 3, 4] for y in [0.5, 0.25]] + [
+        {"x": 2.2, "y": 0.0},
+        {"x": 9, "y": 1.0},
+    ]
     expected = sorted(points, key=lambda p: (float(p["x"]) - 2.2) ** 2 + float(p["y"]))
     best = sweep.leaderboard("loss", top=12)
     assert [e["params"] for e in best] == expected
@@ -142,8 +157,13 @@ def test_a_sweep_ranks_its_points_by_a_reported_metric_and_takes_more_points(
     assert job["metrics"] == {"loss": best[1]["value"]} and job["metrics_step"] == 5
 
     plot = tmp_path / "loss.png"
-    shown = subprocess.run([*TRAINYARD, "sweep", "show", sweep.id, "--metric", "loss", "--json", "--plot", str(plot)],
-                           env=cli_env, capture_output=True, timeout=120, check=False)
+    shown = subprocess.run(
+        [*TRAINYARD, "sweep", "show", sweep.id, "--metric", "loss", "--json", "--plot", str(plot)],
+        env=cli_env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["leaderboard"][0]["job_id"] == best[0]["job_id"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -163,13 +183,15 @@ def test_bad_sweeps_are_refused_naming_the_problem_and_nothing_is_stored(
 
     bad = tmp_path / "sweep.yaml"
     bad.write_text("name: n\ncommand: echo {lr}\ngrid: {}\n")
-    result = subprocess.run([*TRAINYARD, "sweep", "submit", str(bad)], env=cli_env, capture_output=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [*TRAINYARD, "sweep", "submit", str(bad)], env=cli_env, capture_output=True, timeout=60, check=False
+    )
     assert result.returncode == 2 and b"grid: must name at least one parameter" in result.stderr, result.stderr
     good = tmp_path / "good.yaml"
     good.write_text("name: r{seed}\ncommand: 'true'\nrandom: {seed: {choice: [1, 2, 3]}}\nsamples: 4\nseed: 11\n")
-    result = subprocess.run([*TRAINYARD, "sweep", "submit", str(good), "--json"], env=cli_env, capture_output=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [*TRAINYARD, "sweep", "submit", str(good), "--json"], env=cli_env, capture_output=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     submitted = json.loads(result.stdout)
     assert submitted["total"] == 4 and submitted["definition"]["seed"] == 11
@@ -184,12 +206,15 @@ def test_a_sweep_file_ships_its_code_directory_and_a_repeat_with_its_key_is_the_
     code.mkdir()
     (code / "train.py").write_text("import sys, trainyard\ntrainyard.report(step=1, score=float(sys.argv[1]) * 2)\n")
     sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text("name: code-{x}\ncommand: [python3, train.py, '{x}']\ncode: project\nmax_retries: 0\n"
-                          "random: {x: {uniform: [0, 1]}}\nsamples: 3\nidempotency_key: code-sweep-once\n")
+    sweep_file.write_text(
+        "name: code-{x}\ncommand: [python3, train.py, '{x}']\ncode: project\nmax_retries: 0\n"
+        "random: {x: {uniform: [0, 1]}}\nsamples: 3\nidempotency_key: code-sweep-once\n"
+    )
     sweep = client.submit_sweep(sweep_file)
     again = client.submit_sweep(sweep_file)  # no seed in the file: the one drawn first is kept
     assert again.id == sweep.id and again.definition["seed"] == sweep.definition["seed"]
     assert sweep.wait(timeout=120) == "finished" and sweep.counts["succeeded"] == 3, sweep.counts
     board = sweep.leaderboard("score", order="max")
-    assert [round(e["value"], 9) for e in board] == sorted((round(e["params"]["x"] * 2, 9) for e in board),
-                                                           reverse=True)
+    assert [round(e["value"], 9) for e in board] == sorted(
+        (round(e["params"]["x"] * 2, 9) for e in board), reverse=True
+    )

@@ -121,7 +121,8 @@ def test_blocked_gang_reserves_the_nodes_that_free_first() -> None:
     assert (reservation.job_id, sorted(reservation.node_ids)) == ("gang", ["a", "c"])
     assert reservation.expected_start_s == NOW_S + 100
     assert result.pending["gang"] == (
-        "needs 2 nodes with 4 free GPUs in pool gpu; 1 has them; 2 nodes reserved for it, expected to start in ~2 min"
+        "needs 2 nodes with 4 free GPUs in pool gpu; 1 has them (2 of 48 slots and 8 of 12 GPUs busy); "
+        "2 nodes reserved for it, expected to start in ~2 min"
     )
 
 
@@ -327,8 +328,8 @@ def test_jobs_behind_say_how_many_wait_ahead_of_them() -> None:
     nodes = [node("a")]
     running.append(occupy(nodes, "x", gpus=4))
     result = plan(Snapshot(nodes=nodes, queued=queued, running=running, now_s=NOW_S))
-    assert result.pending["j1"] == "behind 1 job in the queue for pool gpu"
-    assert result.pending["j3"] == "behind 3 jobs in the queue for pool gpu"
+    assert result.pending["j1"] == "behind 1 job in the queue for pool gpu (1 of 16 slots and 4 of 4 GPUs busy)"
+    assert result.pending["j3"] == "behind 3 jobs in the queue for pool gpu (1 of 16 slots and 4 of 4 GPUs busy)"
 
 
 def test_long_queues_round_the_count_so_the_reason_rarely_changes() -> None:
@@ -336,7 +337,7 @@ def test_long_queues_round_the_count_so_the_reason_rarely_changes() -> None:
     running = [occupy(nodes, "x", gpus=4)]
     queued = [job(f"j{i}", i, gpus=4) for i in range(4300)]
     result = plan(Snapshot(nodes=nodes, queued=queued, running=running, now_s=NOW_S))
-    assert result.pending["j99"] == "behind 99 jobs in the queue for pool gpu"
+    assert result.pending["j99"] == "behind 99 jobs in the queue for pool gpu (1 of 16 slots and 4 of 4 GPUs busy)"
     assert result.pending["j100"] == "behind 100+ jobs in the queue for pool gpu"
     assert result.pending["j4250"] == "behind 4,200+ jobs in the queue for pool gpu"
     assert len(result.pending) == 4300

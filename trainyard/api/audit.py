@@ -72,8 +72,9 @@ def _query(who: Principal, filters: dict[str, Any], limit: int) -> Select[Event]
 _TEXT = r"^[^\x00]*$"  # PostgreSQL refuses NUL in text: refuse it here, as a bad parameter
 
 
-@router.get("/audit", summary="Audit trail, newest first: submissions, cancels, drains, tokens",
-            response_model=AuditPage)
+@router.get(
+    "/audit", summary="Audit trail, newest first: submissions, cancels, drains, tokens", response_model=AuditPage
+)
 def list_audit(
     request: Request,
     kind: str | None = Query(None, max_length=32, pattern=_TEXT, description="e.g. submitted, cancelled, drained"),

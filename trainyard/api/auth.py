@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trainyard.config import secret
 from trainyard.db.models import ApiToken, utcnow
 
 ROLES = ("viewer", "user", "admin")
@@ -63,8 +64,8 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _stored_token(session: Session, token: str) -> ApiToken | None:
-    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash(token))).first()
+def _stored_token(session: Session, digest: str) -> ApiToken | None:
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
     if row is None or row.deleted_at is not None:
         return None
     if row.expires_at is not None and row.expires_at <= utcnow():
@@ -72,24 +73,45 @@ def _stored_token(session: Session, token: str) -> ApiToken | None:
     return row
 
 
+def _bootstrap_hash(request: Request) -> str | None:
+    admin_token = secret(request.app.state.settings.admin_token)
+    return token_hash(admin_token) if admin_token else None
+
+
+def principal_for_hash(request: Request, digest: str) -> Principal | None:
+    """The principal of the token with this SHA-256 (how a dashboard session names its token), if still valid."""
+    bootstrap = _bootstrap_hash(request)
+    if bootstrap is not None and hmac.compare_digest(digest.encode(), bootstrap.encode()):
+        return Principal(name=BOOTSTRAP_ACTOR, role="admin")
+    with request.app.state.sessions() as session:
+        row = _stored_token(session, digest)
+    if row is None:
+        return None
+    return Principal(name=actor_name(row.id, row.name), role=row.role, workspace=row.workspace, token_id=row.id)
+
+
+def principal_for_token(request: Request, token: str) -> Principal | None:
+    """The principal of a token as given (bearer header or the dashboard's login form); None if not valid."""
+    admin_token = secret(request.app.state.settings.admin_token)
+    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+        return Principal(name=BOOTSTRAP_ACTOR, role="admin")
+    if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
+        return None
+    return principal_for_hash(request, token_hash(token))
+
+
 def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
     """The caller, from its bearer token (401 when missing, unknown, expired or deleted)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing bearer token")
-    token = credentials.credentials
-    admin_token: str | None = request.app.state.settings.admin_token
-    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
-        return Principal(name=BOOTSTRAP_ACTOR, role="admin")
-    if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
-        raise _unauthorized("invalid token")
-    with request.app.state.sessions() as session:
-        row = _stored_token(session, token)
-    if row is None:
+    found = principal_for_token(request, credentials.credentials)
+    if found is None:
         raise _unauthorized("invalid, expired or deleted token")
-    return Principal(name=actor_name(row.id, row.name), role=row.role, workspace=row.workspace, token_id=row.id)
+    return found
 
 
-def _check_role(who: Principal, role: str) -> Principal:
+def check_role(who: Principal, role: str) -> Principal:
+    """`who`, if its role is at least `role`; else 403."""
     if not who.can(role):
         raise HTTPException(status_code=403, detail=f"role {who.role} may not do this (needs {role})")
     return who
@@ -103,6 +125,6 @@ def require(role: str) -> Any:
     """
 
     def check(who: Principal = Depends(principal)) -> Principal:
-        return _check_role(who, role)
+        return check_role(who, role)
 
     return Security(check, scopes=[role])

@@ -34,8 +34,10 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                for e in exc.errors()]
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
     return JSONResponse(status_code=422, content={"detail": problems})
 
 

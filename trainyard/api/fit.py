@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trainyard.config import gpu_quotas
 from trainyard.db.jobs import NewJob
 from trainyard.db.models import Node
 from trainyard.scheduler.pending import never_fits
 from trainyard.scheduler.views import JobView, NodeView
+from trainyard.spec import FITTING_NODE_STATES
 
 
 def _pool_nodes(session: Session, pools: set[str]) -> list[NodeView]:
-    nodes = session.scalars(select(Node).where(Node.pool.in_(pools), Node.state.in_(("up", "draining"))))
+    nodes = session.scalars(select(Node).where(Node.pool.in_(pools), Node.state.in_(FITTING_NODE_STATES)))
     return [
         NodeView(id=n.id, pool=n.pool, address=n.address, cpus=float(n.slots), gpus=list(n.gpus),
                  free_cpus=float(n.slots), free_gpus=list(n.gpus), memory_bytes=n.memory_bytes,
@@ -24,10 +24,12 @@ def _pool_nodes(session: Session, pools: set[str]) -> list[NodeView]:
     ]  # fmt: skip
 
 
-def unfit_problems(session: Session, new_jobs: Sequence[NewJob], batch: bool) -> list[dict[str, str]]:
-    """One problem per job that no node set of its pool could ever run (a pool without nodes passes)."""
+def unfit_problems(
+    session: Session, new_jobs: Sequence[NewJob], batch: bool, gpu_quotas: Mapping[str, int]
+) -> list[dict[str, str]]:
+    """One problem per job that no node set of its pool could ever run (a pool without nodes passes);
+    `gpu_quotas` are the workspaces' (TRAINYARD_GPU_QUOTAS)."""
     nodes = _pool_nodes(session, {new.spec.pool for new in new_jobs})
-    quotas = gpu_quotas()
     verdicts: dict[tuple[object, ...], str | None] = {}
     problems = []
     for index, new in enumerate(new_jobs):
@@ -38,7 +40,7 @@ def unfit_problems(session: Session, new_jobs: Sequence[NewJob], batch: bool) ->
             view = JobView(id="", pool=spec.pool, priority=spec.priority, seq=0, workspace=spec.workspace,
                            nodes=spec.nodes, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
                            memory_bytes=spec.resources.memory_bytes)  # fmt: skip
-            verdicts[shape] = never_fits(view, nodes, quotas.get(spec.workspace))
+            verdicts[shape] = never_fits(view, nodes, gpu_quotas.get(spec.workspace))
         reason = verdicts[shape]
         if reason:
             field = f"jobs[{index}].resources" if batch else "resources"

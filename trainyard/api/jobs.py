@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import datarefs, transport
+from trainyard import datarefs, retrying, transport
 from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
 from trainyard.api.fit import unfit_problems
@@ -23,12 +23,22 @@ from trainyard.api.schemas import (
     nul_fields,
     plausible_id,
 )
+from trainyard.api.volumes import resolve_volumes
+from trainyard.config import secret
 from trainyard.crypto import encrypt_secrets
-from trainyard.db.jobs import IdempotencyConflict, NewJob, cancel_job, create_jobs, job_dict, load_job_dict
+from trainyard.db.jobs import (
+    IdempotencyConflict,
+    NewJob,
+    cancel_job,
+    create_jobs,
+    job_dict,
+    load_job_dict,
+    rerun_job,
+)
 from trainyard.db.models import Attempt, Job
 from trainyard.db.pages import job_page
 from trainyard.db.sweeps import fill_specs
-from trainyard.spec import JobSpec, SpecError, parse_job_spec, unsupported_features
+from trainyard.spec import JobSpec, SpecError, parse_job_spec
 from trainyard.storage_adapters import StorageError
 
 router = APIRouter(prefix="/v1")
@@ -59,12 +69,16 @@ def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> 
         spec = parse_job_spec(data)
     except SpecError as exc:
         raise SpecError([{**p, "field": prefix + p["field"]} for p in exc.problems]) from None
-    problems = unsupported_features(spec) + datarefs.spec_problems(spec, request.app.state.settings.storage_url)
+    volume_problems: list[dict[str, str]] = []
+    if any(v.volume for v in spec.volumes):  # named volumes: the stored spec holds what they resolve to
+        with request.app.state.sessions() as session:
+            spec, volume_problems = resolve_volumes(session, spec)
+    problems = volume_problems + datarefs.spec_problems(spec, request.app.state.settings.storage_url)
     if not who.sees(spec.workspace):
         raise HTTPException(status_code=403, detail=f"your token may not submit to workspace {spec.workspace!r}")
     secrets_enc = None
     if spec.secrets:
-        key = request.app.state.settings.secret_key
+        key = secret(request.app.state.settings.secret_key)
         if not key:
             problems.append({"field": "secrets", "reason": "the server has no TRAINYARD_SECRET_KEY to keep secrets"})
         else:
@@ -76,16 +90,16 @@ def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> 
 
 def _store(request: Request, new_jobs: list[NewJob], who: Principal) -> list[str]:
     sessions = request.app.state.sessions
-    for attempt in range(2):
-        try:
-            with sessions.begin() as session:
-                ids = create_jobs(session, new_jobs, actor=who.name)
-            break
-        except IdempotencyConflict as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        except IntegrityError:
-            if attempt:  # a concurrent submit took the same idempotency key: the retry finds it
-                raise
+
+    def insert() -> list[str]:
+        with sessions.begin() as session:
+            return create_jobs(session, new_jobs, actor=who.name)
+
+    try:
+        # A concurrent submit took the same idempotency key (IntegrityError): run once more, which finds it.
+        ids = retrying.once_more(IntegrityError)(insert)
+    except IdempotencyConflict as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     _wake_scheduler(request)
     return ids
 
@@ -103,13 +117,19 @@ def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
 
 def _refuse_unfit(request: Request, new_jobs: list[NewJob], batch: bool) -> None:
     with request.app.state.sessions() as session:
-        problems = unfit_problems(session, new_jobs, batch)
+        problems = unfit_problems(session, new_jobs, batch, request.app.state.settings.gpu_quotas)
     if problems:
         raise _spec_error(problems)
 
 
-@router.post("/jobs", status_code=201, summary="Submit a job", response_model=JobOut,
-             response_model_exclude_unset=True, responses=_SUBMIT_RESPONSES)
+@router.post(
+    "/jobs",
+    status_code=201,
+    summary="Submit a job",
+    response_model=JobOut,
+    response_model_exclude_unset=True,
+    responses=_SUBMIT_RESPONSES,
+)
 def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     try:
         new = _validate(request, body, who)
@@ -121,8 +141,14 @@ def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principa
         return load_job_dict(session, job_id)
 
 
-@router.post("/jobs:batch", status_code=201, summary="Submit many jobs at once (all or none)",
-             response_model=BatchSubmitted, response_model_exclude_unset=True, responses=_SUBMIT_RESPONSES)
+@router.post(
+    "/jobs:batch",
+    status_code=201,
+    summary="Submit many jobs at once (all or none)",
+    response_model=BatchSubmitted,
+    response_model_exclude_unset=True,
+    responses=_SUBMIT_RESPONSES,
+)
 def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     specs = body.get("jobs")
     if not isinstance(specs, list) or not specs:
@@ -144,8 +170,12 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
     return JSONResponse(status_code=201, content={"jobs": jobs})
 
 
-@router.get("/jobs", summary="List jobs, newest first, with filters and a cursor", response_model=JobPage,
-            response_model_exclude_unset=True)
+@router.get(
+    "/jobs",
+    summary="List jobs, newest first, with filters and a cursor",
+    response_model=JobPage,
+    response_model_exclude_unset=True,
+)
 def list_jobs(
     request: Request,
     state: str | None = None,
@@ -173,16 +203,26 @@ def list_jobs(
     return {"jobs": [job_dict(job) for job in page], "next_cursor": next_cursor}
 
 
-@router.get("/jobs/{job_id}", summary="One job with its attempts", response_model=JobOut,
-            response_model_exclude_unset=True, responses=_NOT_FOUND)
+@router.get(
+    "/jobs/{job_id}",
+    summary="One job with its attempts",
+    response_model=JobOut,
+    response_model_exclude_unset=True,
+    responses=_NOT_FOUND,
+)
 def get_job(request: Request, job_id: str, who: Principal = require("viewer")) -> Any:
     with request.app.state.sessions() as session:
         _job_or_404(session, job_id, who)
         return load_job_dict(session, job_id)
 
 
-@router.post("/jobs/{job_id}:cancel", summary="Cancel a job", response_model=JobOut,
-             response_model_exclude_unset=True, responses=_NOT_FOUND)
+@router.post(
+    "/jobs/{job_id}:cancel",
+    summary="Cancel a job",
+    response_model=JobOut,
+    response_model_exclude_unset=True,
+    responses=_NOT_FOUND,
+)
 def cancel(request: Request, job_id: str, who: Principal = require("user")) -> Any:
     with request.app.state.sessions.begin() as session:
         _job_or_404(session, job_id, who)
@@ -190,6 +230,23 @@ def cancel(request: Request, job_id: str, who: Principal = require("user")) -> A
     _wake_scheduler(request)
     with request.app.state.sessions() as session:
         return load_job_dict(session, job_id)
+
+
+@router.post(
+    "/jobs/{job_id}:rerun",
+    status_code=201,
+    summary="Rerun a job: a new job with the same spec (and secrets), linked to it by `rerun_of`",
+    response_model=JobOut,
+    response_model_exclude_unset=True,
+    responses=_NOT_FOUND,
+)
+def rerun(request: Request, job_id: str, who: Principal = require("user")) -> Any:
+    with request.app.state.sessions.begin() as session:
+        job = _job_or_404(session, job_id, who)
+        new_id = rerun_job(session, job, actor=who.name)
+    _wake_scheduler(request)
+    with request.app.state.sessions() as session:
+        return load_job_dict(session, new_id)
 
 
 def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | None:
@@ -205,8 +262,10 @@ def _log_attempt(session: Session, job: Job, attempt: int | None) -> Attempt | N
     "/jobs/{job_id}/logs",
     summary="A job's stdout or stderr, from a byte offset",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-               **_NOT_FOUND},
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **_NOT_FOUND,
+    },
 )
 def logs(
     request: Request,
@@ -226,7 +285,7 @@ def logs(
     if follow:
         number = row.number if row is not None else None
         return StreamingResponse(
-            logreads.follow(request.app, job_id, number, rank, stream, offset), media_type="application/octet-stream"
+            logreads.follow(request, job_id, number, rank, stream, offset), media_type="application/octet-stream"
         )
     if row is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Next-Offset": str(offset)})

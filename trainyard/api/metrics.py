@@ -35,6 +35,7 @@ from trainyard.metrics import (
     node_gauges,
     read_scheduler_metrics,
 )
+from trainyard.spec import JobState, NodeState, PartState
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def _database_metrics(session: Session) -> Iterator[Metric]:
     queued = GaugeMetricFamily("trainyard_jobs_queued", "Jobs waiting in the queue", labels=["pool", "priority"])
     for pool, priority, count in session.execute(
-        select(Job.pool, Job.priority, func.count()).where(Job.state == "queued").group_by(Job.pool, Job.priority)
+        select(Job.pool, Job.priority, func.count())
+        .where(Job.state == JobState.QUEUED.value)
+        .group_by(Job.pool, Job.priority)
     ):
         queued.add_metric([pool, str(priority)], count)
     yield queued
@@ -57,7 +60,7 @@ def _database_metrics(session: Session) -> Iterator[Metric]:
     for pool, count in session.execute(
         select(Node.pool, func.count())
         .join(Part, Part.node_id == Node.id)
-        .where(Part.active.is_(True), Part.state == "running")
+        .where(Part.active.is_(True), Part.state == PartState.RUNNING.value)
         .group_by(Node.pool)
     ):
         running.add_metric([pool], count)
@@ -72,9 +75,7 @@ def _database_metrics(session: Session) -> Iterator[Metric]:
         "trainyard_requeues", "Attempts that put their job back in the queue, by reason", labels=["reason"]
     )
     reason = Event.detail["reason"].as_string()
-    for why, count in session.execute(
-        select(reason, func.count()).where(Event.kind == "requeued").group_by(reason)
-    ):
+    for why, count in session.execute(select(reason, func.count()).where(Event.kind == "requeued").group_by(reason)):
         requeues.add_metric([why or "unknown"], count)
     yield requeues
 
@@ -86,8 +87,10 @@ def _histogram(name: str, doc: str, histogram: Histogram, fields: dict[str, floa
 
 def _scheduler_metrics(fields: dict[str, float], live_nodes: set[str]) -> Iterator[Metric]:
     yield _histogram(
-        "trainyard_job_start_latency_seconds", "Submit to start of a job's first attempt",
-        START_LATENCY_SECONDS, fields,
+        "trainyard_job_start_latency_seconds",
+        "Submit to start of a job's first attempt",
+        START_LATENCY_SECONDS,
+        fields,
     )
     yield _histogram("trainyard_scheduler_pass_seconds", "Time of one scheduling pass", PASS_SECONDS, fields)
     lag = GaugeMetricFamily(
@@ -112,7 +115,7 @@ class TrainyardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as session:
             yield from _database_metrics(session)
-            live = set(session.scalars(select(Node.id).where(Node.state != "lost")))
+            live = set(session.scalars(select(Node.id).where(Node.state != NodeState.LOST.value)))
         try:
             fields = read_scheduler_metrics(self.redis)
         except redis.RedisError as exc:

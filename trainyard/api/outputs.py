@@ -66,28 +66,45 @@ def _files(manifests: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for manifest in manifests:
         for output in manifest.get("outputs") or []:
             for item in output.get("files") or []:
-                yield {"key": item["key"], "attempt": manifest["attempt"], "rank": manifest["rank"],
-                       "output": output["id"], "path": item["path"], "size": item["size"],
-                       "sha256": item["sha256"], "uri": item["uri"]}
+                yield {
+                    "key": item["key"],
+                    "attempt": manifest["attempt"],
+                    "rank": manifest["rank"],
+                    "output": output["id"],
+                    "path": item["path"],
+                    "size": item["size"],
+                    "sha256": item["sha256"],
+                    "uri": item["uri"],
+                }
 
 
-@router.get("/jobs/{job_id}/outputs", summary="A job's output files: opaque keys, paths, sizes, sha256",
-            responses=_NOT_FOUND)
+@router.get(
+    "/jobs/{job_id}/outputs", summary="A job's output files: opaque keys, paths, sizes, sha256", responses=_NOT_FOUND
+)
 def list_outputs(
-    request: Request, job_id: str, attempt: int | None = Query(None, ge=1, le=2**31 - 1),
+    request: Request,
+    job_id: str,
+    attempt: int | None = Query(None, ge=1, le=2**31 - 1),
     who: Principal = require("viewer"),
 ) -> Any:
     _job_spec(request, job_id, who)
     manifests = _manifests(request.app.state.storage, job_id, attempt)
-    refused = [{"attempt": m["attempt"], "rank": m["rank"], "output": o["id"], **r}
-               for m in manifests for o in m.get("outputs") or [] for r in o.get("refused") or []]
+    refused = [
+        {"attempt": m["attempt"], "rank": m["rank"], "output": o["id"], **r}
+        for m in manifests
+        for o in m.get("outputs") or []
+        for r in o.get("refused") or []
+    ]
     return {"outputs": list(_files(manifests)), "refused": refused}
 
 
-@router.get("/jobs/{job_id}/manifests", summary="The provenance manifest of each part of each attempt",
-            responses=_NOT_FOUND)
+@router.get(
+    "/jobs/{job_id}/manifests", summary="The provenance manifest of each part of each attempt", responses=_NOT_FOUND
+)
 def list_manifests(
-    request: Request, job_id: str, attempt: int | None = Query(None, ge=1, le=2**31 - 1),
+    request: Request,
+    job_id: str,
+    attempt: int | None = Query(None, ge=1, le=2**31 - 1),
     who: Principal = require("viewer"),
 ) -> Any:
     _job_spec(request, job_id, who)
@@ -109,10 +126,12 @@ def _chunks(store: Storage, key: str, size: int) -> Iterator[bytes]:
         yield store.get(key, start, min(size, start + DOWNLOAD_CHUNK_BYTES))
 
 
-@router.get("/jobs/{job_id}/outputs/{key}", summary="One output file's bytes, by its opaque key",
-            response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 400: {"description": "not a key"},
-                       **_NOT_FOUND})
+@router.get(
+    "/jobs/{job_id}/outputs/{key}",
+    summary="One output file's bytes, by its opaque key",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 400: {"description": "not a key"}, **_NOT_FOUND},
+)
 def download_output(request: Request, job_id: str, key: str, who: Principal = require("viewer")) -> Any:
     if not datarefs.is_output_key(key):
         raise HTTPException(status_code=400, detail="not an output key (see GET /v1/jobs/{id}/outputs)")
@@ -129,12 +148,17 @@ def download_output(request: Request, job_id: str, key: str, who: Principal = re
     except StorageError as exc:
         raise HTTPException(status_code=503, detail=f"the store is unavailable: {exc}") from None
     headers = {"Content-Length": str(found["size"]), "X-Checksum-Sha256": found["sha256"]}
-    return StreamingResponse(_chunks(store, path, int(found["size"])), media_type="application/octet-stream",
-                             headers=headers)
+    return StreamingResponse(
+        _chunks(store, path, int(found["size"])), media_type="application/octet-stream", headers=headers
+    )
 
 
-@router.post("/code", status_code=201, summary="Upload a code archive (tar.gz); stored content-addressed",
-             responses={413: {"description": "larger than the API accepts"}})
+@router.post(
+    "/code",
+    status_code=201,
+    summary="Upload a code archive (tar.gz); stored content-addressed",
+    responses={413: {"description": "larger than the API accepts"}},
+)
 async def upload_code(request: Request, who: Principal = require("user")) -> Any:
     """The body is the archive's bytes; the reply's `code` URI goes into a spec's `code` field."""
     digest, size = hashlib.sha256(), 0

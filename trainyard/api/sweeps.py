@@ -9,16 +9,18 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import sweeps, transport
+from trainyard import retrying, sweeps, transport
 from trainyard.api.auth import Principal, require
 from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import ErrorResponse, ValidationFailed, nul_fields, plausible_id
+from trainyard.api.volumes import resolve_volumes
+from trainyard.config import secret
 from trainyard.crypto import encrypt_secrets
 from trainyard.db import sweep_queries
 from trainyard.db.jobs import NewJob
 from trainyard.db.models import Sweep
 from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, sweep_digest
-from trainyard.spec import SpecError, unsupported_features
+from trainyard.spec import SpecError
 
 router = APIRouter(prefix="/v1")
 
@@ -70,12 +72,17 @@ def _parse(request: Request, body: dict[str, Any], who: Principal) -> tuple[swee
         spec = sweeps.parse_sweep_spec(data)
     except SpecError as exc:
         raise _refused(exc.problems) from None
-    problems = [{**p, "field": "template." + p["field"]} for p in unsupported_features(spec.template)]
+    problems: list[dict[str, str]] = []
+    if any(v.volume for v in spec.template.volumes):  # named volumes resolve once, for every point
+        with request.app.state.sessions() as session:
+            template, volume_problems = resolve_volumes(session, spec.template)
+        spec = spec.model_copy(update={"template": template})
+        problems += [{**p, "field": "template." + p["field"]} for p in volume_problems]
     if not who.sees(spec.template.workspace):
         problems.append({"field": "template.workspace", "reason": "your token may not submit there"})
     secrets_enc = None
     if spec.template.secrets:
-        key = request.app.state.settings.secret_key
+        key = secret(request.app.state.settings.secret_key)
         if not key:
             problems.append({"field": "template.secrets", "reason": "the server has no TRAINYARD_SECRET_KEY"})
         else:
@@ -96,31 +103,36 @@ def _sweep_or_404(session: Session, sweep_id: str, who: Principal) -> Sweep:
     return sweep
 
 
-@router.post("/sweeps", status_code=201, summary="Submit a sweep: a template job spec and its points",
-             response_model=SweepOut, responses=_CHANGE_RESPONSES)
+@router.post(
+    "/sweeps",
+    status_code=201,
+    summary="Submit a sweep: a template job spec and its points",
+    response_model=SweepOut,
+    responses=_CHANGE_RESPONSES,
+)
 def submit_sweep(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     spec, secrets_enc = _parse(request, body, who)
     sessions = request.app.state.sessions
     with sessions() as session:
-        unfit = unfit_problems(session, [NewJob(spec=spec.template)], batch=False)
+        unfit = unfit_problems(session, [NewJob(spec=spec.template)], False, request.app.state.settings.gpu_quotas)
     if unfit:
         raise _refused([{**p, "field": "template." + p["field"]} for p in unfit])
     digest = sweep_digest(spec)  # of the sweep as submitted: a drawn seed must not make a repeat differ
     if spec.random is not None and spec.seed is None:
         spec.seed = sweeps.new_seed()  # stored, so the sweep's points can be drawn again
     points = sweeps.expand(spec)
-    for retry in range(2):
-        try:
-            with sessions.begin() as session:
-                sweep_id = create_sweep(session, spec, points, secrets_enc, actor=who.name, digest=digest)
-            break
-        except SpecError as exc:
-            raise _refused(exc.problems) from None
-        except SweepConflict as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        except IntegrityError:
-            if retry:  # a concurrent submit took the same idempotency key: the retry finds its sweep
-                raise
+
+    def insert() -> str:
+        with sessions.begin() as session:
+            return create_sweep(session, spec, points, secrets_enc, actor=who.name, digest=digest)
+
+    try:
+        # A concurrent submit took the same idempotency key (IntegrityError): run once more, which finds its sweep.
+        sweep_id = retrying.once_more(IntegrityError)(insert)
+    except SpecError as exc:
+        raise _refused(exc.problems) from None
+    except SweepConflict as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     _wake_scheduler(request)
     with sessions() as session:
         return sweep_queries.load_sweep_dict(session, _sweep_or_404(session, sweep_id, who))
@@ -141,8 +153,12 @@ def list_sweeps(
     return {"sweeps": page, "next_cursor": next_cursor}
 
 
-@router.get("/sweeps/{sweep_id}", summary="A sweep: state counts, progress, and points ranked by a metric",
-            response_model=SweepOut, responses=_NOT_FOUND)
+@router.get(
+    "/sweeps/{sweep_id}",
+    summary="A sweep: state counts, progress, and points ranked by a metric",
+    response_model=SweepOut,
+    responses=_NOT_FOUND,
+)
 def get_sweep(
     request: Request,
     sweep_id: str,
@@ -157,15 +173,22 @@ def get_sweep(
         sweep = _sweep_or_404(session, sweep_id, who)
         data = sweep_queries.load_sweep_dict(session, sweep)
         if metric is not None:
-            data.update(metric=metric, order=order,
-                        leaderboard=sweep_queries.leaderboard(session, sweep.id, metric, order, top))
+            data.update(
+                metric=metric, order=order, leaderboard=sweep_queries.leaderboard(session, sweep.id, metric, order, top)
+            )
     return data
 
 
-@router.post("/sweeps/{sweep_id}/points", status_code=201, summary="Add points to a sweep",
-             response_model=SweepOut, responses=_CHANGE_RESPONSES)
-def post_points(request: Request, sweep_id: str, body: dict[str, Any] = Body(...),
-                who: Principal = require("user")) -> Any:
+@router.post(
+    "/sweeps/{sweep_id}/points",
+    status_code=201,
+    summary="Add points to a sweep",
+    response_model=SweepOut,
+    responses=_CHANGE_RESPONSES,
+)
+def post_points(
+    request: Request, sweep_id: str, body: dict[str, Any] = Body(...), who: Principal = require("user")
+) -> Any:
     points = body.get("points")
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points) or nul_fields(points):
         raise _refused([{"field": "points", "reason": "must be a list of maps of parameter → value"}])
@@ -189,8 +212,12 @@ def post_points(request: Request, sweep_id: str, body: dict[str, Any] = Body(...
         return sweep_queries.load_sweep_dict(session, _sweep_or_404(session, sweep_id, who))
 
 
-@router.post("/sweeps/{sweep_id}:cancel", summary="Cancel a sweep: every job of it not yet ended",
-             response_model=SweepOut, responses=_NOT_FOUND)
+@router.post(
+    "/sweeps/{sweep_id}:cancel",
+    summary="Cancel a sweep: every job of it not yet ended",
+    response_model=SweepOut,
+    responses=_NOT_FOUND,
+)
 def cancel(request: Request, sweep_id: str, who: Principal = require("user")) -> Any:
     sessions = request.app.state.sessions
     with sessions.begin() as session:

@@ -41,8 +41,9 @@ def token_dict(row: ApiToken) -> dict[str, Any]:
 
 
 def _problem(field: str, reason: str) -> HTTPException:
-    return HTTPException(status_code=422, detail={"message": "invalid token request", "problems": [
-        {"field": field, "reason": reason}]})
+    return HTTPException(
+        status_code=422, detail={"message": "invalid token request", "problems": [{"field": field, "reason": reason}]}
+    )
 
 
 def _expires_in_s(value: float | str | None) -> float | None:
@@ -106,7 +107,9 @@ def list_tokens(request: Request, include_deleted: bool = False, who: Principal 
 
 
 @router.delete(
-    "/tokens/{token_id}", summary="Delete an API token: it stops working at once", response_model=TokenOut,
+    "/tokens/{token_id}",
+    summary="Delete an API token: it stops working at once",
+    response_model=TokenOut,
     responses=_NOT_FOUND,
 )
 def delete_token(request: Request, token_id: str, who: Principal = require("admin")) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 _seq_lock = threading.Lock()
@@ -57,10 +58,18 @@ def insert_tuples(session: Session, table: Table, columns: Sequence[str], rows: 
     dialect = connection.dialect
     names = ", ".join(dialect.identifier_preparer.quote(name) for name in columns)
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        from psycopg import errors
+
         raw: Any = connection.connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        statement = f"COPY {table.name} ({names}) FROM STDIN"
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except errors.IntegrityError as exc:
+            # Raised as SQLAlchemy raises an INSERT's: callers retry on it (a concurrent submit took
+            # the same idempotency key), on PostgreSQL as on SQLite.
+            raise IntegrityError(statement, None, exc) from exc
         return
     marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
     connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))

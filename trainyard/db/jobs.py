@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from trainyard.db.bulk import JSONText, insert_dicts, reserve_seq
@@ -63,6 +63,7 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
         "gpus": spec.resources.gpus,
         "cpus": spec.resources.cpus,
         "memory_bytes": spec.resources.memory_bytes,
+        "host_paths": spec.host_paths or None,
         "max_wall_clock_s": spec.max_wall_clock,
         "preemptible": spec.preemptible,
         "max_retries": spec.max_retries,
@@ -129,8 +130,23 @@ def create_jobs(session: Session, new_jobs: Sequence[NewJob], actor: str = "") -
     return ids
 
 
+def rerun_job(session: Session, job: Job, actor: str = "") -> str:
+    """A new job with the same spec, secrets and sweep values as `job` (its spec rendered), linked to it.
+
+    The rerun is a job of its own (no sweep, no idempotency key): it is queued now and counts no
+    retries; `rerun_of` names the job it reruns. The caller commits.
+    """
+    fill_specs(session, [job])  # a sweep point is stored compact: its spec comes from the template
+    spec = JobSpec.model_validate({**job.spec, "idempotency_key": None})
+    (new_id,) = create_jobs(session, [NewJob(spec=spec, secrets_enc=job.secrets_enc)], actor=actor)
+    session.execute(update(Job).where(Job.id == new_id).values(rerun_of=job.id, params=job.params))
+    session.add(Event(at=utcnow(), kind="rerun", job_id=new_id, actor=actor, detail={"rerun_of": job.id}))
+    return new_id
+
+
 def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    """ISO 8601 UTC with microseconds always, so that timestamps sort as strings too."""
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z") if value is not None else None
 
 
 def attempt_dict(attempt: Attempt, parts: Sequence[Part]) -> dict[str, Any]:
@@ -172,6 +188,7 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         "params": job.params,
         "metrics": job.metrics,
         "metrics_step": job.metrics_step,
+        "rerun_of": job.rerun_of,
     }
     if attempts is not None:
         data["attempts"] = list(attempts)
@@ -202,11 +219,13 @@ def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:
     now = utcnow()
     if job.state == JobState.QUEUED.value:
         # CAS on state and attempt: the scheduler may be placing this very job right now.
-        done = rowcount(session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED.value, Job.attempt == job.attempt)
-            .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
-        ))
+        done = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED.value, Job.attempt == job.attempt)
+                .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
+            )
+        )
         if done:
             session.add(Event(at=now, kind="cancelled", job_id=job_id, actor=actor, detail={}))
             return JobState.CANCELLED.value
@@ -216,10 +235,3 @@ def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:
     session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, updated_at=now))
     session.add(Event(at=now, kind="cancel_requested", job_id=job_id, actor=actor, detail={}))
     return job.state
-
-
-def count_jobs(session: Session, **filters: Any) -> int:
-    query = select(func.count()).select_from(Job)
-    for column, value in filters.items():
-        query = query.where(getattr(Job, column) == value)
-    return int(session.scalar(query) or 0)

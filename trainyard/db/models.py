@@ -48,6 +48,8 @@ class Job(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     cpus: Mapped[float] = mapped_column(Float, default=1.0)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Host directories the job's volumes need on each of its nodes (JobSpec.host_paths); None: none.
+    host_paths: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     max_wall_clock_s: Mapped[float] = mapped_column(Float, default=7 * 86400.0)
     preemptible: Mapped[bool] = mapped_column(Boolean, default=False)
     max_retries: Mapped[int] = mapped_column(Integer, default=3)
@@ -63,6 +65,7 @@ class Job(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metrics_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rerun_of: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # `rerun`: the job rerun
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -125,10 +128,32 @@ class Node(Base):
     gpus: Mapped[list[int]] = mapped_column(JSON, default=list)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Host directories the node declares (`trainyard worker --host-volume`): jobs needing a host
+    # volume are placed only where one of these is it or holds it.
+    host_volumes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # up, draining, lost, removed; preparing while its pool's setup task runs, unusable when it failed;
+    # stopping once its worker said it shuts down (SIGTERM).
     state: Mapped[str] = mapped_column(String(16), default="up")
     session: Mapped[str] = mapped_column(String(64), default="")
+    # Why the node is unusable (its setup task's error), and where the setup task's log is stored.
+    state_detail: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    setup_log: Mapped[str | None] = mapped_column(String(500), nullable=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SchedulerLease(Base):
+    """The leading scheduler's lease: one row. `epoch` grows by one at every change of leader; every
+    scheduler write transaction re-checks it (and the expiry) before commit, so a deposed or paused
+    leader commits nothing (see scheduler/lease.py)."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64), default="")
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Pool(Base):
@@ -173,6 +198,21 @@ class ApiToken(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class DashboardSession(Base):
+    """A dashboard login: the browser holds a random session id in an HttpOnly cookie; only its SHA-256 is kept.
+
+    The session names its token by hash, so deleting or expiring the token ends its sessions too.
+    """
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class Sweep(Base):
     """A parameter sweep: its template job spec is stored once here; each point is a job row."""
 
@@ -213,3 +253,17 @@ Index("ix_jobs_state_seq", Job.state, Job.seq)
 Index("ix_jobs_experiment_seq", Job.experiment, Job.seq)
 Index("ix_jobs_workspace_seq", Job.workspace, Job.seq)
 Index("ix_jobs_workspace_state_seq", Job.workspace, Job.state, Job.seq)
+
+
+class Volume(Base):
+    """A named volume (`trainyard volume create`): job specs name it instead of repeating kind, path and uri."""
+
+    __tablename__ = "volumes"
+
+    workspace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # path or uri, read_only, sync_interval_s, mount_path: the fields a job's volume entry takes from it.
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session
 
 from trainyard.db.jobs import iso
 from trainyard.db.models import Job, Sweep
-from trainyard.spec import JobState
+from trainyard.spec import TERMINAL_STATES, JobState
 
 STATES = tuple(state.value for state in JobState)
-TERMINAL = ("succeeded", "failed", "cancelled")
 METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 LEADERBOARD_DEFAULT = 20
 
@@ -34,7 +33,7 @@ def state_counts(session: Session, sweep_ids: Sequence[str]) -> dict[str, dict[s
 
 def sweep_state(sweep: Sweep, counts: dict[str, int]) -> str:
     """running while any job may still run; then finished, or cancelled when it was cancelled."""
-    active = sum(counts.get(state, 0) for state in ("queued", "scheduled", "running"))
+    active = sum(counts.get(state, 0) for state in STATES if state not in TERMINAL_STATES)
     if sweep.cancel_requested:
         return "cancelling" if active else "cancelled"
     return "running" if active else "finished"
@@ -42,7 +41,7 @@ def sweep_state(sweep: Sweep, counts: dict[str, int]) -> str:
 
 def sweep_dict(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
     """The sweep object of the API: definition, state counts and progress."""
-    done = sum(counts.get(state, 0) for state in TERMINAL)
+    done = sum(counts.get(state, 0) for state in TERMINAL_STATES)
     return {
         "id": sweep.id,
         "name": sweep.name,
@@ -81,6 +80,18 @@ def leaderboard(session: Session, sweep_id: str, metric: str, order: str, limit:
          "metrics": metrics or {}, "step": step}
         for rank, (job_id, name, state, params, metrics, step, score) in enumerate(rows, start=1)
     ]  # fmt: skip
+
+
+# Jobs of a sweep looked at for the names of the metrics they report (the points report the same ones).
+METRIC_SAMPLE_JOBS = 50
+
+
+def metric_names(session: Session, sweep_id: str) -> list[str]:
+    """Names of the metrics the sweep's points have reported, from its first jobs that reported any."""
+    rows = session.scalars(
+        select(Job.metrics).where(Job.sweep_id == sweep_id, Job.metrics.is_not(None)).limit(METRIC_SAMPLE_JOBS)
+    )
+    return sorted({name for metrics in rows for name in (metrics or {}) if METRIC_NAME.match(name)})
 
 
 def list_sweeps(

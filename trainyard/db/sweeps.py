@@ -23,10 +23,10 @@ from trainyard import sweeps
 from trainyard.db.bulk import insert_shared, reserve_seq
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Event, Job, Sweep, utcnow
-from trainyard.spec import JobSpec, JobState, SpecError
+from trainyard.spec import ACTIVE_STATES, JobSpec, JobState, SpecError, state_values
 
-ACTIVE = (JobState.SCHEDULED.value, JobState.RUNNING.value)
-NOT_TERMINAL = (JobState.QUEUED.value, *ACTIVE)
+ACTIVE = state_values(ACTIVE_STATES)
+NOT_TERMINAL = tuple(state.value for state in JobState if not state.is_terminal())
 
 
 class SweepConflict(Exception):
@@ -55,6 +55,7 @@ def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datet
         "gpus": template.resources.gpus,
         "cpus": template.resources.cpus,
         "memory_bytes": template.resources.memory_bytes,
+        "host_paths": template.host_paths or None,
         "max_wall_clock_s": template.max_wall_clock,
         "preemptible": template.preemptible,
         "max_retries": template.max_retries,

@@ -27,13 +27,14 @@ from trainyard.db.models import Event, Job, Node, Part, Pool, utcnow
 from trainyard.scheduler import outcomes
 from trainyard.scheduler.outcomes import Effects
 from trainyard.scheduler.providers import NodeProvider, make_provider
+from trainyard.spec import JobState, NodeState
 
 log = logging.getLogger(__name__)
 
 PERIOD_S = 2.0
 START_TIMEOUT_S = 90.0  # a started node that has not registered by then is stopped again
-DEMAND_STATES = ("queued", "scheduled", "running")
-REMOVED = "removed"
+DEMAND_STATES = tuple(state.value for state in JobState if not state.is_terminal())
+REMOVED = NodeState.REMOVED.value
 DEALLOCATION_REASONS = {"requeue": "preempted", "terminate": "cancelled"}
 
 
@@ -129,8 +130,9 @@ class Autoscaler:
             except Exception:  # one pool's provider failing must not stop the scheduler
                 log.exception("autoscaling pool %s failed", scale.name)
 
-    def scale_pool(self, sessions: sessionmaker[Session], scale: ScaleSettings,
-                   after_commit: Callable[[Effects], None]) -> None:
+    def scale_pool(
+        self, sessions: sessionmaker[Session], scale: ScaleSettings, after_commit: Callable[[Effects], None]
+    ) -> None:
         provider = self.provider(scale.provider)
         alive = {n.node_id for n in provider.list_nodes(scale.name)}
         effects = Effects()
@@ -139,8 +141,9 @@ class Autoscaler:
             busy = _busy_nodes(session, scale.name)
             desired = scale.desired(pool_demand(session, scale.name).nodes(scale))
             managed = self._managed(alive, nodes)
-            unmanaged = [n for n in nodes.values() if n.id not in alive and n.state == "up"]
-            serving = [m for m in managed if nodes.get(m) is None or nodes[m].state == "up"]
+            unmanaged = [n for n in nodes.values() if n.id not in alive and n.state == NodeState.UP]
+            taking = (NodeState.UP, NodeState.PREPARING)  # a preparing node will take work: start no other
+            serving = [m for m in managed if nodes.get(m) is None or nodes[m].state in taking]
             surplus = len(serving) + len(unmanaged) - desired
             to_start = max(0, -surplus)
             removed = self._remove_drained(session, managed, nodes, busy)
@@ -169,15 +172,23 @@ class Autoscaler:
             managed.append(node_id)
         return managed
 
-    def _remove_drained(self, session: Session, managed: list[str], nodes: dict[str, Node],
-                        busy: dict[str, int]) -> list[str]:
-        drained = [m for m in managed if m in nodes and nodes[m].state == "draining" and not busy.get(m)]
+    def _remove_drained(
+        self, session: Session, managed: list[str], nodes: dict[str, Node], busy: dict[str, int]
+    ) -> list[str]:
+        drained = [m for m in managed if m in nodes and nodes[m].state == NodeState.DRAINING and not busy.get(m)]
         for node_id in drained:
             _mark_removed(session, nodes[node_id], "drained")
         return drained
 
-    def _remove_idle(self, session: Session, scale: ScaleSettings, serving: list[str], nodes: dict[str, Node],
-                     busy: dict[str, int], surplus: int) -> list[str]:
+    def _remove_idle(
+        self,
+        session: Session,
+        scale: ScaleSettings,
+        serving: list[str],
+        nodes: dict[str, Node],
+        busy: dict[str, int],
+        surplus: int,
+    ) -> list[str]:
         now = time.monotonic()
         over_bound = len(serving) > scale.upper
         removed: list[str] = []
@@ -193,8 +204,17 @@ class Autoscaler:
                 removed.append(node_id)
         return removed
 
-    def _deallocate(self, session: Session, scale: ScaleSettings, serving: list[str], nodes: dict[str, Node],
-                    busy: dict[str, int], removed: list[str], over: int, effects: Effects) -> list[str]:
+    def _deallocate(
+        self,
+        session: Session,
+        scale: ScaleSettings,
+        serving: list[str],
+        nodes: dict[str, Node],
+        busy: dict[str, int],
+        removed: list[str],
+        over: int,
+        effects: Effects,
+    ) -> list[str]:
         """Busy nodes above the bound: requeue or terminate their work (and remove them), or drain them."""
         candidates = sorted((n for n in serving if n in nodes and n not in removed), key=lambda n: busy.get(n, 0))
         gone: list[str] = []
@@ -202,7 +222,7 @@ class Autoscaler:
             node = nodes[node_id]
             reason = DEALLOCATION_REASONS.get(scale.deallocation)
             if reason is None:
-                node.state = "draining"
+                node.state = NodeState.DRAINING.value
                 session.add(Event(at=utcnow(), kind="drained", node_id=node_id, actor="autoscaler", detail={}))
                 continue
             _end_attempts_on(session, node_id, reason, effects)

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from trainyard.scheduler.views import EPSILON, JobView, NodeView, PartPlacement, RunningView
+from trainyard.scheduler.views import EPSILON, JobView, NodeView, PartPlacement, RunningView, has_host_paths
 
 # (empty node?, free GPUs, free CPUs): ascending order is the packing preference.
 PackingKey = tuple[int, int, float]
 # (pool, nodes, cpus, gpus, memory_bytes): jobs of one shape fit or fail alike, up to backfill.
-Shape = tuple[str, int, float, int, int | None]
-shape_of: Callable[[JobView], Shape] = attrgetter("pool", "nodes", "cpus", "gpus", "memory_bytes")
+Shape = tuple[str, int, float, int, int | None, tuple[str, ...]]
+shape_of: Callable[[JobView], Shape] = attrgetter("pool", "nodes", "cpus", "gpus", "memory_bytes", "host_paths")
 
 
 @dataclass(slots=True)
@@ -49,6 +49,10 @@ class NodeState:
     free_memory_bytes: int | None
     schedulable: bool
     occupants: list[Occupant] = field(default_factory=list)
+    host_volumes: tuple[str, ...] = ()
+
+    def has_host_paths(self, job: JobView) -> bool:
+        return not job.host_paths or has_host_paths(self.host_volumes, job.host_paths)
 
     def is_empty(self) -> bool:
         return len(self.free_gpus) == self.gpu_count and self.free_cpus + EPSILON >= self.cpus
@@ -62,8 +66,8 @@ class NodeState:
         return memory_bytes is None or self.free_memory_bytes is None or self.free_memory_bytes >= memory_bytes
 
     def is_big_enough(self, job: JobView) -> bool:
-        """Could the job's per-node share ever fit here, with the node empty?"""
-        if self.cpus + EPSILON < job.cpus or self.gpu_count < job.gpus:
+        """Could the job's per-node share ever fit here, with the node empty (and its host volumes here)?"""
+        if self.cpus + EPSILON < job.cpus or self.gpu_count < job.gpus or not self.has_host_paths(job):
             return False
         return job.memory_bytes is None or self.memory_bytes is None or self.memory_bytes >= job.memory_bytes
 
@@ -132,6 +136,7 @@ class Capacity:
         node = NodeState(
             view.id, view.pool, view.cpus, len(view.gpus), view.memory_bytes,
             view.free_cpus, sorted(view.free_gpus), view.free_memory_bytes, view.schedulable,
+            host_volumes=view.host_volumes,
         )  # fmt: skip
         self.nodes[node.id] = node
         counts = self.pool_node_counts.setdefault(node.pool, [0, 0])

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Node, Part
-from trainyard.spec import AttemptReason, JobState
+from trainyard.spec import ACTIVE_STATES, AttemptReason, AttemptState, JobState, NodeState, PartState, state_values
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ RETRY_BACKOFF_BASE_S = 1.0
 RETRY_BACKOFF_MAX_S = 300.0
 # Reasons that put the job back in the queue without using one of its retries.
 REQUEUE_REASONS = frozenset({"node_lost", "node_shutdown", "preempted"})
+_RNG = random.Random()
 
 
 @dataclass
@@ -33,14 +34,25 @@ class Effects:
 
     stops: list[tuple[str, str, int, str]] = field(default_factory=list)  # node, job, attempt, reason
     ended_attempts: list[tuple[str, int]] = field(default_factory=list)
+    ended_with_secrets: list[tuple[str, int]] = field(default_factory=list)  # their secrets key goes
     stale_writes: int = 0
     start_latencies_s: list[float] = field(default_factory=list)  # submit → first start, per job
+    setups: list[dict[str, Any]] = field(default_factory=list)  # `setup` control messages, with their node
 
 
-def retry_delay_s(retry_number: int) -> float:
-    """Exponential backoff with full jitter: a job that keeps failing yields to the others."""
+def may_have_secrets(job: Job) -> bool:
+    """Whether an attempt of this job was sent secrets: its own, or (a sweep point) its sweep's."""
+    return job.secrets_enc is not None or job.sweep_id is not None
+
+
+def retry_delay_s(retry_number: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff, jittered over its upper half: a job that keeps failing yields to the others.
+
+    The ceiling doubles per retry up to RETRY_BACKOFF_MAX_S; the jitter spreads jobs that failed
+    together. `rng` is for tests (the module's generator otherwise).
+    """
     ceiling = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * (2 ** max(0, retry_number - 1)))
-    return random.uniform(ceiling / 2, ceiling)
+    return (rng or _RNG).uniform(ceiling / 2, ceiling)
 
 
 def _record_stale(session: Session, effects: Effects, event: dict[str, Any], now: datetime) -> None:
@@ -110,17 +122,17 @@ def _started(session: Session, loaded: _Loaded, event: dict[str, Any], now: date
         _record_stale(session, effects, event, now)
         effects.stops.append((event["node"], job_id, attempt, "stale"))
         return
-    if part.state != "scheduled":
+    if part.state != PartState.SCHEDULED:
         return  # a duplicate report
-    part.state, part.started_at = "running", now
+    part.state, part.started_at = PartState.RUNNING.value, now
     job = loaded.jobs.get(job_id)
     if job is not None and job.attempt == attempt and job.state == JobState.SCHEDULED.value:
         job.state, job.updated_at = JobState.RUNNING.value, now
         if attempt == 1 and rank == 0:
             effects.start_latencies_s.append(max(0.0, (now - job.submitted_at).total_seconds()))
     row = loaded.attempts.get((job_id, attempt))
-    if row is not None and row.state == "scheduled":
-        row.state, row.started_at = "running", now
+    if row is not None and row.state == AttemptState.SCHEDULED:
+        row.state, row.started_at = AttemptState.RUNNING.value, now
 
 
 def _exited(session: Session, loaded: _Loaded, event: dict[str, Any], now: datetime, effects: Effects) -> None:
@@ -131,7 +143,8 @@ def _exited(session: Session, loaded: _Loaded, event: dict[str, Any], now: datet
         return
     reason = str(event.get("reason") or "exit")
     exit_code = event.get("exit_code")
-    part.active, part.state, part.reason, part.exit_code, part.ended_at = False, "exited", reason, exit_code, now
+    part.active, part.state, part.reason = False, PartState.EXITED.value, reason
+    part.exit_code, part.ended_at = exit_code, now
     part.logs_complete = bool(event.get("logs_complete", True))
     job = loaded.jobs.get(job_id)
     if job is not None and rank == 0 and event.get("metrics") and job.attempt == attempt:
@@ -151,7 +164,7 @@ def _finish_loaded(
     session: Session, job: Job, row: Attempt | None, parts: list[Part], now: datetime, effects: Effects
 ) -> None:
     attempt = parts[0].attempt
-    if job.attempt != attempt or job.state not in ("scheduled", "running"):
+    if job.attempt != attempt or job.state not in ACTIVE_STATES:
         return
     values, attempt_state, reason = _transition(job, parts, now)
     for name, value in values.items():
@@ -160,6 +173,8 @@ def _finish_loaded(
         row.state, row.reason, row.ended_at = attempt_state, reason, now
         row.logs_complete = all(p.logs_complete for p in parts)
     effects.ended_attempts.append((job.id, attempt))
+    if may_have_secrets(job):
+        effects.ended_with_secrets.append((job.id, attempt))
     if values["state"] == JobState.QUEUED.value:
         session.add(Event(at=now, kind="requeued", job_id=job.id, attempt=attempt, detail={"reason": reason}))
 
@@ -176,17 +191,19 @@ def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: E
     """A node finished uploading a part's logs after reporting its exit (the store had been down)."""
     job_id, attempt, rank = event["job_id"], int(event["attempt"]), int(event["rank"])
     # Only the node whose exit report was accepted may finalise the part's logs (fencing).
-    changed = rowcount(session.execute(
-        update(Part)
-        .where(
-            Part.job_id == job_id,
-            Part.attempt == attempt,
-            Part.rank == rank,
-            Part.node_id == event["node"],
-            Part.state == "exited",
+    changed = rowcount(
+        session.execute(
+            update(Part)
+            .where(
+                Part.job_id == job_id,
+                Part.attempt == attempt,
+                Part.rank == rank,
+                Part.node_id == event["node"],
+                Part.state == PartState.EXITED.value,
+            )
+            .values(logs_complete=True)
         )
-        .values(logs_complete=True)
-    ))
+    )
     if not changed:
         _record_stale(session, effects, event, now)
         return
@@ -202,7 +219,15 @@ def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: E
 def _attempt_outcome(parts: list[Part], job: Job) -> tuple[str, int | None]:
     """(reason, exit code) of an attempt whose parts have all ended."""
     reasons = {p.reason or "exit" for p in parts}
-    for special in ("cancelled", "wall_clock", "prepare_failed", "node_lost", "node_shutdown", "preempted"):
+    for special in (
+        "cancelled",
+        "wall_clock",
+        "prepare_failed",
+        "mount_failed",
+        "node_lost",
+        "node_shutdown",
+        "preempted",
+    ):
         if special in reasons:
             return special, _first_failure(parts)
     if job.cancel_requested:
@@ -229,20 +254,20 @@ def _transition(job: Job, parts: list[Part], now: datetime) -> tuple[dict[str, A
     values: dict[str, Any] = {"updated_at": now, "exit_code": exit_code}
     if reason in REQUEUE_REASONS and not job.cancel_requested:
         values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=None)
-        return values, "requeued", reason
+        return values, AttemptState.REQUEUED.value, reason
     if reason == "exit" and exit_code == 0:
         values.update(state=JobState.SUCCEEDED.value, ended_at=now)
-        return values, "succeeded", reason
+        return values, AttemptState.SUCCEEDED.value, reason
     if reason == "cancelled":
         values.update(state=JobState.CANCELLED.value, ended_at=now)
-        return values, "cancelled", reason
-    if reason in ("exit", "prepare_failed") and job.retries_used < job.max_retries:
+        return values, AttemptState.CANCELLED.value, reason
+    if reason in ("exit", "prepare_failed", "mount_failed") and job.retries_used < job.max_retries:
         delay_s = retry_delay_s(job.retries_used + 1)
         values.update(state=JobState.QUEUED.value, attempt=attempt + 1, retries_used=job.retries_used + 1,
                       not_before=now + timedelta(seconds=delay_s))  # fmt: skip
-        return values, "failed", reason
+        return values, AttemptState.FAILED.value, reason
     values.update(state=JobState.FAILED.value, ended_at=now)
-    return values, "failed", reason
+    return values, AttemptState.FAILED.value, reason
 
 
 def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects) -> None:
@@ -251,11 +276,13 @@ def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now:
         return
     values, attempt_state, reason = _transition(job, list(parts), now)
     # CAS: only the current attempt of a non-terminal job may move it.
-    moved = rowcount(session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(("scheduled", "running")))
-        .values(**values)
-    ))
+    moved = rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(state_values(ACTIVE_STATES)))
+            .values(**values)
+        )
+    )
     if not moved:
         return
     session.execute(
@@ -264,6 +291,8 @@ def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now:
         .values(state=attempt_state, reason=reason, ended_at=now, logs_complete=all(p.logs_complete for p in parts))
     )
     effects.ended_attempts.append((job_id, attempt))
+    if may_have_secrets(job):
+        effects.ended_with_secrets.append((job_id, attempt))
     if values["state"] == JobState.QUEUED.value:
         session.add(Event(at=now, kind="requeued", job_id=job_id, attempt=attempt, detail={"reason": reason}))
 
@@ -283,14 +312,14 @@ def teardown_attempt(
         if part.active:
             if part.node_id not in lost_nodes:
                 effects.stops.append((part.node_id, job_id, attempt, reason))
-            part.active, part.state, part.reason, part.ended_at = False, "lost", reason, now
+            part.active, part.state, part.reason, part.ended_at = False, PartState.LOST.value, reason, now
     session.flush()
     finish_attempt(session, job_id, attempt, parts, now, effects)
 
 
 def mark_node_lost(session: Session, node: Node, now: datetime, effects: Effects) -> int:
     """A node stopped heartbeating: every attempt with a part on it is torn down and requeued."""
-    node.state = "lost"
+    node.state = NodeState.LOST.value
     attempts = session.execute(
         select(Part.job_id, Part.attempt).where(Part.node_id == node.id, Part.active.is_(True))
     ).all()

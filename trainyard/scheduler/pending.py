@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 from trainyard.scheduler.views import EPSILON, JobView, NodeView, Reservation
+
+if TYPE_CHECKING:
+    from trainyard.scheduler.capacity import NodeState
 
 # Past this many jobs ahead, "behind N jobs" keeps two significant digits ("4,200+"): the text
 # then changes rarely, and the loop only writes reasons that changed.
@@ -55,6 +60,18 @@ def needs(job: JobView, nodes_with_room: int) -> str:
     return f"needs {asks}; {nodes_with_room:,} {verb} them"
 
 
+def missing_host_volumes(job: JobView, having: int) -> str:
+    """ "needs 2 nodes with host volume /data in pool p; 1 declares it (…)"."""
+    paths = ", ".join(job.host_paths)
+    what = f"host volume{'s' if len(job.host_paths) > 1 else ''} {paths}"
+    verb = "declares" if having == 1 else "declare"
+    return (
+        f"needs {plural(job.nodes, 'node')} with {what} in pool {job.pool}; {having:,} {verb} "
+        f"{'them' if len(job.host_paths) > 1 else 'it'} (a node declares its host volumes with "
+        "`trainyard worker --host-volume PATH`)"
+    )
+
+
 def reserved_for_it(reservation: Reservation, now_s: float) -> str:
     count = len(reservation.node_ids)
     when = about(reservation.expected_start_s - now_s)
@@ -92,7 +109,16 @@ def workspace_quota(workspace: str, quota: int, in_use: int, need: int) -> str:
     return f"workspace {workspace} GPU quota reached: {used}, this job needs {need:,}"
 
 
-def pool_unavailable(pool: str, draining: int) -> str:
+def pool_unavailable(pool: str, draining: int, unready: dict[str, int] | None = None) -> str:
+    if unready:
+        states = []
+        if unready.get("preparing"):
+            states.append(f"{unready['preparing']:,} preparing (running the pool's setup task)")
+        if unready.get("unusable"):
+            states.append(f"{unready['unusable']:,} unusable (setup task failed: see `trainyard node logs ID`)")
+        if draining:
+            states.append(f"{draining:,} draining")
+        return f"no node of pool {pool} takes work yet: " + ", ".join(states)
     if not draining:
         return f"no nodes in pool {pool}"
     if draining == 1:
@@ -100,10 +126,41 @@ def pool_unavailable(pool: str, draining: int) -> str:
     return f"draining: all {draining:,} nodes in pool {pool} take no new work"
 
 
-def behind(jobs_ahead: int, pool: str) -> tuple[str, int]:
-    """ "behind 37 jobs in the queue for pool gpu", and the count from which the text changes."""
+def pool_busy(nodes: Iterable[NodeState]) -> str:
+    """ "3 of 3 slots busy", "4 of 8 slots and 2 of 2 GPUs busy": how full the pool is now."""
+    slots = used = 0.0
+    gpus = gpus_used = 0
+    for node in nodes:
+        slots += node.cpus
+        used += node.cpus - node.free_cpus
+        gpus += node.gpu_count
+        gpus_used += node.gpu_count - len(node.free_gpus)
+    text = f"{max(used, 0.0):g} of {slots:g} slots"
+    if gpus:
+        text += f" and {gpus_used:,} of {gpus:,} GPUs"
+    return text + " busy"
+
+
+def waiting_for_room(job: JobView, nodes_with_room: int, busy: str | None) -> str:
+    """The first job of its shape that does not fit: "waiting for a free slot in pool default (3 of 3
+    slots busy)", or for a gang or a bigger share what it needs and how many nodes have it."""
+    if job.nodes == 1 and not job.gpus and job.memory_bytes is None and job.cpus <= 1 + EPSILON:
+        text = f"waiting for a free slot in pool {job.pool}"
+    else:
+        text = needs(job, nodes_with_room)
+    return f"{text} ({busy})" if busy else text
+
+
+def behind(jobs_ahead: int, pool: str, busy: str | None = None) -> tuple[str, int]:
+    """ "behind 37 jobs in the queue for pool gpu", and the count from which the text changes.
+
+    Near the head of the queue the text also says how busy the pool is (it changes as jobs start
+    and end, but only for those few jobs); further back it changes rarely, so the loop rewrites
+    few of them.
+    """
     if jobs_ahead < EXACT_POSITION_BELOW:
-        return f"behind {plural(jobs_ahead, 'job')} in the queue for pool {pool}", jobs_ahead + 1
+        text = f"behind {plural(jobs_ahead, 'job')} in the queue for pool {pool}"
+        return (f"{text} ({busy})" if busy else text), jobs_ahead + 1
     step = 10 ** (len(str(jobs_ahead)) - 2)
     floor = jobs_ahead // step * step
     return f"behind {floor:,}+ jobs in the queue for pool {pool}", floor + step
@@ -112,7 +169,8 @@ def behind(jobs_ahead: int, pool: str) -> tuple[str, int]:
 class QueuePosition:
     """Counts, per pool, the jobs ahead that also wait for room, and words it."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy: Callable[[str], str | None] | None = None) -> None:
+        self._busy = busy or (lambda _pool: None)
         self._ahead: dict[str, int] = {}
         self._text: dict[str, tuple[int, str]] = {}  # pool → (count it stops being right at, text)
 
@@ -126,7 +184,7 @@ class QueuePosition:
         cached = self._text.get(pool)
         if cached is not None and jobs_ahead < cached[0]:
             return cached[1]
-        text, changes_at = behind(jobs_ahead, pool)
+        text, changes_at = behind(jobs_ahead, pool, self._busy(pool) if jobs_ahead < EXACT_POSITION_BELOW else None)
         self._text[pool] = (changes_at, text)
         return text
 
@@ -137,7 +195,7 @@ class QueuePosition:
         texts: list[str] = []
         position = first
         while position < end:
-            text, changes_at = behind(position, pool)
+            text, changes_at = behind(position, pool, self._busy(pool) if position < EXACT_POSITION_BELOW else None)
             run = min(changes_at, end) - position
             texts.extend(repeat(text, run))
             position += run

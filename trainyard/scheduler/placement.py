@@ -112,10 +112,12 @@ class _Found:
 class _Pass:
     def __init__(self, snapshot: Snapshot, shortcut_tail: bool) -> None:
         self.now_s = snapshot.now_s
+        self.unready_nodes = snapshot.unready_nodes
         self.result = PassPlan()
         self.capacity = Capacity(snapshot.nodes, snapshot.running, snapshot.now_s)
         self.limits = QueueLimits(snapshot)
-        self.position = pending.QueuePosition()
+        self._busy: dict[str, str] = {}
+        self.position = pending.QueuePosition(self._pool_busy)
         self.preemptor = Preemptor(self.capacity, MAX_PREEMPTION_ATTEMPTS_PER_PASS)
         # Smallest max_wall_clock_s that failed per shape: longer jobs of that shape fail too
         # (they may backfill on fewer reserved nodes), shorter ones are tried.
@@ -175,8 +177,17 @@ class _Pass:
             else:
                 reasons.update(dict.fromkeys(job_ids, self._pool_unavailable(pool)))
 
+    def _pool_busy(self, pool: str) -> str | None:
+        """How full the pool is, read once per pass when its first job waits (so reasons agree)."""
+        text = self._busy.get(pool)
+        if text is None and pool in self.capacity.pools:
+            text = self._busy[pool] = pending.pool_busy(self.capacity.pool_nodes(pool))
+        return text
+
     def _pool_unavailable(self, pool: str) -> str:
-        return pending.pool_unavailable(pool, draining=self.capacity.pool_node_counts.get(pool, [0, 0])[1])
+        return pending.pool_unavailable(
+            pool, draining=self.capacity.pool_node_counts.get(pool, [0, 0])[1], unready=self.unready_nodes.get(pool)
+        )
 
     def _consider(self, job: JobView, shape: Shape, failed_at_s: float | None) -> str | None:
         if job.pool not in self.capacity.pools:
@@ -197,6 +208,8 @@ class _Pass:
         held = self.held
         for node in self.capacity.pools[job.pool].candidates(job.gpus, job.cpus):
             if job.memory_bytes is not None and not node.has_room(job.cpus, job.gpus, job.memory_bytes):
+                continue
+            if job.host_paths and not node.has_host_paths(job):
                 continue
             reservation = held.get(node.id)
             if reservation is None or latest_end_s <= reservation.expected_start_s:
@@ -224,10 +237,13 @@ class _Pass:
             return preempting
         if found.blocking is not None and len(found.usable) + found.reserved_fit >= job.nodes:
             return pending.waiting_for_reservation(found.blocking, self.now_s)
-        reason = pending.needs(job, len(found.usable))
         if job.pool in self.pools_with_waiting_reservation:
-            return reason
+            return pending.waiting_for_room(job, len(found.usable), self._pool_busy(job.pool))
         reservation = self._reserve(job)
+        # A text without a reservation made says no node is big enough (see _reserve).
+        too_big = reservation is not None and job.pool not in self.pools_with_waiting_reservation
+        # How busy the pool is helps only a job that would fit once something ends.
+        reason = pending.waiting_for_room(job, len(found.usable), None if too_big else self._pool_busy(job.pool))
         return reason if reservation is None else f"{reason}; {reservation}"
 
     def _blocked_again(self, job: JobView, shape: Shape) -> str:
@@ -244,7 +260,9 @@ class _Pass:
 
     def _reserve(self, job: JobView) -> str | None:
         """Hold the nodes that free up first for this job (the pool's one waiting reservation); say so."""
-        pool_nodes = [node for node in self.capacity.pool_nodes(job.pool) if node.id not in self.held]
+        pool_nodes = [
+            node for node in self.capacity.pool_nodes(job.pool) if node.id not in self.held and node.has_host_paths(job)
+        ]
         reservation = gangs.reserve(job, pool_nodes, self.now_s)
         if reservation is not None:
             self.pools_with_waiting_reservation.add(job.pool)
@@ -253,6 +271,10 @@ class _Pass:
         big_enough = sum(1 for node in self.capacity.pool_nodes(job.pool) if node.is_big_enough(job))
         if big_enough >= job.nodes:
             return None  # held for jobs ahead, or what runs there did not say when it ends
+        if job.host_paths:
+            having = sum(1 for node in self.capacity.pool_nodes(job.pool) if node.has_host_paths(job))
+            if having < job.nodes:
+                return pending.missing_host_volumes(job, having)
         draining = sum(
             1
             for node in self.capacity.nodes.values()

@@ -58,9 +58,12 @@ class Preemptor:
         room_nodes = [
             node
             for node in self._capacity.pools[job.pool].candidates(job.gpus, job.cpus)
-            if node.id not in held and node.has_room(job.cpus, job.gpus, job.memory_bytes)
+            if node.id not in held and node.has_room(job.cpus, job.gpus, job.memory_bytes) and node.has_host_paths(job)
         ]
-        choice = choose(job, room_nodes, self._victims_by_cheapest(job.pool), held)
+        victims = self._victims_by_cheapest(job.pool)
+        if job.host_paths:
+            victims = [(cheapest, node) for cheapest, node in victims if node.has_host_paths(job)]
+        choice = choose(job, room_nodes, victims, held)
         if choice is None:
             self.floor[shape] = max(self.floor.get(shape, -1), job.priority)
             return None

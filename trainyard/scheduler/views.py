@@ -25,6 +25,13 @@ class NodeView:
     memory_bytes: int | None = None
     free_memory_bytes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    host_volumes: tuple[str, ...] = ()  # host directories it declared (normalised, absolute)
+
+
+def has_host_paths(declared: tuple[str, ...], needed: tuple[str, ...]) -> bool:
+    """Whether every needed host path is a declared host volume or lies under one."""
+    return all(any(path == root or root == "/" or path.startswith(root + "/") for root in declared)
+               for path in needed)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -43,6 +50,7 @@ class JobView:
     sweep_id: str | None = None
     # When the job was first submitted; aging counts from here (requeues keep it). None: no aging.
     submitted_s: float | None = None
+    host_paths: tuple[str, ...] = ()  # host directories its volumes need on each node
 
 
 @dataclass(slots=True)
@@ -108,6 +116,8 @@ class Snapshot:
     # Per workspace: GPU quota (absent: unlimited) and GPUs held by its scheduled/running jobs.
     workspace_gpu_quota: dict[str, int] = field(default_factory=dict)
     workspace_gpus_in_use: dict[str, int] = field(default_factory=dict)
+    # Per pool: nodes that take no work yet, by state (`preparing`, `unusable`): for pending reasons.
+    unready_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

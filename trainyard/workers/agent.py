@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -20,21 +18,32 @@ from typing import Any
 
 import redis
 
-from trainyard import transport
-from trainyard.config import Settings
+from trainyard import transport, wire
+from trainyard.config import Settings, secret
 from trainyard.crypto import decrypt_secrets
+from trainyard.lognotify import LogNotifier
 from trainyard.storage_adapters import open_storage
-from trainyard.workers import staging, watchdog
+from trainyard.workers import volumes, watchdog
 from trainyard.workers.capacity import NodeCapacity
-from trainyard.workers.job_metrics import job_python_env, metrics_file, read_metrics
-from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, gang_token, launcher_for
-from trainyard.workers.launchers.rsh_relay import NO_RELAY, NoRelay, RshRelay, relay_for
-from trainyard.workers.logpump import PartLogs, SpoolBudget, spool_max_bytes
+from trainyard.workers.job_metrics import job_python_env
+from trainyard.workers.launchers import LaunchContext, PrepareFailed, gang_token
+from trainyard.workers.logpump import PartLogs, SpoolBudget
+from trainyard.workers.node_setup import NodeSetup
 from trainyard.workers.outbox import EventOutbox
+from trainyard.workers.part_runner import (
+    PUMP_DRAIN_TIMEOUT_S,
+    CheckpointSync,
+    Metrics,
+    PartRun,
+    PartRunner,
+    Relay,
+    Staging,
+    Volumes,
+    WallClock,
+)
 
 log = logging.getLogger(__name__)
 
-PUMP_DRAIN_TIMEOUT_S = 5.0
 EVENT_RETRY_MAX_S = 5.0
 CONTROL_POLL_S = 1.0
 CANCELLED_MEMORY_S = 3600.0
@@ -50,13 +59,8 @@ class NodeConfig:
     gpus: list[int] = field(default_factory=list)
     memory_bytes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class ActivePart:
-    launcher_name: str
-    running: RunningPart
-    stop_reason: str | None = None
+    # Host directories this node has (NFS, Lustre, local disks): where jobs' host volumes may be placed.
+    host_volumes: list[str] = field(default_factory=list)
 
 
 class NodeAgent:
@@ -65,20 +69,30 @@ class NodeAgent:
     def __init__(self, settings: Settings, node: NodeConfig):
         self.settings, self.node = settings, node
         self.session_id = secrets.token_hex(8)
-        self.redis = transport.redis_client(settings.redis_url)
-        self.outbox = EventOutbox(transport.redis_client(settings.redis_url))
+        redis_url = settings.redis_url.get_secret_value()
+        self.redis = transport.redis_client(redis_url)
+        self.outbox = EventOutbox(transport.redis_client(redis_url))
         self.storage = open_storage(settings.storage_url)
-        self.spool_budget = SpoolBudget(spool_max_bytes())  # shared by every part of this node
+        self.spool_budget = SpoolBudget(settings.spool_max_bytes)  # shared by every part of this node
+        self.log_notifier = LogNotifier(self.redis)  # tells API followers that log bytes arrived
         self.node_dir = settings.home / "nodes" / node.node_id
-        self._active: dict[tuple[str, int, int], ActivePart] = {}
+        self._active: dict[tuple[str, int, int], PartRun] = {}  # parts whose prepare or command runs
         self._stopped_attempts: dict[tuple[str, int], tuple[str, float]] = {}
         # Parts this process has taken on: a re-sent message for one of them is ignored, so a
         # scheduler that re-dispatches after a crash or a Redis loss never starts a part twice.
         self._seen_parts: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self.capacity = NodeCapacity(node.slots)
-        self._waiting: set[tuple[str, int, int]] = set()  # parts sent ahead, waiting for slots here
+        self.setup = NodeSetup(node.node_id, node.pool, self.session_id, self.node_dir, self.storage,
+                               secret(settings.secret_key), self.publish)  # fmt: skip
+        self._waiting: set[tuple[str, int, int]] = set()  # parts received, waiting for their slots to free
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
+        # Around each part's command, in this order (see part_runner for the steps).
+        self.runner = PartRunner(
+            [WallClock(), CheckpointSync(self.storage), Staging(self.storage, self.node_dir, node.node_id),
+             Volumes(self.node_dir), Relay(self.redis), Metrics()],
+            self,
+        )  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -86,6 +100,7 @@ class NodeAgent:
         self.node_dir.mkdir(parents=True, exist_ok=True)
         self._watchdog = watchdog.start(self.session_id)
         self._recover_spools()
+        volumes.clean_leftovers(self.node_dir)  # mounts a crashed worker left behind
         self.publish(self._registration())
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._control_loop, name="control", daemon=True).start()
@@ -97,17 +112,17 @@ class NodeAgent:
         finalisation would be a stale write); readers get the bytes all the same.
         """
         for spool_dir in sorted((self.node_dir / "spool").glob("*")):
-            if PartLogs.recover(self.storage, spool_dir, self.spool_budget) is not None:
+            if PartLogs.recover(self.storage, spool_dir, self.spool_budget, self.log_notifier.notify) is not None:
                 log.info("shipping the leftover spool %s", spool_dir.name)
 
     def shutdown(self) -> None:
-        """Stop heartbeating and kill every running part: the scheduler requeues them."""
+        """Take no new parts, stop heartbeating and kill every running part: the scheduler requeues them."""
         self._shutdown.set()
+        self.publish({"kind": "node_leaving"})
         with self._lock:
             active = list(self._active.values())
         for part in active:
-            part.stop_reason = "node_shutdown"
-            launcher_for(part.launcher_name).stop(part.running, grace_s=2.0)
+            part.stop("node_shutdown", grace_s=2.0)
 
     def _registration(self) -> dict[str, Any]:
         node = self.node
@@ -121,6 +136,7 @@ class NodeAgent:
             "gpus": node.gpus,
             "memory_bytes": node.memory_bytes,
             "labels": node.labels,
+            "host_volumes": node.host_volumes,
         }
 
     # -- reporting ---------------------------------------------------------------------------
@@ -139,8 +155,13 @@ class NodeAgent:
             try:
                 transport.publish_event(
                     self.redis,
-                    {"kind": "heartbeat", "node": self.node.node_id, "session": self.session_id,
-                     "running": running, "registration": self._registration()},
+                    {
+                        "kind": "heartbeat",
+                        "node": self.node.node_id,
+                        "session": self.session_id,
+                        "running": running,
+                        "registration": self._registration(),
+                    },
                 )
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -160,21 +181,25 @@ class NodeAgent:
                 self.handle_control(json.loads(item[1]))
 
     def handle_control(self, message: dict[str, Any]) -> None:
-        if message.get("kind") != "stop":
+        try:
+            control = wire.parse_control(message)
+        except wire.InvalidMessage as exc:
+            log.warning("ignoring an invalid control message: %s", exc)
             return
-        job_id, attempt = str(message["job_id"]), int(message["attempt"])
-        reason = str(message.get("reason") or "cancelled")
-        grace_s = float(message.get("grace_s", 10.0))
+        if isinstance(control, wire.Setup):
+            self.setup.handle(control)
+        else:
+            self._stop(control)
+
+    def _stop(self, stop: wire.Stop) -> None:
+        job_id, attempt, reason, grace_s = stop.job_id, stop.attempt, stop.reason or "cancelled", stop.grace_s
         with self._lock:
             self._forget_old_stops()
             self._stopped_attempts[(job_id, attempt)] = (reason, time.monotonic())
             targets = [(k, p) for k, p in self._active.items() if k[0] == job_id and k[1] <= attempt]
         self.capacity.wake()  # a part waiting for slots may be the one stopped
         for _key, part in targets:
-            part.stop_reason = reason
-            threading.Thread(
-                target=launcher_for(part.launcher_name).stop, args=(part.running, grace_s), daemon=True
-            ).start()
+            threading.Thread(target=part.stop, args=(reason, grace_s), daemon=True).start()
 
     def _forget_old_stops(self) -> None:
         horizon = time.monotonic() - CANCELLED_MEMORY_S
@@ -187,9 +212,10 @@ class NodeAgent:
         if not message.get("has_secrets"):
             return {}
         token: Any = self.redis.get(transport.secrets_key(message["job_id"], int(message["attempt"])))
-        if token is None or not self.settings.secret_key:
+        key = secret(self.settings.secret_key)
+        if token is None or not key:
             raise RuntimeError("the job's secrets could not be fetched for launch")
-        return decrypt_secrets(token.decode() if isinstance(token, bytes) else str(token), self.settings.secret_key)
+        return decrypt_secrets(token.decode() if isinstance(token, bytes) else str(token), key)
 
     def _context(self, message: dict[str, Any]) -> LaunchContext:
         job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])
@@ -209,13 +235,26 @@ class NodeAgent:
             secrets=self._secrets_for(message),
             extra_env={watchdog.SESSION_ENV: self.session_id, **job_python_env(self.node_dir, message["spec"])},
             params={str(k): str(v) for k, v in (message.get("params") or {}).items()},
-            gang_token=gang_token(self.settings.secret_key, job_id, attempt),
+            gang_token=gang_token(secret(self.settings.secret_key), job_id, attempt),
         )
 
     def admit(self, message: dict[str, Any]) -> bool:
         """Wait until the part's slots are free on this node; False (and reported) if stopped meanwhile."""
         key = (message["job_id"], int(message["attempt"]), int(message["rank"]))
         cpus = float(message.get("cpus") or 0.0)
+        if self._shutdown.is_set():  # sent before the scheduler heard this node is leaving
+            self.publish(
+                {
+                    "kind": "part_exited",
+                    "job_id": key[0],
+                    "attempt": key[1],
+                    "rank": key[2],
+                    "exit_code": None,
+                    "reason": "node_shutdown",
+                    "logs_complete": True,
+                }
+            )
+            return False
         with self._lock:
             self._waiting.add(key)
         try:
@@ -225,8 +264,17 @@ class NodeAgent:
                 self._waiting.discard(key)
         if not admitted:
             reason = self._stopped_attempts.get((key[0], key[1]), ("cancelled", 0.0))[0]
-            self.publish({"kind": "part_exited", "job_id": key[0], "attempt": key[1], "rank": key[2],
-                          "exit_code": None, "reason": reason, "logs_complete": True})
+            self.publish(
+                {
+                    "kind": "part_exited",
+                    "job_id": key[0],
+                    "attempt": key[1],
+                    "rank": key[2],
+                    "exit_code": None,
+                    "reason": reason,
+                    "logs_complete": True,
+                }
+            )
         return admitted
 
     def release(self, message: dict[str, Any]) -> None:
@@ -238,29 +286,24 @@ class NodeAgent:
         with self._lock:
             part = self._active.pop(key, None)
         if part is not None:
-            launcher_for(part.launcher_name).stop(part.running, grace_s=2.0)
-        self.publish({"kind": "part_exited", "job_id": key[0], "attempt": key[1], "rank": key[2],
-                      "exit_code": 1, "reason": "exit", "logs_complete": True,
-                      "error": f"trainyard node error: {type(error).__name__}: {error}"})
-
-    def _wall_clock_timer(self, message: dict[str, Any], part: ActivePart) -> threading.Timer:
-        """Enforce max_wall_clock on the node itself: it holds even while the scheduler is away."""
-        limit_s = float(message["spec"].get("max_wall_clock") or 7 * 86400)
-
-        def expire() -> None:
-            part.stop_reason = "wall_clock"
-            launcher_for(part.launcher_name).stop(part.running, grace_s=10.0)
-
-        timer = threading.Timer(limit_s, expire)
-        timer.daemon = True
-        timer.start()
-        return timer
+            part.stop(part.stop_reason or "exit", grace_s=2.0)
+        self.publish(
+            {
+                "kind": "part_exited",
+                "job_id": key[0],
+                "attempt": key[1],
+                "rank": key[2],
+                "exit_code": 1,
+                "reason": "exit",
+                "logs_complete": True,
+                "error": f"trainyard node error: {type(error).__name__}: {error}",
+            }
+        )
 
     def run_part(self, message: dict[str, Any]) -> int:
         """The body of the `trainyard.run` task: run one part to its end and report it."""
         job_id, attempt, rank = message["job_id"], int(message["attempt"]), int(message["rank"])
         key = (job_id, attempt, rank)
-        report = {"job_id": job_id, "attempt": attempt, "rank": rank}
         with self._lock:
             stopped = self._stopped_attempts.get((job_id, attempt))
             duplicate = key in self._seen_parts
@@ -271,102 +314,91 @@ class NodeAgent:
             log.info("ignoring a second message for part %s", key)
             return 0
         if stopped is not None:
-            self.publish({"kind": "part_exited", **report, "exit_code": None, "reason": stopped[0],
-                          "logs_complete": True})
+            self.publish(
+                {
+                    "kind": "part_exited",
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "rank": rank,
+                    "exit_code": None,
+                    "reason": stopped[0],
+                    "logs_complete": True,
+                }
+            )
             return 0
-        launcher_name = str(message["spec"].get("launcher", "process"))
-        logs = PartLogs(self.storage, self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}", job_id, attempt, rank,
-                        budget=self.spool_budget)
-        staged = None
-        relay: RshRelay | NoRelay = NO_RELAY
-        try:
-            ctx = self._context(message)
-            staged = staging.stage(self.storage, self.node_dir, self.node.node_id, ctx)  # code, inputs, checkpoint
-            launcher = launcher_for(launcher_name, image=ctx.image)
-            # MPI's daemons reach this part from other nodes through the relay (no ssh).
-            relay = relay_for(launcher, self.redis, ctx, logs)
-            self._prepare(key, launcher, ctx, logs)
-            running = launcher.start(ctx)
-            relay.serve(launcher, running)
-        except Exception as exc:
-            logs.streams["stderr"].append(f"trainyard: could not start the job: {exc}\n".encode())
-            if staged is not None:
-                shutil.rmtree(staged.attempt_dir, ignore_errors=True)
-            complete = logs.finish()
-            reason, exit_code = _start_failure(exc)
-            relay.close()
-            self.publish({"kind": "part_exited", **report, "exit_code": exit_code, "reason": reason,
-                          "logs_complete": complete})
-            self._report_logs_done_later(logs, complete, report)
-            return exit_code
-        part = ActivePart(launcher_name, running)
-        with self._lock:
-            self._active[key] = part
-        self.publish({"kind": "part_started", **report, "pid": running.pid})
-        wall_clock = self._wall_clock_timer(message, part)
-        pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
-        exit_code = launcher_for(launcher_name).wait(running)
-        wall_clock.cancel()
-        for pump in pumps:
-            pump.join(PUMP_DRAIN_TIMEOUT_S)
-        if any(p.is_alive() for p in pumps):
-            # A background child still holds the pipe: the part is over, so end its whole tree.
-            launcher_for(launcher_name).stop(running, grace_s=1.0)
-            for pump in pumps:  # what the tree wrote before it died is still in the pipe
-                pump.join(PUMP_DRAIN_TIMEOUT_S)
-        # Outputs, checkpoint and manifest go up before the exit report: a next attempt finds them.
-        exit_code = staging.finish(self.storage, ctx, staged, exit_code, logs.streams["stderr"].append)
-        relay.close()  # after the spawned daemons' output is in the logs
-        complete = logs.finish()
-        with self._lock:
-            self._active.pop(key, None)
-        metrics = read_metrics(metrics_file(ctx.workdir))  # what trainyard.report wrote, before the dir goes
-        shutil.rmtree(ctx.workdir, ignore_errors=True)
-        self.publish({"kind": "part_exited", **report, "exit_code": exit_code,
-                      "reason": part.stop_reason or "exit", "logs_complete": complete, **metrics})
-        self._report_logs_done_later(logs, complete, report)
-        return exit_code
+        logs = PartLogs(
+            self.storage,
+            self.node_dir / "spool" / f"{job_id}-{attempt}-{rank}",
+            job_id,
+            attempt,
+            rank,
+            budget=self.spool_budget,
+            notify=self.log_notifier.notify,
+        )
+        return self.runner.run(PartRun(key=key, message=message, logs=logs))
 
-    def _prepare(self, key: tuple[str, int, int], launcher: Launcher, ctx: LaunchContext, logs: PartLogs) -> None:
+    # -- the runner's steps (part_runner.PartSteps) ------------------------------------------
+
+    def context(self, message: dict[str, Any]) -> LaunchContext:
+        return self._context(message)
+
+    def run_prepare(self, run: PartRun) -> None:
         """Run the spec's `prepare` on this node before the command, output into the job's logs.
 
         Raises PrepareFailed when it fails (reason prepare_failed) or is stopped meanwhile.
         """
-        running = launcher.prepare(ctx)
+        assert run.launcher is not None and run.ctx is not None
+        running = run.launcher.prepare(run.ctx)
         if running is None:
             return
-        part = ActivePart(launcher.name, running)
+        run.running = running
         with self._lock:
-            self._active[key] = part
-        pumps = [logs.pump(running.stdout_fd, "stdout"), logs.pump(running.stderr_fd, "stderr")]
-        exit_code = launcher.wait(running)
+            self._active[run.key] = run
+        pumps = [run.logs.pump(running.stdout_fd, "stdout"), run.logs.pump(running.stderr_fd, "stderr")]
+        exit_code = run.launcher.wait(running)
         for pump in pumps:
             pump.join(PUMP_DRAIN_TIMEOUT_S)
         if any(p.is_alive() for p in pumps):
-            launcher.stop(running, grace_s=1.0)  # a background child of prepare must not outlive it
+            run.launcher.stop(running, grace_s=1.0)  # a background child of prepare must not outlive it
         with self._lock:
-            self._active.pop(key, None)
-            stopped = self._stopped_attempts.get(key[:2])
-        if part.stop_reason or stopped:
-            raise PrepareFailed(exit_code, part.stop_reason or (stopped[0] if stopped else "cancelled"))
+            self._active.pop(run.key, None)
+            stopped = self._stopped_attempts.get(run.key[:2])
+        run.running = None
+        if run.stop_reason or stopped:
+            raise PrepareFailed(exit_code, run.stop_reason or (stopped[0] if stopped else "cancelled"))
         if exit_code != 0:
             raise PrepareFailed(exit_code)
+
+    def started(self, run: PartRun) -> None:
+        assert run.running is not None
+        with self._lock:
+            self._active[run.key] = run
+        job_id, attempt, rank = run.key
+        self.publish(
+            {"kind": "part_started", "job_id": job_id, "attempt": attempt, "rank": rank, "pid": run.running.pid}
+        )
+
+    def finished(self, run: PartRun, complete: bool) -> None:
+        with self._lock:
+            self._active.pop(run.key, None)
+        job_id, attempt, rank = run.key
+        report = {"job_id": job_id, "attempt": attempt, "rank": rank}
+        self.publish(
+            {
+                "kind": "part_exited",
+                **report,
+                "exit_code": run.exit_code,
+                "reason": run.stop_reason or "exit",
+                "logs_complete": complete,
+                **run.report,
+            }
+        )
+        self._report_logs_done_later(run.logs, complete, report)
 
     def _report_logs_done_later(self, logs: PartLogs, complete: bool, report: dict[str, Any]) -> None:
         """The exit report said the logs were incomplete (store down): say so when they are in."""
         if not complete:
             logs.notify_when_shipped(lambda: self.publish({"kind": "logs_done", **report}))
-
-
-def _start_failure(exc: Exception) -> tuple[str, int]:
-    """(reason, exit status) of a part that could not start."""
-    if isinstance(exc, PrepareFailed):
-        return exc.reason, exc.exit_code
-    return ("prepare_failed" if isinstance(exc, staging.StagingError) else "exit"), 127
-
-
-def default_address() -> str:
-    return os.environ.get("TRAINYARD_NODE_ADDRESS", "127.0.0.2")
 
 
 def node_dir(home: Path, node_id: str) -> Path:

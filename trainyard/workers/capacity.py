@@ -1,9 +1,9 @@
 """Admission on the node: parts start only while their CPU slots fit, in the order they arrived.
 
-The scheduler may send a node a few single-node CPU parts beyond its free slots (a backlog), so
-that a slot that frees is refilled at once, without a round trip to the scheduler. This gate
-keeps the invariant that no slot is given to two running parts: a part waits here until the
-slots it asked for are free, or until it is stopped.
+The scheduler sends a part only onto slots its database shows free, so a part normally passes
+at once. The gate is the node's own guard of the invariant that no slot is given to two running
+parts: a part whose slot the scheduler freed a moment before this node finished releasing it
+(the exit report goes out just before the release) waits here until it is free, or is stopped.
 """
 
 from __future__ import annotations

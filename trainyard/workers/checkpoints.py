@@ -1,10 +1,11 @@
-"""TRAINYARD_CHECKPOINT_DIR: saved to the cluster's store at the end of every attempt, restored before the next.
+"""TRAINYARD_CHECKPOINT_DIR: saved to the cluster's store while the job runs and at its end, restored before the next.
 
 Layout per job and rank: `checkpoints/<job>/<rank>/objects/<sha256>` holds file contents (a
 file unchanged since the last save is not sent again) and `latest.json` lists path → sha256.
 `latest.json` is written last, in one PUT, so a save cut short leaves the previous checkpoint
 whole. A save from an older attempt than the one recorded is refused: a zombie cannot roll
-the checkpoint back.
+the checkpoint back. While the job runs, `save_snapshot` saves stable copies (workers/snapshots.py)
+every `checkpoint_interval_s`, so a node that dies loses at most that much work.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from trainyard.datarefs import checkpoint_prefix, safe_relpath
 from trainyard.storage_adapters import ObjectNotFound, Storage
+from trainyard.workers.snapshots import TreeWatcher
 from trainyard.workers.transfer import (
     FileDigest,
     Refused,
@@ -31,6 +33,10 @@ from trainyard.workers.transfer import (
 log = logging.getLogger(__name__)
 
 LATEST = "latest.json"
+
+
+class Superseded(Exception):
+    """A later attempt saved this job's checkpoint: this attempt's saves would roll it back."""
 
 
 def _latest(cluster: Storage, job_id: str, rank: int, deadline: float) -> dict[str, Any] | None:
@@ -60,8 +66,12 @@ def restore(cluster: Storage, job_id: str, rank: int, dest: Path, deadline: floa
 
 
 def _summary(latest: dict[str, Any]) -> dict[str, Any]:
-    return {"attempt": latest["attempt"], "files": len(latest["files"]),
-            "bytes": sum(int(f["size"]) for f in latest["files"]), "saved_at": latest["saved_at"]}
+    return {
+        "attempt": latest["attempt"],
+        "files": len(latest["files"]),
+        "bytes": sum(int(f["size"]) for f in latest["files"]),
+        "saved_at": latest["saved_at"],
+    }
 
 
 def save(cluster: Storage, job_id: str, attempt: int, rank: int, src: Path, deadline: float) -> dict[str, Any] | None:
@@ -69,8 +79,9 @@ def save(cluster: Storage, job_id: str, attempt: int, rank: int, src: Path, dead
     prefix = checkpoint_prefix(job_id, rank)
     previous = _latest(cluster, job_id, rank, deadline)
     if previous is not None and int(previous["attempt"]) > attempt:
-        log.warning("not saving the checkpoint of %s attempt %d: attempt %s saved one", job_id, attempt,
-                    previous["attempt"])
+        log.warning(
+            "not saving the checkpoint of %s attempt %d: attempt %s saved one", job_id, attempt, previous["attempt"]
+        )
         return None
     found = list(walk_files(src)) if src.is_dir() else []
     if not found and previous is None:
@@ -87,12 +98,57 @@ def save(cluster: Storage, job_id: str, attempt: int, rank: int, src: Path, dead
             upload(path, cluster, prefix + "objects/" + digest.sha256, deadline)
             stored.add(digest.sha256)
         files.append(FileDigest(rel, digest.size, digest.sha256))
-    latest = {"attempt": attempt, "rank": rank, "saved_at": datetime.now(UTC).isoformat(),
-              "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]}
+    latest = {
+        "attempt": attempt,
+        "rank": rank,
+        "saved_at": datetime.now(UTC).isoformat(),
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+    }
     body = json.dumps(latest, indent=1).encode()
     retrying(lambda: cluster.put(prefix + LATEST, body), f"write {prefix}{LATEST}", deadline)
     _forget_unreferenced(cluster, prefix, {f.sha256 for f in files}, deadline)
     return _summary(latest)
+
+
+def save_snapshot(
+    cluster: Storage, job_id: str, attempt: int, rank: int, watcher: TreeWatcher, deadline: float
+) -> dict[str, Any] | None:
+    """Save what the running job has in its checkpoint directory, as it was at one moment.
+
+    None (nothing saved, the previous checkpoint stays whole) when the directory is empty or when
+    a file moved while it was copied (the next pass takes it); Superseded when a later attempt saved.
+    """
+    prefix = checkpoint_prefix(job_id, rank)
+    scan = watcher.scan()
+    try:
+        if scan.busy or not scan.files:
+            return None
+        previous = _latest(cluster, job_id, rank, deadline)
+        if previous is not None and int(previous["attempt"]) > attempt:
+            raise Superseded(f"attempt {previous['attempt']} saved the checkpoint of {job_id}")
+        stored = {f["sha256"] for f in previous["files"]} if previous else set()
+        for rel, known in scan.files.items():
+            copy = scan.copies.get(rel)
+            if known.sha256 not in stored:
+                if copy is None:  # digest known from an earlier pass but never stored (another attempt's GC)
+                    watcher.forget(rel)
+                    return None
+                upload(copy, cluster, prefix + "objects/" + known.sha256, deadline)
+                stored.add(known.sha256)
+        latest = {
+            "attempt": attempt,
+            "rank": rank,
+            "saved_at": datetime.now(UTC).isoformat(),
+            "files": [{"path": rel, "size": k.size, "sha256": k.sha256} for rel, k in sorted(scan.files.items())],
+        }
+        body = json.dumps(latest, indent=1).encode()
+        retrying(lambda: cluster.put(prefix + LATEST, body), f"write {prefix}{LATEST}", deadline)
+        for rel, known in scan.files.items():
+            watcher.remember(rel, known)
+        _forget_unreferenced(cluster, prefix, {k.sha256 for k in scan.files.values()}, deadline)
+        return _summary(latest)
+    finally:
+        scan.discard()
 
 
 def _forget_unreferenced(cluster: Storage, prefix: str, keep: set[str], deadline: float) -> None:

@@ -18,12 +18,16 @@ class Gpu:
     uuid: str
 
 
-def discover() -> list[Gpu]:
-    """The node's GPUs as NVML sees them (nvidia-ml-py); [] without a driver or without the library."""
-    try:
-        nvml: Any = importlib.import_module("pynvml")
-    except ImportError:
-        return []
+def discover(nvml: Any = None) -> list[Gpu]:
+    """The node's GPUs as NVML sees them (nvidia-ml-py); [] without a driver or without the library.
+
+    `nvml` is the pynvml module (imported here when not given; tests pass a stand-in).
+    """
+    if nvml is None:
+        try:
+            nvml = importlib.import_module("pynvml")
+        except ImportError:
+            return []
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded: a node without GPUs
@@ -39,9 +43,12 @@ def _describe(nvml: Any, index: int) -> Gpu:
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
     name = nvml.nvmlDeviceGetName(handle)
     uuid = nvml.nvmlDeviceGetUUID(handle)
-    return Gpu(index=index, name=name.decode() if isinstance(name, bytes) else str(name),
-               memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-               uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+    return Gpu(
+        index=index,
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        memory_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+        uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+    )
 
 
 def node_gpus(declared: int | None) -> list[int]:
@@ -49,4 +56,3 @@ def node_gpus(declared: int | None) -> list[int]:
     if declared is not None:
         return list(range(declared))
     return [gpu.index for gpu in discover()]
-

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainyard import logstore
+from trainyard.config import load_settings
+from trainyard.lognotify import NOTICE_COMPLETE, NOTICE_SEGMENT, LogNotice
 from trainyard.logstore import STREAMS, segment_key
 from trainyard.storage_adapters import Storage
 
@@ -32,15 +34,13 @@ SEGMENT_MAX_BYTES = 4 * 1024 * 1024
 SPOOL_FILE_BYTES = 8 * 1024 * 1024
 FLUSH_PERIOD_S = 0.25
 RETRY_MAX_S = 5.0
-DEFAULT_SPOOL_MAX_BYTES = 4 * 1024**3
-SPOOL_MAX_ENV = "TRAINYARD_SPOOL_MAX_BYTES"
 META_FILE = "meta.json"
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Python < 3.10 lacks the name; Linux's value
 
 
 def spool_max_bytes() -> int:
     """The node's spool budget: TRAINYARD_SPOOL_MAX_BYTES, else 4 GiB."""
-    return int(os.environ.get(SPOOL_MAX_ENV) or DEFAULT_SPOOL_MAX_BYTES)
+    return load_settings().spool_max_bytes
 
 
 def drop_marker(dropped: int, at_line_start: bool) -> bytes:
@@ -273,10 +273,19 @@ class PartLogs:
     """stdout and stderr of one part, with a background shipper thread that outlives the part if needed."""
 
     def __init__(
-        self, storage: Storage, spool_dir: Path, job_id: str, attempt: int, rank: int,
-        budget: SpoolBudget | None = None, recovering: bool = False,
+        self,
+        storage: Storage,
+        spool_dir: Path,
+        job_id: str,
+        attempt: int,
+        rank: int,
+        budget: SpoolBudget | None = None,
+        recovering: bool = False,
+        notify: Callable[[LogNotice], None] | None = None,
     ):
         self.spool_dir = spool_dir
+        self._notify = notify  # wakes the API's followers (lognotify): a hint, never waited on
+        self._notice_part = (job_id, attempt, rank)
         self.part = {"job_id": job_id, "attempt": attempt, "rank": rank}
         budget = budget or SpoolBudget(spool_max_bytes())
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -293,14 +302,16 @@ class PartLogs:
         self._shipper.start()
 
     @classmethod
-    def recover(cls, storage: Storage, spool_dir: Path, budget: SpoolBudget) -> PartLogs | None:
+    def recover(
+        cls, storage: Storage, spool_dir: Path, budget: SpoolBudget, notify: Callable[[LogNotice], None] | None = None
+    ) -> PartLogs | None:
         """Ship what a part's spool still holds after its worker process died; None if it is no spool."""
         try:
             meta = json.loads((spool_dir / META_FILE).read_text())
             job_id, attempt, rank = str(meta["job_id"]), int(meta["attempt"]), int(meta["rank"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        logs = cls(storage, spool_dir, job_id, attempt, rank, budget, recovering=True)
+        logs = cls(storage, spool_dir, job_id, attempt, rank, budget, recovering=True, notify=notify)
         logs.finish(wait_s=0)
         return logs
 
@@ -324,7 +335,11 @@ class PartLogs:
     def _ship_once(self) -> None:
         for stream in self.streams.values():
             while stream.upload_some():
-                pass
+                self._announce(NOTICE_SEGMENT, stream.name, stream.uploaded)
+
+    def _announce(self, kind: str, stream: str | None = None, end: int | None = None) -> None:
+        if self._notify is not None:
+            self._notify(LogNotice(kind, *self._notice_part, stream=stream, end=end))
 
     def _all_shipped(self) -> bool:
         return all(stream.pending_bytes() == 0 for stream in self.streams.values())
@@ -348,6 +363,7 @@ class PartLogs:
 
     def _done(self) -> None:
         shutil.rmtree(self.spool_dir, ignore_errors=True)
+        self._announce(NOTICE_COMPLETE)
         with self._lock:
             self._shipped.set()
             callback = self._on_shipped

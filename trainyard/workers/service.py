@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_shutting_down
 
-from trainyard import transport
+from trainyard import transport, wire
 from trainyard.config import Settings
 from trainyard.workers.agent import NodeAgent, NodeConfig
 
@@ -25,9 +25,18 @@ class PartFailed(Exception):
 def register_run_task(app: Celery, agent: NodeAgent) -> None:
     @app.task(name=transport.RUN_TASK, bind=True, throws=(PartFailed,), acks_late=False, ignore_result=True)
     def run(self: Any, **message: Any) -> dict[str, Any]:
+        try:
+            wire.parse_part(message)
+        except wire.InvalidMessage as exc:
+            log.error("refusing a part message that breaks the wire contract: %s", exc)
+            return {"refused": str(exc)}
         if not agent.admit(message):
-            return {"job_id": message["job_id"], "attempt": message["attempt"], "rank": message["rank"],
-                    "stopped": True}
+            return {
+                "job_id": message["job_id"],
+                "attempt": message["attempt"],
+                "rank": message["rank"],
+                "stopped": True,
+            }
         try:
             exit_code = agent.run_part(message)
         except Exception as exc:
@@ -38,15 +47,22 @@ def register_run_task(app: Celery, agent: NodeAgent) -> None:
         finally:
             agent.release(message)
         if exit_code != 0:
-            raise PartFailed(f"job {message['job_id']} attempt {message['attempt']} rank "
-                             f"{message['rank']} exited with {exit_code}")
-        return {"job_id": message["job_id"], "attempt": message["attempt"], "rank": message["rank"],
-                "exit_code": exit_code}
+            raise PartFailed(
+                f"job {message['job_id']} attempt {message['attempt']} rank {message['rank']} exited with {exit_code}"
+            )
+        return {
+            "job_id": message["job_id"],
+            "attempt": message["attempt"],
+            "rank": message["rank"],
+            "exit_code": exit_code,
+        }
 
 
 def run_worker(settings: Settings, node: NodeConfig, loglevel: str = "WARNING") -> None:
     agent = NodeAgent(settings, node)
-    app = transport.make_celery(settings.redis_url)
+    app = transport.make_celery(
+        settings.redis_url.get_secret_value(), visibility_timeout_s=settings.broker_visibility_timeout_s
+    )
     register_run_task(app, agent)
 
     @worker_shutting_down.connect
@@ -58,8 +74,8 @@ def run_worker(settings: Settings, node: NodeConfig, loglevel: str = "WARNING") 
         hostname=f"{node.node_id}@{node.address}",
         queues=[transport.node_queue(node.node_id)],
         pool="threads",
-        # Running parts, as many again sent ahead and waiting for slots, and some spare threads.
-        concurrency=2 * node.slots + EXTRA_TASK_THREADS,
+        # Running parts and some spare threads (a part whose slot is still being released waits).
+        concurrency=node.slots + EXTRA_TASK_THREADS,
         loglevel=loglevel,
         without_mingle=True,
         without_gossip=True,

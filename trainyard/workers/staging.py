@@ -102,8 +102,12 @@ def stage(cluster: Storage, node_dir: Path, node_id: str, ctx: LaunchContext) ->
             staged.outputs[ref["id"]] = out_dir
             env.update(dict.fromkeys(_env_names("TRAINYARD_OUTPUT_", ref["id"]), str(out_dir)))
         ctx.checkpoint_dir = attempt_dir / "checkpoint"
-        staged.checkpoint_restored = checkpoints.restore(cluster, ctx.job_id, ctx.rank, ctx.checkpoint_dir,
-                                                         _deadline())
+        if ctx.attempt > 1:
+            staged.checkpoint_restored = checkpoints.restore(
+                cluster, ctx.job_id, ctx.rank, ctx.checkpoint_dir, _deadline()
+            )
+        else:  # a first attempt has no checkpoint to find: no store listing for it
+            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     except (TransferFailed, ObjectNotFound, ValueError, OSError, tarfile.TarError) as exc:
         shutil.rmtree(attempt_dir, ignore_errors=True)
         raise StagingError(f"{type(exc).__name__}: {exc}") from exc
@@ -176,16 +180,28 @@ def _stage_input(ident: str, uri: str, dest: Path) -> dict[str, Any]:
         target = dest / path.rsplit("/", 1)[-1]
         try:
             got = download(store, path, target, deadline)
-            return {"id": ident, "uri": uri, "local_path": str(target), "sha256": got.sha256, "files": 1,
-                    "bytes": got.size}
+            return {
+                "id": ident,
+                "uri": uri,
+                "local_path": str(target),
+                "sha256": got.sha256,
+                "files": 1,
+                "bytes": got.size,
+            }
         except ObjectNotFound:
             path += "/"  # not an object: maybe a "directory" of them
     dest.mkdir(parents=True, exist_ok=True)
     files = download_tree(store, path, dest, deadline)
     if not files:
         raise StagingError(f"input {ident}: nothing found at {uri}")
-    return {"id": ident, "uri": uri, "local_path": str(dest), "sha256": tree_digest(files), "files": len(files),
-            "bytes": sum(f.size for f in files)}
+    return {
+        "id": ident,
+        "uri": uri,
+        "local_path": str(dest),
+        "sha256": tree_digest(files),
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+    }
 
 
 # -- after the end ---------------------------------------------------------------------------
@@ -210,8 +226,7 @@ def finish(
     checkpoint = None
     try:
         if staged.checkpoint_restored is not None or _has_files(ctx.checkpoint_dir):
-            checkpoint = checkpoints.save(cluster, ctx.job_id, ctx.attempt, ctx.rank, ctx.checkpoint_dir,
-                                          _deadline())
+            checkpoint = checkpoints.save(cluster, ctx.job_id, ctx.attempt, ctx.rank, ctx.checkpoint_dir, _deadline())
     except (TransferFailed, OSError) as exc:
         failures.append(f"checkpoint: {exc}")
     manifest = _manifest(ctx, staged, outputs, checkpoint, exit_code, failures)
@@ -244,32 +259,56 @@ def _upload_output(ctx: LaunchContext, ident: str, uri: str, out_dir: Path) -> d
             continue
         rel, source = item
         got = upload(source, store, f"{base}/{rel}" if base else rel, deadline)
-        files.append({"path": rel, "size": got.size, "sha256": got.sha256, "uri": datarefs.join_uri(uri, rel),
-                      "key": datarefs.output_file_key(ctx.attempt, ctx.rank, ident, rel)})
+        files.append(
+            {
+                "path": rel,
+                "size": got.size,
+                "sha256": got.sha256,
+                "uri": datarefs.join_uri(uri, rel),
+                "key": datarefs.output_file_key(ctx.attempt, ctx.rank, ident, rel),
+            }
+        )
     digest = tree_digest([FileDigest(f["path"], f["size"], f["sha256"]) for f in files])
     return {"id": ident, "uri": uri, "sha256": digest, "files": files, "refused": refused}
 
 
-def _manifest(ctx: LaunchContext, staged: StagedPart, outputs: list[dict[str, Any]],
-              checkpoint: dict[str, Any] | None, exit_code: int, failures: list[str]) -> dict[str, Any]:
+def _manifest(
+    ctx: LaunchContext,
+    staged: StagedPart,
+    outputs: list[dict[str, Any]],
+    checkpoint: dict[str, Any] | None,
+    exit_code: int,
+    failures: list[str],
+) -> dict[str, Any]:
     """The provenance of one part of one attempt (the stored spec already shows secrets as ***)."""
     return {
         "kind": "trainyard.provenance/v1",
-        "job_id": ctx.job_id, "job_name": ctx.name, "attempt": ctx.attempt, "rank": ctx.rank,
-        "node": staged.node_id, "node_address": ctx.node_address, "nodes": ctx.node_hosts,
-        "num_nodes": ctx.num_nodes, "gpus": ctx.gpus,
-        "spec": ctx.spec, "image": ctx.spec.get("image"), "launcher": ctx.spec.get("launcher", "process"),
+        "job_id": ctx.job_id,
+        "job_name": ctx.name,
+        "attempt": ctx.attempt,
+        "rank": ctx.rank,
+        "node": staged.node_id,
+        "node_address": ctx.node_address,
+        "nodes": ctx.node_hosts,
+        "num_nodes": ctx.num_nodes,
+        "gpus": ctx.gpus,
+        "spec": ctx.spec,
+        "image": ctx.spec.get("image"),
+        "launcher": ctx.spec.get("launcher", "process"),
         "code": staged.code,
         "inputs": [{k: v for k, v in entry.items() if k != "local_path"} for entry in staged.inputs],
         "outputs": outputs,
         "checkpoint": {"restored": staged.checkpoint_restored, "saved": checkpoint},
-        "started_at": staged.started_at, "ended_at": _now(), "exit_code": exit_code,
+        "started_at": staged.started_at,
+        "ended_at": _now(),
+        "exit_code": exit_code,
         "problems": failures,
     }
 
 
-def _write_manifest_soon(cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any],
-                         outputs: list[dict[str, Any]]) -> None:
+def _write_manifest_soon(
+    cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any], outputs: list[dict[str, Any]]
+) -> None:
     """Write the manifest now if the store answers; else keep trying in the background.
 
     Provenance must not hold up the exit report of a job without outputs while the store is down.
@@ -289,8 +328,9 @@ def _write_manifest_soon(cluster: Storage, ctx: LaunchContext, manifest: dict[st
     threading.Thread(target=later, name=f"manifest-{ctx.job_id}", daemon=True).start()
 
 
-def _write_manifest(cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any],
-                    outputs: list[dict[str, Any]], deadline: float) -> None:
+def _write_manifest(
+    cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any], outputs: list[dict[str, Any]], deadline: float
+) -> None:
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     key = datarefs.manifest_key(ctx.job_id, ctx.attempt, ctx.rank)
     retrying(lambda: cluster.put(key, body), f"write {key}", deadline)

@@ -12,20 +12,18 @@ import hashlib
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from trainyard import retrying as retrying_policies
 from trainyard.datarefs import safe_relpath
 from trainyard.storage_adapters import ObjectNotFound, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 * 1024 * 1024
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 10.0
 T = TypeVar("T")
 
 
@@ -46,20 +44,18 @@ class Refused:
     reason: str
 
 
+def _store_down(error: BaseException) -> bool:
+    return isinstance(error, StorageError) and not isinstance(error, ObjectNotFound)
+
+
 def retrying(action: Callable[[], T], what: str, deadline: float) -> T:
-    """Run `action`, retrying StorageError (the store is down) with backoff until `deadline`."""
-    delay_s = RETRY_FIRST_S
-    while True:
-        try:
-            return action()
-        except ObjectNotFound:
-            raise
-        except StorageError as exc:
-            if time.monotonic() + delay_s > deadline:
-                raise TransferFailed(f"{what}: {exc}") from exc
-            log.warning("%s failed, retrying in %.1f s: %s", what, delay_s, exc)
-            time.sleep(delay_s)
-            delay_s = min(RETRY_MAX_S, delay_s * 2)
+    """Run `action`, retrying StorageError (the store is down; not ObjectNotFound, which propagates)
+    with backoff 0.5 s, 1 s, 2 s, … at most 10 s apart (retrying.STORE_BACKOFF) until `deadline`
+    (time.monotonic), where TransferFailed is raised; any other error propagates at once."""
+    policy = retrying_policies.until_deadline(
+        what, deadline, _store_down, give_up=lambda error: TransferFailed(f"{what}: {error}")
+    )
+    return policy(action)
 
 
 def download(store: Storage, key: str, dest: Path, deadline: float) -> FileDigest:

@@ -22,7 +22,9 @@ def start(session: str) -> subprocess.Popen[bytes]:
     """Spawn the watchdog for this worker's session; keep the returned handle alive."""
     return subprocess.Popen(
         [sys.executable, "-m", "trainyard.workers.watchdog", "--session", session],
-        stdin=subprocess.PIPE, start_new_session=True, close_fds=True,
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
     )
 
 

@@ -62,7 +62,9 @@ class Browser:
         binary = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
         self._process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         port = self._devtools_port()
         pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
@@ -84,7 +86,7 @@ class Browser:
                 _signal_group(self._process, signal.SIGKILL)
                 self._process.wait()
         time.sleep(0.2)
-        shutil.rmtree(self._profile.name, ignore_errors=True)
+        self._profile.cleanup()  # ignore_cleanup_errors: a helper may still be writing its last file
 
     def _devtools_port(self) -> int:
         # Chromium writes the port it chose into the profile directory.

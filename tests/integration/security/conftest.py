@@ -58,15 +58,23 @@ class World:
     objects: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def _sweep_in(cluster: Cluster, workspace: str) -> str | None:
-    """A sweep of `workspace`, when the API has sweeps."""
+def _sweep_in(cluster: Cluster, workspace: str) -> str:
+    """A sweep of `workspace`."""
     with api(cluster, cluster.admin_token) as http:
-        if "/v1/sweeps" not in http.get("/openapi.json").json()["paths"]:
-            return None
         template = {"name": "sec-sweep-{x}", "command": "true", "workspace": workspace}
         response = http.post("/v1/sweeps", json={"template": template, "grid": {"x": [1]}})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+def _volume_in(cluster: Cluster, workspace: str) -> str:
+    """A named volume of `workspace`."""
+    with api(cluster, cluster.admin_token) as http:
+        response = http.post(
+            "/v1/volumes", json={"name": "sec-volume-a", "kind": "host", "path": "/srv/a", "workspace": workspace}
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["name"])
 
 
 def _make_world(cluster: Cluster) -> World:
@@ -82,23 +90,35 @@ def _make_world(cluster: Cluster) -> World:
     token_a = create_token(cluster, "viewer", WS_A, name="sec-target-a")
     with api(cluster, cluster.admin_token) as http:
         assert http.delete(f"/v1/tokens/{tokens['deleted']['id']}").status_code == 200
-        job = http.post("/v1/jobs", json={
-            "name": "sec-job-a", "workspace": WS_A, "command": "echo a > $TRAINYARD_OUTPUT_RESULT/a.txt",
-            "outputs": [{"id": "result", "uri": f"file://{cluster.home / 'outputs-a'}/"}],
-        }).json()
-    objects = {"job_id": ("workspace", job["id"]), "token_id": ("workspace", token_a["id"]),
-               "node_id": ("global", "node-1"), "name": ("global", "sec-pool")}
-    sweep_id = _sweep_in(cluster, WS_A)
-    if sweep_id is not None:
-        objects["sweep_id"] = ("workspace", sweep_id)
+        job = http.post(
+            "/v1/jobs",
+            json={
+                "name": "sec-job-a",
+                "workspace": WS_A,
+                "command": "echo a > $TRAINYARD_OUTPUT_RESULT/a.txt",
+                "outputs": [{"id": "result", "uri": f"file://{cluster.home / 'outputs-a'}/"}],
+            },
+        ).json()
+    objects = {
+        "job_id": ("workspace", job["id"]),
+        "token_id": ("workspace", token_a["id"]),
+        "node_id": ("global", "node-1"),
+        "name": ("global", "sec-pool"),
+        "volume_name": ("workspace", _volume_in(cluster, WS_A)),
+        "sweep_id": ("workspace", _sweep_in(cluster, WS_A)),
+    }
     assert wait_for_state(cluster, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
     with api(cluster, cluster.admin_token) as http:
         outputs = http.get(f"/v1/jobs/{job['id']}/outputs")
-    if outputs.status_code == 200:  # the output files of job A, by their opaque keys
-        objects["key"] = ("workspace", outputs.json()["outputs"][0]["key"])
+    assert outputs.status_code == 200, outputs.text
+    objects["key"] = ("workspace", outputs.json()["outputs"][0]["key"])  # an output file of job A, by its opaque key
     time.sleep(max(0.0, expired_after - time.monotonic()))
-    return World(cluster=cluster, admin=cluster.admin_token, objects=objects,
-                 **{name: created["token"] for name, created in tokens.items()})
+    return World(
+        cluster=cluster,
+        admin=cluster.admin_token,
+        objects=objects,
+        **{name: created["token"] for name, created in tokens.items()},
+    )
 
 
 @pytest.fixture(scope="session")

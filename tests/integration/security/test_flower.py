@@ -96,8 +96,15 @@ def test_a_browser_logs_in_and_sees_a_running_and_a_finished_job(
         credentials = base64.b64encode(f"{flower.user}:{flower.password}".encode()).decode()
         browser.set_headers({"Authorization": f"Basic {credentials}"})
         browser.open(f"{flower.url}/tasks")
-        text = browser.wait_for_text(task["finished"], task["running"], "SUCCESS", "STARTED",
-                                     "flower-finished", "flower-running", "trainyard.run")
+        text = browser.wait_for_text(
+            task["finished"],
+            task["running"],
+            "SUCCESS",
+            "STARTED",
+            "flower-finished",
+            "flower-running",
+            "trainyard.run",
+        )
         screenshot = browser.screenshot(tmp_path / "flower-tasks.png")
         html = browser.html()
     assert screenshot.stat().st_size > 10_000
@@ -126,8 +133,14 @@ def test_flower_answers_401_without_the_right_credentials(flower: FlowerServer) 
 def test_trainyard_flower_refuses_to_start_without_credentials(cluster: Cluster) -> None:
     env = {k: v for k, v in cluster.env.items() if k != "FLOWER_BASIC_AUTH"}
     for args in (["flower"], ["flower", "--basic-auth", "no-colon"]):
-        result = subprocess.run([*TRAINYARD, *args, "--port", str(free_port())], env=env, capture_output=True,
-                                text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [*TRAINYARD, *args, "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 2, result
         assert "basic-auth" in result.stderr or "user:password" in result.stderr, result.stderr
 
@@ -137,8 +150,9 @@ def test_trainyard_flower_runs_open_only_with_no_auth(cluster: Cluster, tmp_path
     port = free_port()
     env = {k: v for k, v in cluster.env.items() if k != "FLOWER_BASIC_AUTH"}
     with (tmp_path / "flower.log").open("wb") as log:
-        process = subprocess.Popen([*TRAINYARD, "flower", "--no-auth", "--port", str(port)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*TRAINYARD, "flower", "--no-auth", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_for_port(port, timeout_s=30)
         assert httpx.get(f"http://127.0.0.1:{port}/workers", timeout=10).status_code == 200
@@ -153,8 +167,22 @@ def test_up_with_flower_starts_it_with_credentials_and_stops_it(tmp_path: Path, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINYARD_", "FLOWER_"))}
     env.update(TRAINYARD_HOME=str(home), TRAINYARD_REDIS_URL=redis_server.rsplit("/", 1)[0] + "/10")
     with (tmp_path / "up.log").open("wb") as log:
-        up = subprocess.Popen([*TRAINYARD, "up", "--workers", "0", "--port", str(api_port), "--flower",
-                               "--flower-port", str(flower_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        up = subprocess.Popen(
+            [
+                *TRAINYARD,
+                "up",
+                "--workers",
+                "0",
+                "--port",
+                str(api_port),
+                "--flower",
+                "--flower-port",
+                str(flower_port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while "Ctrl-C stops it" not in (tmp_path / "up.log").read_text():

@@ -58,33 +58,42 @@ def _known_ids(cluster: Cluster) -> dict[str, str]:
         job = http.post("/v1/jobs", json={"name": "fuzz-target", "command": "true", "pool": "none"}).json()
         http.post(f"/v1/jobs/{job['id']}:cancel")
         ids = {"job_id": job["id"], "token_id": create_token(cluster, "viewer", "fuzz")["id"]}
-        if "/v1/sweeps" in http.get("/openapi.json").json()["paths"]:
-            template = {"name": "fuzz-{x}", "command": "true", "pool": "none"}
-            sweep = http.post("/v1/sweeps", json={"template": template, "grid": {"x": [1]}}).json()
-            ids["sweep_id"] = sweep["id"]
+        template = {"name": "fuzz-{x}", "command": "true", "pool": "none"}
+        sweep = http.post("/v1/sweeps", json={"template": template, "grid": {"x": [1]}})
+        assert sweep.status_code == 201, sweep.text
+        ids["sweep_id"] = sweep.json()["id"]
     return ids
 
 
-def test_schemathesis_finds_no_server_error_and_no_response_off_schema(
-    control_plane: Cluster, tmp_path: Path
-) -> None:
+def test_schemathesis_finds_no_server_error_and_no_response_off_schema(control_plane: Cluster, tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text("[parameters]\n" + "".join(f'{k} = "{v}"\n' for k, v in _known_ids(control_plane).items()))
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
         f"{control_plane.api_url}/openapi.json",
-        "--header", f"Authorization: Bearer {control_plane.admin_token}",
-        "--checks", "all",
-        "--exclude-checks", "negative_data_rejection,positive_data_acceptance",
-        "--max-examples", str(EXAMPLES_PER_OPERATION),
+        "--header",
+        f"Authorization: Bearer {control_plane.admin_token}",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "negative_data_rejection,positive_data_acceptance",
+        "--max-examples",
+        str(EXAMPLES_PER_OPERATION),
         # One worker: several threads trip a CPython 3.11 `ast` thread-safety bug inside Hypothesis.
-        "--workers", "1",
-        "--request-timeout", "20",
-        "--generation-database", "none",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        "none",
         "--no-color",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
-                            cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False, cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-20_000:]
     assert " passed" in output and "failed" not in output.split("SUMMARY")[-1], output[-5_000:]

@@ -31,12 +31,17 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def own_cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Cluster]:
     """A one-node cluster of this module's own: its counters move only with this module's jobs."""
     home = tmp_path_factory.mktemp("observability")
-    started = start_cluster(workers=1, slots=2, home=home, extra_env={
-        "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
-        "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
-        "TRAINYARD_ADMIN_TOKEN": "",
-        "TRAINYARD_SECRET_KEY": "",
-    })
+    started = start_cluster(
+        workers=1,
+        slots=2,
+        home=home,
+        extra_env={
+            "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
+            "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
+            "TRAINYARD_ADMIN_TOKEN": "",
+            "TRAINYARD_SECRET_KEY": "",
+        },
+    )
     try:
         yield started
     finally:
@@ -76,8 +81,11 @@ def test_metrics_parse_and_their_counters_move_when_jobs_run(own_cluster: Cluste
     user = create_token(own_cluster, "user", "obs")["token"]
     before = scrape(own_cluster, viewer)
     marker = tmp_path / "failed-once"
-    flaky = _submit(own_cluster, user, {"name": "flaky", "max_retries": 1, "command":
-                    f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; exit 3"})
+    flaky = _submit(
+        own_cluster,
+        user,
+        {"name": "flaky", "max_retries": 1, "command": f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; exit 3"},
+    )
     sleeper = _submit(own_cluster, user, {"name": "sleeper", "command": "sleep 3"})
     parked = _submit(own_cluster, user, {"name": "parked", "pool": "nowhere", "priority": 321, "command": "true"})
     wait_for_state(own_cluster, sleeper, {"running"})
@@ -91,8 +99,10 @@ def test_metrics_parse_and_their_counters_move_when_jobs_run(own_cluster: Cluste
         http.post(f"/v1/jobs/{parked}:cancel")
     time.sleep(1.2)  # the scheduler adds its figures to Redis twice a second
     after = scrape(own_cluster, viewer)
-    assert value(after, "trainyard_requeues_total", reason="exit") >= value(before, "trainyard_requeues_total",
-                                                                             reason="exit") + 1
+    assert (
+        value(after, "trainyard_requeues_total", reason="exit")
+        >= value(before, "trainyard_requeues_total", reason="exit") + 1
+    )
     latency = "trainyard_job_start_latency_seconds"
     assert value(after, f"{latency}_count") >= value(before, f"{latency}_count") + 2
     assert value(after, f"{latency}_sum") > value(before, f"{latency}_sum")
@@ -133,7 +143,9 @@ def test_the_audit_trail_names_who_submitted_cancelled_drained_and_minted(own_cl
         drains = http.get("/v1/audit", params={"kind": "drained", "actor": admin["id"]}).json()["events"]
         minted = http.get("/v1/audit", params={"kind": "token_created", "since": "2000-01-01T00:00:00Z"}).json()
     assert [(e["kind"], e["actor"]) for e in by_job] == [
-        ("cancelled", f"{user['id']}:audit-user"), ("submitted", f"{user['id']}:audit-user")]
+        ("cancelled", f"{user['id']}:audit-user"),
+        ("submitted", f"{user['id']}:audit-user"),
+    ]
     assert {e["job_id"] for e in by_user} == {job}
     assert [(e["node_id"], e["actor"]) for e in drains] == [("node-audit", f"{admin['id']}:audit-admin")]
     assert {e["detail"]["token_id"] for e in minted["events"]} >= {admin["id"], user["id"]}
@@ -164,8 +176,23 @@ def _wait_for_node(cluster: Cluster, node_id: str, timeout_s: float = 30.0) -> N
 
 
 def test_token_commands_show_the_token_once_and_deleted_tokens_stop_working(own_cluster: Cluster) -> None:
-    created = cli(["token", "create", "--role", "viewer", "--workspace", "cli-ws", "--name", "cli-viewer",
-                   "--expires-in", "1h", "--json"], own_cluster, own_cluster.admin_token)
+    created = cli(
+        [
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--workspace",
+            "cli-ws",
+            "--name",
+            "cli-viewer",
+            "--expires-in",
+            "1h",
+            "--json",
+        ],
+        own_cluster,
+        own_cluster.admin_token,
+    )
     assert created.returncode == 0, created.stderr
     token = json.loads(created.stdout)
     assert token["token"].startswith("ty_") and token["role"] == "viewer" and token["expires_at"]

@@ -53,23 +53,53 @@ def test_the_celery_app_speaks_json_only() -> None:
 
 def _part_message(marker: Path, job_id: str) -> dict[str, Any]:
     spec = JobSpec(name=job_id, command=f"touch {marker}").public_dict()
-    return {"job_id": job_id, "name": job_id, "attempt": 1, "rank": 0, "num_nodes": 1,
-            "node_hosts": ["127.0.0.40"], "gpus": [], "cpus": 1.0, "master_port": 29500, "has_secrets": False,
-            "spec": spec}
+    return {
+        "job_id": job_id,
+        "name": job_id,
+        "attempt": 1,
+        "rank": 0,
+        "num_nodes": 1,
+        "node_hosts": ["127.0.0.40"],
+        "gpus": [],
+        "cpus": 1.0,
+        "master_port": 29500,
+        "has_secrets": False,
+        "spec": spec,
+    }
 
 
 @contextmanager
 def lone_worker(tmp_path: Path, redis_url: str) -> Iterator[Path]:
     """A `trainyard worker` on its own queue (no scheduler, no API); yields its log file."""
     home = tmp_path / "home"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TRAINYARD_HOME": str(home),
-           "TRAINYARD_REDIS_URL": redis_url, "TRAINYARD_STORAGE_URL": f"file://{home / 'blobs'}",
-           "TRAINYARD_SECRET_KEY": "unused"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TRAINYARD_HOME": str(home),
+        "TRAINYARD_REDIS_URL": redis_url,
+        "TRAINYARD_STORAGE_URL": f"file://{home / 'blobs'}",
+        "TRAINYARD_SECRET_KEY": "unused",
+    }
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trainyard", "worker", "--node-id", "lone", "--address", "127.0.0.40",
-             "--slots", "2", "--log-level", "INFO"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "trainyard",
+                "worker",
+                "--node-id",
+                "lone",
+                "--address",
+                "127.0.0.40",
+                "--slots",
+                "2",
+                "--log-level",
+                "INFO",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     client = transport.redis_client(redis_url)
     try:
@@ -91,8 +121,13 @@ def _wait(condition: Any, message: str, log_path: Path, timeout_s: float = 30.0)
 
 def _send(redis_url: str, message: dict[str, Any], serializer: str) -> None:
     app = transport.make_celery(redis_url)
-    app.send_task(transport.RUN_TASK, kwargs=message, queue=transport.node_queue("lone"),
-                  task_id=f"{message['job_id']}.1.0", serializer=serializer)
+    app.send_task(
+        transport.RUN_TASK,
+        kwargs=message,
+        queue=transport.node_queue("lone"),
+        task_id=f"{message['job_id']}.1.0",
+        serializer=serializer,
+    )
     app.close()
 
 
@@ -120,23 +155,36 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trainyard test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    server = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
@@ -150,10 +198,33 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port = free_port()
     log = (tmp_path / "redis.log").open("wb")
     process = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
-         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
-         "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     try:
@@ -189,6 +260,7 @@ def test_rediss_urls_turn_on_certificate_checks_for_celery() -> None:
     assert options == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
     assert transport.redis_ssl_options("redis://h:6379/0") is None
     assert transport.make_celery("rediss://h:6380/0?ssl_cert_reqs=none").conf.broker_use_ssl == {
-        "ssl_cert_reqs": ssl.CERT_NONE}
+        "ssl_cert_reqs": ssl.CERT_NONE
+    }
     with pytest.raises(ValueError, match="ssl_cert_reqs"):
         transport.redis_ssl_options("rediss://h/0?ssl_cert_reqs=maybe")

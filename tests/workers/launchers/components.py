@@ -53,8 +53,9 @@ def docker_url() -> str:
     if url:
         return url
     if not engine_answers(f"unix://{PODMAN_SOCKET}") and shutil.which("podman"):
-        subprocess.run(["bash", str(ROOT / "scripts" / "install-podman.sh")], check=False, capture_output=True,
-                       timeout=300)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "install-podman.sh")], check=False, capture_output=True, timeout=300
+        )
     if not engine_answers(f"unix://{PODMAN_SOCKET}"):
         unavailable("no container engine: run scripts/install-podman.sh (Podman's Docker API service)")
     return f"unix://{PODMAN_SOCKET}"

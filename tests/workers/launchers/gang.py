@@ -83,17 +83,22 @@ class RankRun:
 class Gang:
     """One attempt of a job spread over `nodes` simulated nodes of this machine."""
 
-    def __init__(self, tmp_path: Path, redis_url: str, spec: dict[str, Any], nodes: int = 1,
-                 gpus: list[list[int]] | None = None):
+    def __init__(
+        self, tmp_path: Path, redis_url: str, spec: dict[str, Any], nodes: int = 1, gpus: list[list[int]] | None = None
+    ):
         self.job_id = f"job-{secrets.token_hex(4)}"
         self.spec = {"launcher": "process", "processes_per_node": 1, **spec}
         self.hosts = [f"127.0.0.{index + 2}" for index in range(nodes)]
         self.redis = redis.Redis.from_url(redis_url)
         master_port = free_master_port()
         self.token = secrets.token_hex(32)  # what the agents derive alike from the cluster's key
-        self.ranks = [RankRun(self._context(tmp_path, rank, master_port, (gpus or [[]] * nodes)[rank]),
-                              launcher_for(self.spec["launcher"], image=self.spec.get("image")))
-                      for rank in range(nodes)]
+        self.ranks = [
+            RankRun(
+                self._context(tmp_path, rank, master_port, (gpus or [[]] * nodes)[rank]),
+                launcher_for(self.spec["launcher"], image=self.spec.get("image")),
+            )
+            for rank in range(nodes)
+        ]
         # A directory every rank can write (mounted read-write in containers): markers, go-files.
         self.shared_dir = tmp_path / "shared"
         self.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -106,11 +111,19 @@ class Gang:
     def _context(self, tmp_path: Path, rank: int, master_port: int, gpus: list[int]) -> LaunchContext:
         node_dir = tmp_path / f"node-{rank + 1}"
         return LaunchContext(
-            job_id=self.job_id, name="contract", attempt=1, rank=rank, num_nodes=len(self.hosts),
-            node_hosts=list(self.hosts), node_address=self.hosts[rank], spec=self.spec, gpus=gpus,
+            job_id=self.job_id,
+            name="contract",
+            attempt=1,
+            rank=rank,
+            num_nodes=len(self.hosts),
+            node_hosts=list(self.hosts),
+            node_address=self.hosts[rank],
+            spec=self.spec,
+            gpus=gpus,
             workdir=node_dir / "work" / f"{self.job_id}-1-{rank}",
             checkpoint_dir=node_dir / "checkpoints" / self.job_id,
-            master_port=master_port, secrets=dict(self.spec.get("secrets") or {}),
+            master_port=master_port,
+            secrets=dict(self.spec.get("secrets") or {}),
             gang_token=self.token,
         )
 
@@ -211,12 +224,14 @@ class Gang:
         return self.ranks[rank].output.text("stderr")
 
     def describe(self) -> str:
-        return "; ".join(f"rank {r.ctx.rank}: exit {r.exit_code}, stdout {r.output.text('stdout')[-2000:]!r}, "
-                         f"stderr {r.output.text('stderr')[-3000:]!r}" for r in self.ranks)
+        return "; ".join(
+            f"rank {r.ctx.rank}: exit {r.exit_code}, stdout {r.output.text('stdout')[-2000:]!r}, "
+            f"stderr {r.output.text('stderr')[-3000:]!r}"
+            for r in self.ranks
+        )
 
     def leftover_processes(self) -> list[str]:
-        return [" ".join(p.cmdline()) for p in tagged_processes({"TRAINYARD_JOB_ID": self.job_id})
-                if _alive(p)]
+        return [" ".join(p.cmdline()) for p in tagged_processes({"TRAINYARD_JOB_ID": self.job_id}) if _alive(p)]
 
 
 def _join(threads: list[threading.Thread]) -> None:

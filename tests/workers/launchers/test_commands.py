@@ -9,18 +9,28 @@ import pytest
 
 from trainyard.workers.launchers import LaunchContext, gang_token, launcher_for
 from trainyard.workers.launchers.container import ContainerRuntime, container_environment
-from trainyard.workers.launchers.mpi import hostfile_text
+from trainyard.workers.launchers.mpi import hostfile_text, with_session_base
 from trainyard.workers.launchers.ray import PORTS_PER_NODE, ray_ports
 from trainyard.workers.launchers.rsh_agent import parse
 from trainyard.workers.launchers.tools import GANG_INTERFACES_ENV, gang_interfaces
 
 
-def context(tmp_path: Path, rank: int = 0, hosts: tuple[str, ...] = ("127.0.0.2", "127.0.0.3"),
-            **spec: Any) -> LaunchContext:
+def context(
+    tmp_path: Path, rank: int = 0, hosts: tuple[str, ...] = ("127.0.0.2", "127.0.0.3"), **spec: Any
+) -> LaunchContext:
     return LaunchContext(
-        job_id="j1", name="n", attempt=2, rank=rank, num_nodes=len(hosts), node_hosts=list(hosts),
-        node_address=hosts[rank], spec={"command": "python train.py", "processes_per_node": 2, **spec},
-        gpus=[], workdir=tmp_path / "work", checkpoint_dir=tmp_path / "ckpt", master_port=23456,
+        job_id="j1",
+        name="n",
+        attempt=2,
+        rank=rank,
+        num_nodes=len(hosts),
+        node_hosts=list(hosts),
+        node_address=hosts[rank],
+        spec={"command": "python train.py", "processes_per_node": 2, **spec},
+        gpus=[],
+        workdir=tmp_path / "work",
+        checkpoint_dir=tmp_path / "ckpt",
+        master_port=23456,
         support_dir=tmp_path / "support",
     )
 
@@ -30,14 +40,32 @@ def test_hostfile_lists_every_node_of_the_gang_with_its_slots(tmp_path: Path) ->
 
 
 def test_mpirun_starts_daemons_through_the_rsh_agent_on_loopback_interfaces(tmp_path: Path) -> None:
-    argv = launcher_for("mpi").argv(context(tmp_path))
+    argv = launcher_for("mpi").mpirun_argv(context(tmp_path))
     line = " ".join(argv)
     assert argv[0].endswith("mpirun")
-    assert f"--mca plm_rsh_agent {tmp_path / 'support' / 'rsh-agent'}" in line
+    # The other nodes' daemons, which get the same parameters, find /bin/false instead of rank 0's agent.
+    assert f"--mca plm_rsh_agent {tmp_path / 'support' / 'rsh-agent'} : /bin/false" in line
     assert "--mca plm_rsh_no_tree_spawn 1" in line
     assert "-np 4" in line
     assert "--mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo" in line
-    assert argv[-3:] == ["/bin/sh", "-c", "python train.py"]
+    # Each rank enters its own node's working directory, then runs the command.
+    full = launcher_for("mpi").argv(context(tmp_path))
+    assert full[-7:-3] == ["/bin/sh", "-c", 'cd "$TRAINYARD_PART_WORKDIR" && exec "$@"', "trainyard-rank"]
+    assert full[-3:] == ["/bin/sh", "-c", "python train.py"]
+
+
+def test_a_daemon_started_on_another_node_keeps_its_session_files_in_that_node_s_part(tmp_path: Path) -> None:
+    command = "/usr/bin/orted -mca ess env -mca orte_tmpdir_base /tmp/trainyard-rank0/ompi -mca plm rsh"
+    own = tmp_path / "support" / "ompi"
+    assert with_session_base(command, own) == f"/usr/bin/orted -mca ess env -mca orte_tmpdir_base {own} -mca plm rsh"
+    assert with_session_base("/usr/bin/orted -mca ess env", own) == "/usr/bin/orted -mca ess env"
+
+
+def test_torchrun_on_a_network_gang_names_the_interface_of_the_node_s_own_address(tmp_path: Path) -> None:
+    ctx = context(tmp_path, hosts=("10.0.0.1", "10.0.0.2"))
+    ctx.node_address = "127.0.0.1"  # an address this machine has: its interface is lo
+    env = launcher_for("torchrun").job_environment(ctx)
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "lo"
 
 
 def test_gang_interfaces_are_configurable_and_loopback_only_for_loopback_gangs(
@@ -64,6 +92,7 @@ def test_horovod_adds_horovodruns_flags(tmp_path: Path) -> None:
 def test_mpi_environment_names_the_hostfile_and_allows_root(tmp_path: Path) -> None:
     env = launcher_for("mpi").job_environment(context(tmp_path))
     assert env["TRAINYARD_HOSTFILE"] == str(tmp_path / "work" / ".trainyard-hostfile")
+    assert env["TRAINYARD_PART_WORKDIR"] == str(tmp_path / "work")
 
 
 def test_ray_ports_differ_between_the_nodes_of_a_gang_and_stay_in_range() -> None:
@@ -103,7 +132,9 @@ def test_torchrun_uses_static_rendezvous_at_node_rank_zero(tmp_path: Path) -> No
     argv = launcher_for("torchrun").argv(context(tmp_path, rank=1))
     line = " ".join(argv)
     assert "--nnodes 2 --nproc-per-node 2 --node-rank 1 --master-addr 127.0.0.2 --master-port 23456" in line
-    assert "--max-restarts 0 --no-python /bin/sh -c python train.py" in line
+    assert '--max-restarts 0 --no-python "$@"' in line  # the command comes after the runner script
+    assert argv[-4:] == ["trainyard-torchrun", "/bin/sh", "-c", "python train.py"]
+    assert "torch.distributed.run" in " ".join(launcher_for("torchrun").torchrun_argv(context(tmp_path)))
     env = launcher_for("torchrun").job_environment(context(tmp_path))
     assert env["GLOO_SOCKET_IFNAME"] == "lo"
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 ENV_PROBE = (
     'echo "ENV rank=$TRAINYARD_NODE_RANK job=$TRAINYARD_JOB_ID nodes=$TRAINYARD_NUM_NODES '
-    'hosts=$TRAINYARD_NODE_HOSTS secret=$TOKEN_X mine=$MY_VAR redis=${TRAINYARD_REDIS_URL:-unset} '
+    "hosts=$TRAINYARD_NODE_HOSTS secret=$TOKEN_X mine=$MY_VAR redis=${TRAINYARD_REDIS_URL:-unset} "
     'unbuffered=$PYTHONUNBUFFERED"; echo "to-stderr" >&2; sleep 1; exit 3'  # MPI aborts the other ranks at once
 )
 
@@ -54,8 +54,7 @@ class Case:
         return 1 if self.command_on_head_only else self.nodes * self.processes_per_node
 
     def spec(self, command: str, **extra: Any) -> dict[str, Any]:
-        spec = {"launcher": self.launcher, "command": command, "processes_per_node": self.processes_per_node,
-                **extra}
+        spec = {"launcher": self.launcher, "command": command, "processes_per_node": self.processes_per_node, **extra}
         if self.image:
             spec["image"] = components.TEST_IMAGE
         return spec
@@ -107,17 +106,21 @@ def test_command_sees_the_job_environment_and_reports_its_status(
         assert f"job={gang.job_id} nodes={case.nodes} hosts={hosts} secret=t0ps3cret mine=v1" in line
         assert "redis=unset unbuffered=1" in line
     ranks = sorted(line.split()[1] for line in lines)
-    expected = ["rank=0"] if case.command_on_head_only else [
-        f"rank={r}" for r in range(case.nodes) for _ in range(case.processes_per_node)]
+    expected = (
+        ["rank=0"]
+        if case.command_on_head_only
+        else [f"rank={r}" for r in range(case.nodes) for _ in range(case.processes_per_node)]
+    )
     assert ranks == expected
     assert "to-stderr" in gang.all_stderr()
     assert "to-stderr" not in gang.all_stdout()
 
 
 def test_output_streams_while_the_command_runs(case: Case, make_gang: Callable[..., Gang]) -> None:
-    gang = make_gang(case.spec(
-        'echo first; while [ ! -e "$TRAINYARD_OUTPUT_SHARED/go" ]; do sleep 0.1; done; echo second'
-    ), nodes=case.nodes)
+    gang = make_gang(
+        case.spec('echo first; while [ ! -e "$TRAINYARD_OUTPUT_SHARED/go" ]; do sleep 0.1; done; echo second'),
+        nodes=case.nodes,
+    )
     gang.start()
     gang.wait_for_output("first")
     assert "second" not in gang.all_stdout()
@@ -143,9 +146,7 @@ def test_stop_ends_every_process_of_the_part_on_every_node(
     assert docker_engine.containers_of(gang.job_id) == []
 
 
-def test_rank_failure_fails_the_attempt_and_leaves_no_process(
-    gang_case: Case, make_gang: Callable[..., Gang]
-) -> None:
+def test_rank_failure_fails_the_attempt_and_leaves_no_process(gang_case: Case, make_gang: Callable[..., Gang]) -> None:
     gang = make_gang(gang_case.spec('echo "started $TRAINYARD_NODE_RANK"; sleep 301'), nodes=gang_case.nodes)
     gang.start()
     gang.wait_for_output("started" if gang_case.command_on_head_only else f"started {gang_case.nodes - 1}")
@@ -174,8 +175,9 @@ def test_prepare_runs_on_every_node_before_the_command(case: Case, make_gang: Ca
 def test_prepare_failure_fails_the_part_with_its_status_and_keeps_its_output(
     case: Case, make_gang: Callable[..., Gang]
 ) -> None:
-    gang = make_gang(case.spec("echo should-not-run", prepare="echo preparing; echo oops >&2; exit 4"),
-                     nodes=case.nodes)
+    gang = make_gang(
+        case.spec("echo should-not-run", prepare="echo preparing; echo oops >&2; exit 4"), nodes=case.nodes
+    )
     codes = gang.start().wait(timeout_s=120)
 
     assert codes[0] == 4, gang.describe()
@@ -199,11 +201,13 @@ def _process_of(gang: Gang, rank: int, cmdline: str, timeout_s: float = 60.0) ->
         for proc in psutil.process_iter():
             try:
                 env = proc.environ()
-                if (env.get("TRAINYARD_JOB_ID") == gang.job_id and env.get("TRAINYARD_NODE_RANK") == str(rank)
-                        and cmdline in " ".join(proc.cmdline())):
+                if (
+                    env.get("TRAINYARD_JOB_ID") == gang.job_id
+                    and env.get("TRAINYARD_NODE_RANK") == str(rank)
+                    and cmdline in " ".join(proc.cmdline())
+                ):
                     return proc
             except (psutil.Error, OSError):
                 continue
         time.sleep(0.1)
     raise AssertionError(f"no process {cmdline!r} of rank {rank}: {gang.describe()}")
-

@@ -25,9 +25,18 @@ class Node:
 
     def __init__(self, tmp_path: Path, client: redis.Redis, rank: int, job_id: str):
         self.ctx = LaunchContext(
-            job_id=job_id, name="relay", attempt=1, rank=rank, num_nodes=2, node_hosts=HOSTS,
-            node_address=HOSTS[rank], spec={"command": "sleep 60"}, gpus=[],
-            workdir=tmp_path / f"node-{rank}", checkpoint_dir=tmp_path / f"ckpt-{rank}", master_port=20000,
+            job_id=job_id,
+            name="relay",
+            attempt=1,
+            rank=rank,
+            num_nodes=2,
+            node_hosts=HOSTS,
+            node_address=HOSTS[rank],
+            spec={"command": "sleep 60"},
+            gpus=[],
+            workdir=tmp_path / f"node-{rank}",
+            checkpoint_dir=tmp_path / f"ckpt-{rank}",
+            master_port=20000,
         )
         self.output = Captured()
         self.launcher = launcher_for("process")
@@ -48,13 +57,19 @@ def gang(tmp_path: Path, relay_redis_url: str, request: pytest.FixtureRequest) -
     yield nodes
     for node in nodes:
         node.close()
+    client.close()
 
 
 def rsh(node: Node, *args: str) -> subprocess.Popen[str]:
     """Run the rsh agent as mpirun would, from inside `node`'s part."""
     env = {"PATH": "/usr/bin:/bin", **node.ctx.extra_env}
-    return subprocess.Popen([sys.executable, "-I", rsh_agent.__file__, *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-I", rsh_agent.__file__, *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_the_command_runs_in_the_named_nodes_part_and_its_status_comes_back(gang: list[Node]) -> None:
@@ -82,7 +97,7 @@ def test_when_the_rsh_agent_dies_the_remote_command_is_killed(gang: list[Node]) 
     while "started" not in gang[1].output.text("stdout") and time.monotonic() < deadline:
         time.sleep(0.05)
     agent.send_signal(signal.SIGTERM)
-    agent.wait(timeout=10)
+    agent.communicate(timeout=10)  # reads its pipes to the end and closes them
     deadline = time.monotonic() + 10
     while _sleepers() and time.monotonic() < deadline:
         time.sleep(0.1)

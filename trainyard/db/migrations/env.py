@@ -14,18 +14,20 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or ""
     engine = make_engine(url)
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        if connection.dialect.name == "postgresql":
-            # Several services may start at once; the advisory lock makes them migrate in turn.
-            connection.exec_driver_sql("SELECT pg_advisory_lock(864200)")
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+            )
+            if connection.dialect.name == "postgresql":
+                # Several services may start at once; the advisory lock makes them migrate in turn.
+                connection.exec_driver_sql("SELECT pg_advisory_lock(864200)")
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()  # a failed migration must not leave its pooled connection behind either
 
 
 run_migrations_online()

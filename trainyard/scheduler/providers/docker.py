@@ -12,11 +12,11 @@ import importlib
 import os
 from typing import Any
 
+from trainyard.config import load_settings
 from trainyard.scheduler.providers.base import NodeProvider, ProviderNode
 
 POOL_LABEL = "trainyard.pool"
 NODE_LABEL = "trainyard.node"
-DEFAULT_IMAGE = "trainyard-worker:latest"
 PASSED_PREFIXES = ("TRAINYARD_", "AZURE_STORAGE_", "AWS_")
 STOP_TIMEOUT_S = 10
 
@@ -36,26 +36,48 @@ class DockerProvider(NodeProvider):
 
     name = "docker"
 
-    def __init__(self, base_url: str | None = None, image: str | None = None, network: str | None = None,
-                 command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        image: str | None = None,
+        network: str | None = None,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         docker = _sdk()
         env_source = dict(os.environ if env is None else env)
-        url = base_url or env_source.get("TRAINYARD_DOCKER_URL") or env_source.get("DOCKER_HOST")
+        settings = load_settings(env_source)  # docker_url, worker_image, docker_network
+        url = base_url or settings.docker_url or env_source.get("DOCKER_HOST")
         self.client: Any = docker.DockerClient(base_url=url) if url else docker.from_env()
-        self.image = image or env_source.get("TRAINYARD_WORKER_IMAGE") or DEFAULT_IMAGE
-        self.network = network or env_source.get("TRAINYARD_DOCKER_NETWORK")
+        self.image = image or settings.worker_image
+        self.network = network or settings.docker_network
         self.command = command  # a stand-in for tests; default: `trainyard worker ...`
         self.env = worker_environment(env_source)
 
     def _worker_command(self, pool: str, node_id: str, slots: int, gpus: int) -> list[str]:
-        return ["worker", "--pool", pool, "--node-id", node_id, "--address", node_id,
-                "--slots", str(slots), "--gpus", str(gpus)]
+        return [
+            "worker",
+            "--pool",
+            pool,
+            "--node-id",
+            node_id,
+            "--address",
+            node_id,
+            "--slots",
+            str(slots),
+            "--gpus",
+            str(gpus),
+        ]
 
     def start_node(self, pool: str, node_id: str, slots: int, gpus: int) -> ProviderNode:
         options: dict[str, Any] = {
-            "name": f"trainyard-{node_id}", "hostname": node_id, "detach": True,
-            "labels": {POOL_LABEL: pool, NODE_LABEL: node_id}, "environment": self.env,
-            "privileged": False, "security_opt": ["no-new-privileges"],
+            "name": f"trainyard-{node_id}",
+            "hostname": node_id,
+            "detach": True,
+            "labels": {POOL_LABEL: pool, NODE_LABEL: node_id},
+            "environment": self.env,
+            "privileged": False,
+            "security_opt": ["no-new-privileges"],
         }
         if self.network:
             options["network"] = self.network
@@ -77,5 +99,4 @@ class DockerProvider(NodeProvider):
 
     def list_nodes(self, pool: str) -> list[ProviderNode]:
         containers = self.client.containers.list(filters={"label": f"{POOL_LABEL}={pool}"})
-        return [ProviderNode(node_id=c.labels[NODE_LABEL], pool=pool, address=c.labels[NODE_LABEL])
-                for c in containers]
+        return [ProviderNode(node_id=c.labels[NODE_LABEL], pool=pool, address=c.labels[NODE_LABEL]) for c in containers]

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainyard.config import trainyard_home
+from trainyard.config import load_settings
 from trainyard.scheduler.providers.base import NodeProvider, ProviderNode
 
 FIRST_ADDRESS = 100
@@ -53,7 +53,7 @@ class LocalProvider(NodeProvider):
     name = "local"
 
     def __init__(self, home: Path | None = None, env: dict[str, str] | None = None) -> None:
-        self.home = home or trainyard_home()
+        self.home = home or load_settings().home
         self.state_dir = self.home / "autoscale"
         self.env = dict(env if env is not None else os.environ)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -77,13 +77,35 @@ class LocalProvider(NodeProvider):
 
     def start_node(self, pool: str, node_id: str, slots: int, gpus: int) -> ProviderNode:
         address = self._free_address()
-        args = [sys.executable, "-m", "trainyard", "worker", "--pool", pool, "--node-id", node_id,
-                "--address", address, "--slots", str(slots), "--gpus", str(gpus)]
+        args = [
+            sys.executable,
+            "-m",
+            "trainyard",
+            "worker",
+            "--pool",
+            pool,
+            "--node-id",
+            node_id,
+            "--address",
+            address,
+            "--slots",
+            str(slots),
+            "--gpus",
+            str(gpus),
+            "--host-volume",
+            "/",
+        ]  # a node of this machine has all of its file system
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{node_id}.log").open("ab") as log:
-            process = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._children[node_id] = process
         self.state_dir.mkdir(parents=True, exist_ok=True)
         record = {"node_id": node_id, "pool": pool, "address": address, "pid": process.pid}

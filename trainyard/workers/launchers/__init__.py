@@ -11,7 +11,14 @@ from trainyard.workers.launchers.runtime import HostRuntime, Runtime, Step
 from trainyard.workers.launchers.torchrun import TorchrunLauncher
 
 __all__ = [
-    "LAUNCHERS", "LaunchContext", "Launcher", "PrepareFailed", "RunningPart", "Runtime", "Step", "gang_token",
+    "LAUNCHERS",
+    "LaunchContext",
+    "Launcher",
+    "PrepareFailed",
+    "RunningPart",
+    "Runtime",
+    "Step",
+    "gang_token",
     "launcher_for",
 ]
 

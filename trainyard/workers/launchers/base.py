@@ -14,8 +14,17 @@ from trainyard.workers.launchers.process_tree import STOP_GRACE_S, kill_tree, pa
 from trainyard.workers.launchers.runtime import HostRuntime, Runtime, Step, host_environment
 
 __all__ = [
-    "STOP_GRACE_S", "LaunchContext", "Launcher", "PrepareFailed", "RunningPart", "base_environment",
-    "gang_token", "job_variables", "kill_tree", "part_tag", "tagged_processes",
+    "STOP_GRACE_S",
+    "LaunchContext",
+    "Launcher",
+    "PrepareFailed",
+    "RunningPart",
+    "base_environment",
+    "gang_token",
+    "job_variables",
+    "kill_tree",
+    "part_tag",
+    "tagged_processes",
 ]
 
 
@@ -44,6 +53,8 @@ class LaunchContext:
     # A short private directory for trainyard's helper files and sockets (the rsh agent);
     # containers see it at the same path.
     support_dir: Path | None = None
+    # Host path → {bind, mode} of each volume the part mounted (set by workers.volumes): containers bind them.
+    volume_binds: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def processes_per_node(self) -> int:
@@ -87,15 +98,13 @@ def job_variables(ctx: LaunchContext) -> dict[str, str]:
 
 def with_batchai_variables(ctx: LaunchContext, job_env: dict[str, str]) -> dict[str, str]:
     """A job from an Azure Batch AI job file also sees Batch AI's AZ_BATCHAI_* variables."""
-    from trainyard.batchai import LOCAL_DIR_VARIABLES, batchai_env
+    from trainyard.batchai import SCRATCH_NAME, batchai_env, prepare_part_files
 
-    extra = batchai_env(job_env, scratch_dir=str(ctx.workdir / ".batchai"))
+    extra = batchai_env(job_env, scratch_dir=str(ctx.workdir / SCRATCH_NAME))
     if not extra:
         return job_env
     merged = {**job_env, **extra}
-    for name in LOCAL_DIR_VARIABLES:
-        if merged.get(name):
-            Path(merged[name]).mkdir(parents=True, exist_ok=True)
+    prepare_part_files(merged)
     return merged
 
 
@@ -203,8 +212,11 @@ class PrepareFailed(Exception):
     """The spec's `prepare` failed (or was stopped): the attempt ends with this reason and exit status."""
 
     def __init__(self, exit_code: int, reason: str = "prepare_failed"):
-        super().__init__(f"prepare exited with status {exit_code}" if reason == "prepare_failed"
-                         else f"prepare was stopped ({reason})")
+        super().__init__(
+            f"prepare exited with status {exit_code}"
+            if reason == "prepare_failed"
+            else f"prepare was stopped ({reason})"
+        )
         self.exit_code, self.reason = exit_code, reason
 
 

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
 import os
 import re
+import stat
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainyard.config import load_settings
 from trainyard.workers.launchers.process_tree import STOP_GRACE_S
 from trainyard.workers.launchers.runtime import Runtime, Step
 
 if TYPE_CHECKING:
     from trainyard.workers.launchers.base import LaunchContext
 
-# Worker setting (`trainyard worker --docker-url`): the engine's URL; else DOCKER_HOST, else the default socket.
+log = logging.getLogger(__name__)
+
+# Settings.docker_url's variable: `trainyard worker --docker-url` sets it for the container runtime to read.
 DOCKER_URL_ENV = "TRAINYARD_DOCKER_URL"
 # What a training job may need (own files, switch user in an entrypoint); the rest of Docker's
 # default set (raw sockets, mknod, chroot, audit, setfcap, net_bind) is dropped.
@@ -45,7 +50,7 @@ def _docker() -> Any:
 def engine_client() -> Any:
     """A Docker SDK client for the node's engine (Docker, or Podman's Docker-compatible service)."""
     docker = _docker()
-    url = os.environ.get(DOCKER_URL_ENV) or os.environ.get("DOCKER_HOST")
+    url = load_settings().docker_url or os.environ.get("DOCKER_HOST")
     return docker.DockerClient(base_url=url) if url else docker.from_env()
 
 
@@ -54,7 +59,7 @@ def container_name(ctx: LaunchContext, step_name: str) -> str:
 
 
 def bind_mounts(ctx: LaunchContext, job_env: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Host directories the job uses, at the same paths inside; inputs read-only."""
+    """Host directories the job uses, at the same paths inside; inputs read-only; volumes where asked."""
     mounts = {str(ctx.workdir): "rw", str(ctx.checkpoint_dir): "rw"}
     if ctx.support_dir is not None:
         mounts[str(ctx.support_dir)] = "rw"
@@ -63,7 +68,62 @@ def bind_mounts(ctx: LaunchContext, job_env: dict[str, str]) -> dict[str, dict[s
             inside_workdir = Path(value).resolve().is_relative_to(ctx.workdir.resolve())
             if not inside_workdir:
                 mounts[value] = "ro" if key.startswith("TRAINYARD_INPUT_") else "rw"
-    return {path: {"bind": path, "mode": mode} for path, mode in mounts.items()}
+    binds = {path: {"bind": path, "mode": mode} for path, mode in mounts.items()}
+    binds.update({source: dict(bind) for source, bind in ctx.volume_binds.items()})
+    return binds
+
+
+def runtime_settings(ctx: LaunchContext) -> dict[str, Any]:
+    """The spec's `container:` settings as engine options: /dev/shm, IPC namespace, ulimits, devices.
+
+    /dev/shm is 2g unless the spec says otherwise (the engines' 64 MiB crashes PyTorch's DataLoader
+    workers and NCCL). Devices are passed only when the node has them; never privileged.
+    """
+    from trainyard.spec import ContainerSettings
+
+    settings = ContainerSettings.model_validate(ctx.spec.get("container") or {})
+    options: dict[str, Any] = {}
+    if settings.ipc is not None:
+        options["ipc_mode"] = settings.ipc
+    if settings.ipc != "host":  # the host's IPC namespace comes with the host's /dev/shm
+        options["shm_size"] = settings.shm_size_bytes
+    if settings.ulimits:
+        ulimit = _docker().types.Ulimit
+        options["ulimits"] = [
+            ulimit(name=name, soft=soft, hard=hard)
+            for name, (soft, hard) in sorted(_ulimit_pairs(settings.ulimits).items())
+        ]
+    devices = [device for wanted in settings.devices for device in _present_devices(wanted)]
+    if devices:
+        options["devices"] = devices
+    return options
+
+
+def _ulimit_pairs(ulimits: dict[str, int | str]) -> dict[str, tuple[int, int]]:
+    pairs = {}
+    for name, value in ulimits.items():
+        soft, _, hard = str(value).partition(":")
+        pairs[name] = (int(soft), int(hard or soft))
+    return pairs
+
+
+def _present_devices(wanted: str) -> list[str]:
+    """`HOST[:INSIDE[:PERMS]]` → the engine's device strings; a directory (/dev/infiniband) gives each device in it."""
+    host, _, rest = wanted.partition(":")
+    inside, _, perms = rest.partition(":")
+    inside, perms = inside or host, perms or "rwm"
+    if os.path.isdir(host):
+        found = []
+        for dirpath, _dirs, names in os.walk(host):
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                if stat.S_ISCHR(os.stat(path).st_mode):
+                    found.append(f"{path}:{inside + path[len(host) :]}:{perms}")
+        return found
+    if not os.path.exists(host):
+        log.warning("device %s is not on this node: not passed to the container", host)
+        return []
+    return [f"{host}:{inside}:{perms}"]
 
 
 def container_environment(ctx: LaunchContext, job_env: dict[str, str]) -> dict[str, str]:
@@ -91,7 +151,11 @@ def resource_limits(ctx: LaunchContext) -> dict[str, Any]:
 
 
 class ContainerStep(Step):
-    """A started container: its attach stream copied into two pipes; removed once it has ended."""
+    """A started container: its attach stream copied into two pipes; removed once it has ended.
+
+    The step owns the engine client it was created with (`container.client`) and closes it once
+    the container is removed, so a worker running many steps keeps no engine socket per step.
+    """
 
     def __init__(self, container: Any):
         self.container = container
@@ -100,6 +164,7 @@ class ContainerStep(Step):
         self.stdout_fd, self.stderr_fd = out_r, err_r
         self._status: int | None = None
         self._wait_lock = threading.Lock()
+        stream = None
         try:
             # Attached before the start (with the logs so far), so no early byte is missed.
             stream = container.attach_socket(params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
@@ -110,13 +175,21 @@ class ContainerStep(Step):
         except BaseException:
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
+            if stream is not None:
+                _close_stream(stream)
             _remove(container)
+            _close_client(container)
             raise
-        self._relay = threading.Thread(target=_copy_frames, args=(stream, out_w, err_w), daemon=True,
-                                       name=f"attach-{container.name}")
+        self._relay = threading.Thread(
+            target=_copy_frames, args=(stream, out_w, err_w), daemon=True, name=f"attach-{container.name}"
+        )
         self._relay.start()
-        container.reload()
-        self._pid = int(container.attrs.get("State", {}).get("Pid") or 0) or None
+        self._pid: int | None = None
+        try:
+            container.reload()
+            self._pid = int(container.attrs.get("State", {}).get("Pid") or 0) or None
+        except Exception as exc:  # a container that ended at once: the engine may fail to read its cgroup
+            log.info("could not read the pid of container %s: %s", container.name, exc)
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +201,7 @@ class ContainerStep(Step):
                 result = self.container.wait(timeout=None)
                 self._relay.join(OUTPUT_RELAY_JOIN_S)
                 _remove(self.container)
+                _close_client(self.container)
                 self._status = int(result.get("StatusCode", 1))
             return self._status
 
@@ -142,6 +216,8 @@ class ContainerStep(Step):
         return None if state.get("Running") else int(state.get("ExitCode", 1))
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        if self._status is not None:
+            return  # ended and removed, its client closed: nothing is left to stop
         with contextlib.suppress(Exception):  # already stopped or gone
             self.container.stop(timeout=max(0, math.ceil(grace_s)))
         self.wait()
@@ -155,21 +231,34 @@ def _copy_frames(stream: Any, out_w: int, err_w: int) -> None:
     except OSError:
         pass  # the engine closed the stream as the container went
     finally:
-        with contextlib.suppress(OSError):
-            stream.close()
+        _close_stream(stream)
         os.close(out_w)
         os.close(err_w)
+
+
+def _close_stream(stream: Any) -> None:
+    # On a Unix socket the SDK hands over the response's socket file: closing that file leaves
+    # the socket under it open, so both are closed.
+    for closable in (stream, getattr(stream, "_sock", None)):
+        if closable is not None:
+            with contextlib.suppress(OSError):
+                closable.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _remove(container: Any) -> None:
     with contextlib.suppress(Exception):  # gone already
         container.remove(force=True)
+
+
+def _close_client(container: Any) -> None:
+    with contextlib.suppress(Exception):  # closing only drops pooled sockets; nothing to report
+        container.client.close()
 
 
 class ContainerRuntime(Runtime):
@@ -180,18 +269,32 @@ class ContainerRuntime(Runtime):
     def __init__(self, image: str):
         self.image = image
 
-    def run(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], *, step_name: str,
-            tag: dict[str, str] | None = None) -> Step:
-        client = engine_client()
+    def run(
+        self,
+        ctx: LaunchContext,
+        argv: list[str],
+        job_env: dict[str, str],
+        *,
+        step_name: str,
+        tag: dict[str, str] | None = None,
+    ) -> Step:
         options = self._options(ctx, argv, job_env, step_name)
+        client = engine_client()
         try:
-            container = client.containers.create(self.image, **options)
+            container = self._create(client, options)
+        except BaseException:
+            client.close()
+            raise
+        return ContainerStep(container)  # the step closes the client once its container is gone
+
+    def _create(self, client: Any, options: dict[str, Any]) -> Any:
+        try:
+            return client.containers.create(self.image, **options)
         except Exception as exc:
             if type(exc).__name__ not in ("ImageNotFound", "Conflict"):
                 raise
             self._recover(client, exc, options["name"])
-            container = client.containers.create(self.image, **options)
-        return ContainerStep(container)
+            return client.containers.create(self.image, **options)
 
     def _recover(self, client: Any, error: Exception, name: str) -> None:
         if type(error).__name__ == "ImageNotFound":
@@ -214,7 +317,12 @@ class ContainerRuntime(Runtime):
             "init": True,  # signals reach the job and orphans are reaped
             "stdin_open": False,
             "tty": False,
-            "labels": {"trainyard.job": ctx.job_id, "trainyard.attempt": str(ctx.attempt),
-                       "trainyard.rank": str(ctx.rank), "trainyard.step": step_name},
+            "labels": {
+                "trainyard.job": ctx.job_id,
+                "trainyard.attempt": str(ctx.attempt),
+                "trainyard.rank": str(ctx.rank),
+                "trainyard.step": step_name,
+            },
             **resource_limits(ctx),
+            **runtime_settings(ctx),
         }

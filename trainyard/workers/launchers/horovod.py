@@ -26,3 +26,5 @@ class HorovodLauncher(MpiLauncher):
             flags += ["--mca", "btl", "^openib"]  # horovodrun's default: no InfiniBand verbs BTL
         return flags
 
+    def intel_extra_flags(self, ctx: LaunchContext) -> list[str]:
+        return ["-genv", "NCCL_DEBUG", "INFO"]  # Intel's mpirun forwards the rest of the environment itself

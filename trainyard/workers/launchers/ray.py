@@ -44,19 +44,35 @@ class RayPorts:
 
     def start_args(self, head: bool) -> list[str]:
         args = [
-            "--node-manager-port", str(self.node_manager),
-            "--object-manager-port", str(self.object_manager),
-            "--dashboard-agent-grpc-port", str(self.dashboard_agent_grpc),
-            "--dashboard-agent-listen-port", str(self.dashboard_agent_listen),
-            "--runtime-env-agent-port", str(self.runtime_env_agent),
-            "--metrics-export-port", str(self.metrics_export),
-            "--min-worker-port", str(self.min_worker),
-            "--max-worker-port", str(self.max_worker),
+            "--node-manager-port",
+            str(self.node_manager),
+            "--object-manager-port",
+            str(self.object_manager),
+            "--dashboard-agent-grpc-port",
+            str(self.dashboard_agent_grpc),
+            "--dashboard-agent-listen-port",
+            str(self.dashboard_agent_listen),
+            "--runtime-env-agent-port",
+            str(self.runtime_env_agent),
+            "--metrics-export-port",
+            str(self.metrics_export),
+            "--min-worker-port",
+            str(self.min_worker),
+            "--max-worker-port",
+            str(self.max_worker),
         ]
         if head:
-            args += ["--port", str(self.gcs), "--ray-client-server-port", str(self.client_server),
-                     "--dashboard-port", str(self.dashboard), "--dashboard-host", "127.0.0.1",
-                     "--include-dashboard=false"]
+            args += [
+                "--port",
+                str(self.gcs),
+                "--ray-client-server-port",
+                str(self.client_server),
+                "--dashboard-port",
+                str(self.dashboard),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--include-dashboard=false",
+            ]
         return args
 
 
@@ -68,10 +84,19 @@ def ray_ports(master_port: int, rank: int) -> RayPorts:
     def port(index: int) -> int:
         return PORT_FLOOR + (first + index) % span
 
-    return RayPorts(gcs=port(0), node_manager=port(1), object_manager=port(2), dashboard_agent_grpc=port(3),
-                    dashboard_agent_listen=port(4), runtime_env_agent=port(5), metrics_export=port(6),
-                    client_server=port(7), dashboard=port(8), min_worker=port(9),
-                    max_worker=port(PORTS_PER_NODE - 1))
+    return RayPorts(
+        gcs=port(0),
+        node_manager=port(1),
+        object_manager=port(2),
+        dashboard_agent_grpc=port(3),
+        dashboard_agent_listen=port(4),
+        runtime_env_agent=port(5),
+        metrics_export=port(6),
+        client_server=port(7),
+        dashboard=port(8),
+        min_worker=port(9),
+        max_worker=port(PORTS_PER_NODE - 1),
+    )
 
 
 def head_address(ctx: LaunchContext) -> str:
@@ -94,21 +119,31 @@ class RayLauncher(Launcher):
         cpus = float((ctx.spec.get("resources") or {}).get("cpus") or 1)
         return [
             *ray_ports(ctx.master_port, ctx.rank).start_args(head=ctx.rank == 0),
-            "--node-ip-address", ctx.node_address,
-            "--num-cpus", str(max(1, int(cpus))),
-            "--num-gpus", str(len(ctx.gpus)),
+            "--node-ip-address",
+            ctx.node_address,
+            "--num-cpus",
+            str(max(1, int(cpus))),
+            "--num-gpus",
+            str(len(ctx.gpus)),
             "--disable-usage-stats",
         ]
 
     def argv(self, ctx: LaunchContext) -> list[str]:
         in_container = self.runtime.in_container
         argv = [
-            python(in_container), "-I", str(self.ray_node_script(ctx)),
-            "--role", "head" if ctx.rank == 0 else "worker",
-            "--ray", program("ray", in_container),
-            "--head", head_address(ctx),
-            "--num-nodes", str(ctx.num_nodes),
-            "--join-timeout-s", str(JOIN_TIMEOUT_S),
+            python(in_container),
+            "-I",
+            str(self.ray_node_script(ctx)),
+            "--role",
+            "head" if ctx.rank == 0 else "worker",
+            "--ray",
+            program("ray", in_container),
+            "--head",
+            head_address(ctx),
+            "--num-nodes",
+            str(ctx.num_nodes),
+            "--join-timeout-s",
+            str(JOIN_TIMEOUT_S),
         ]
         argv += [f"--ray-arg={arg}" for arg in self.start_args(ctx)]
         return [*argv, "--", *command_argv(ctx.spec["command"])]

@@ -115,8 +115,11 @@ def _descendants(pid: int) -> list[Any]:
 def run_head(args: argparse.Namespace) -> int:
     ray = start_ray(args.ray, ["--head", *args.ray_arg])
     try:
-        joined = wait_until(lambda: port_open(args.head) and alive_nodes(args.head) >= args.num_nodes,
-                            args.join_timeout_s, lambda: ray.poll() is None)
+        joined = wait_until(
+            lambda: port_open(args.head) and alive_nodes(args.head) >= args.num_nodes,
+            args.join_timeout_s,
+            lambda: ray.poll() is None,
+        )
         if not joined:
             print(f"trainyard: the Ray cluster did not reach {args.num_nodes} nodes", file=sys.stderr)
             return JOIN_FAILED

@@ -119,8 +119,10 @@ class RshRelay:
 
     def _spawn_remote(self, conn: socket.socket, host: str, command: str) -> dict[str, Any] | None:
         if host not in self.ctx.node_hosts:
-            return {"error": f"{host} is not a node of this gang ({', '.join(self.ctx.node_hosts)})",
-                    "exit": AGENT_FAILED}
+            return {
+                "error": f"{host} is not a node of this gang ({', '.join(self.ctx.node_hosts)})",
+                "exit": AGENT_FAILED,
+            }
         rank = self.ctx.node_hosts.index(host)
         spawn_id = secrets.token_hex(8)
         reply_key = transport.spawn_reply_key(self.ctx.job_id, self.ctx.attempt, spawn_id)

@@ -8,6 +8,7 @@ for and stopped whole.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +18,8 @@ from trainyard.workers.launchers.process_tree import STOP_GRACE_S, kill_tree
 
 if TYPE_CHECKING:
     from trainyard.workers.launchers.base import LaunchContext
+
+REAP_TIMEOUT_S = 5.0  # after kill_tree's SIGKILL, only a process stuck in the kernel takes longer
 
 
 def exit_status(returncode: int) -> int:
@@ -51,8 +54,9 @@ class Step(abc.ABC):
 class HostStep(Step):
     """A process in a session of its own; stopping it ends its session and every descendant."""
 
-    def __init__(self, process: subprocess.Popen[bytes], stdout_fd: int, stderr_fd: int,
-                 tag: dict[str, str] | None = None):
+    def __init__(
+        self, process: subprocess.Popen[bytes], stdout_fd: int, stderr_fd: int, tag: dict[str, str] | None = None
+    ):
         self.process, self.stdout_fd, self.stderr_fd = process, stdout_fd, stderr_fd
         self.tag = tag  # environment variables that also find what escaped the tree
 
@@ -69,6 +73,10 @@ class HostStep(Step):
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         kill_tree(self.process.pid, grace_s, tag=self.tag)
+        # Reaped through its Popen, which keeps the real status for wait(): a stopped step leaves
+        # no zombie behind when nobody waits for it afterwards.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=REAP_TIMEOUT_S)
 
 
 class Runtime(abc.ABC):
@@ -77,8 +85,15 @@ class Runtime(abc.ABC):
     in_container = False
 
     @abc.abstractmethod
-    def run(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], *, step_name: str,
-            tag: dict[str, str] | None = None) -> Step:
+    def run(
+        self,
+        ctx: LaunchContext,
+        argv: list[str],
+        job_env: dict[str, str],
+        *,
+        step_name: str,
+        tag: dict[str, str] | None = None,
+    ) -> Step:
         """Start `argv` for the part of `ctx` in the part's working directory."""
 
 
@@ -94,8 +109,16 @@ def start_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subp
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
-                                   stderr=err_w, start_new_session=True, close_fds=True)
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError:
         for fd in (out_r, err_r):
             os.close(fd)
@@ -109,7 +132,14 @@ def start_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subp
 class HostRuntime(Runtime):
     """Programs run as processes of this host, with the node's environment under the job's."""
 
-    def run(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], *, step_name: str,
-            tag: dict[str, str] | None = None) -> Step:
+    def run(
+        self,
+        ctx: LaunchContext,
+        argv: list[str],
+        job_env: dict[str, str],
+        *,
+        step_name: str,
+        tag: dict[str, str] | None = None,
+    ) -> Step:
         process, out_r, err_r = start_process(argv, {**host_environment(), **job_env}, ctx.workdir)
         return HostStep(process, out_r, err_r, tag=tag)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import sys
 from pathlib import Path
 
-# Worker setting: comma list of interfaces for MPI/Gloo/NCCL traffic between a gang's nodes.
+from trainyard.config import load_settings
+from trainyard.workers.node_address import interface_of
+
+# Settings.gang_interfaces' variable: interfaces for MPI/Gloo/NCCL traffic between a gang's nodes.
 # Unset: loopback-only gangs (simulated nodes on one machine) use `lo`, others let the library choose.
 GANG_INTERFACES_ENV = "TRAINYARD_GANG_INTERFACES"
 
@@ -35,12 +37,23 @@ def is_loopback(host: str) -> bool:
 
 
 def gang_interfaces(node_hosts: list[str]) -> list[str]:
-    configured = os.environ.get(GANG_INTERFACES_ENV, "").strip()
+    """Settings.gang_interfaces (TRAINYARD_GANG_INTERFACES); unset: `lo` for a loopback-only gang, else none."""
+    configured = load_settings().gang_interfaces
     if configured:
-        return [name.strip() for name in configured.split(",") if name.strip()]
+        return configured
     if node_hosts and all(is_loopback(host) for host in node_hosts):
         return ["lo"]
     return []
+
+
+def address_interfaces(address: str) -> list[str]:
+    """[the interface holding `address`] on this node, [] when none does.
+
+    Per node, for libraries that pick their interface on each node (Gloo, NCCL): left alone they take
+    the address of the host name, often a loopback one (Debian puts it on 127.0.1.1).
+    """
+    name = interface_of(address)
+    return [name] if name else []
 
 
 def command_argv(spec_command: str | list[str]) -> list[str]:

@@ -1,0 +1,100 @@
+"""Reading the events stream: each scheduler reads as its own consumer of one consumer group.
+
+Entries are acknowledged only after the transaction that applied them committed. What a
+scheduler read but never acknowledged (it died, or was deposed and its transaction rolled back)
+stays pending under its consumer name; the leader claims such entries once they have been idle
+for a while (`claim_orphans`), so nothing read by a deposed leader is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+
+from trainyard import transport, wire
+
+log = logging.getLogger(__name__)
+
+EVENT_BATCH = 2000
+ORPHAN_IDLE_MS = 2000
+
+
+class StreamLost(Exception):
+    """The stream or its group is gone (Redis was wiped or restarted without data)."""
+
+
+class EventReader:
+    def __init__(self, client: redis.Redis, consumer: str, batch: int = EVENT_BATCH):
+        self.redis, self.consumer, self.batch = client, consumer, batch
+        self.invalid = 0
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(transport.EVENTS_STREAM, transport.EVENTS_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, *, pending: bool = False, block_ms: int | None = None) -> list[tuple[bytes, dict[str, Any]]]:
+        """New entries (or, with pending=True, those this consumer read before and never acked)."""
+        try:
+            reply: Any = self.redis.xreadgroup(
+                transport.EVENTS_GROUP,
+                self.consumer,
+                {transport.EVENTS_STREAM: "0" if pending else ">"},
+                count=self.batch,
+                block=None if pending else block_ms,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise StreamLost(str(exc)) from None
+            raise
+        entries = reply[0][1] if reply else []
+        return self._parsed(entries)
+
+    def claim_orphans(self, min_idle_ms: int = ORPHAN_IDLE_MS) -> list[tuple[bytes, dict[str, Any]]]:
+        """Take over entries other consumers read and left unacknowledged for `min_idle_ms`."""
+        claimed: list[Any] = []
+        start = "0-0"
+        try:
+            while True:
+                reply: Any = self.redis.xautoclaim(
+                    transport.EVENTS_STREAM, transport.EVENTS_GROUP, self.consumer, min_idle_ms,
+                    start_id=start, count=self.batch,
+                )  # fmt: skip
+                start, entries = reply[0], reply[1]
+                claimed.extend(entries)
+                if start in (b"0-0", "0-0") or not entries or len(claimed) >= self.batch:
+                    break
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise StreamLost(str(exc)) from None
+            raise
+        if claimed:
+            log.info("claimed %d event(s) another scheduler read and never applied", len(claimed))
+        return self._parsed(claimed)
+
+    def ack(self, entry_ids: list[bytes]) -> None:
+        if entry_ids:
+            self.redis.xack(transport.EVENTS_STREAM, transport.EVENTS_GROUP, *entry_ids)
+
+    def _parsed(self, entries: list[Any]) -> list[tuple[bytes, dict[str, Any]]]:
+        """Validate each entry against the wire contract; what fails is logged, counted and acked."""
+        good: list[tuple[bytes, dict[str, Any]]] = []
+        bad: list[bytes] = []
+        for entry_id, fields in entries:
+            if not fields:
+                bad.append(entry_id)  # trimmed away while pending
+                continue
+            try:
+                event = wire.parse_event(transport.decode(fields))
+            except (wire.InvalidMessage, ValueError, KeyError) as exc:
+                self.invalid += 1
+                log.warning("dropping an invalid event %s: %s", entry_id, exc)
+                bad.append(entry_id)
+                continue
+            good.append((entry_id, event.model_dump()))
+        self.ack(bad)
+        return good
