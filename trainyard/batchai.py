@@ -31,8 +31,13 @@ Field by field (paths relative to `properties`):
   are the pool's volumes (mount_path `.batchai/mounts/<x>`), or job volumes when `volumes` names x.
   `nodeSetup` (a cluster setting) → refused.
 - `containerSettings.imageSourceRegistry.image` → `image`; `serverUrl` is put in front of
-  the image name unless it is Docker Hub or already there (warning). `credentials` →
-  refused (log the nodes' Docker daemon in to the registry instead). `shmSize` → container.shm_size.
+  the image name unless it is Docker Hub or already there (warning). `credentials`
+  {username, password} → `container.registry` {username, server: the image's registry,
+  password_secret: AZ_BATCHAI_REGISTRY_PASSWORD}, the literal password stored at submit as that
+  job secret (write-only, encrypted at rest, never shown; the node sends it only as the pull's
+  X-Registry-Auth and keeps it out of the job's environment), with a warning that says so.
+  `credentials.passwordSecretReference` (Azure Key Vault) → refused, as for `secrets`.
+  `shmSize` → container.shm_size.
 - Tool settings (exactly one) → `command`, `launcher`, `processes_per_node`. `processCount`
   (default nodeCount) must be a multiple of nodeCount: processes_per_node = processCount /
   nodeCount. Python tools run `<pythonInterpreterPath or python> <pythonScriptFilePath>
@@ -116,7 +121,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainyard.spec import _SLUG, MAX_GANG_NODES, JobSpec, SpecError, parse_job_spec, parse_memory_bytes
+from trainyard.spec import (
+    _SLUG,
+    DOCKER_HUB_HOSTS,
+    MAX_GANG_NODES,
+    JobSpec,
+    SpecError,
+    image_registry,
+    parse_job_spec,
+    parse_memory_bytes,
+)
 from trainyard.storage_adapters import REGISTRY as _STORAGE_REGISTRY
 
 API_VERSION = "2018-05-01"
@@ -147,6 +161,8 @@ OWN_MPIRUN_VAR = "AZ_BATCHAI_OWN_MPIRUN"
 # Set by the translation of a parameter-server layout: "<parameter servers>,<workers>".
 TF_LAYOUT_VAR = "AZ_BATCHAI_TF_LAYOUT"
 TF_CLUSTER_VAR = "AZ_BATCHAI_TF_CLUSTER"
+# The job secret that holds imageSourceRegistry.credentials.password (container.registry.password_secret).
+REGISTRY_PASSWORD_SECRET = "AZ_BATCHAI_REGISTRY_PASSWORD"
 
 # The part's Batch AI directory is `<working directory>/.batchai` (the worker passes it as
 # scratch_dir); job mounts (mountVolumes) are volumes whose mount_path lies under it.
@@ -180,6 +196,7 @@ _RESERVED_ENV = frozenset(
         STDOUTERR_PREFIX_VAR,
         PYTORCH_BACKEND_VAR,
         OWN_MPIRUN_VAR,
+        REGISTRY_PASSWORD_SECRET,
         TF_LAYOUT_VAR,
         TF_CLUSTER_VAR,
         PS_HOSTS,
@@ -204,7 +221,6 @@ _TIMESPAN = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2})(?::(?P<
 _PRINTED_TIMESPAN = re.compile(
     r"^(?:(?P<d>\d+) days?, )?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})(?:\.(?P<f>\d{1,7}))?$"
 )
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 _PYTHON_FIELDS = frozenset({"pythonScriptFilePath", "pythonInterpreterPath", "commandLineArgs"})
 TOOL_SETTINGS: dict[str, frozenset[str]] = {
@@ -918,11 +934,34 @@ def _root_references(text: str, root: str) -> list[str]:
     return found
 
 
-def _image(r: _Reader, props: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(image, /dev/shm size) of containerSettings."""
+@dataclass
+class _Image:
+    """What containerSettings asks for: the image, its /dev/shm size, the registry login (password apart)."""
+
+    name: str | None = None
+    shm_size: str | None = None
+    login: dict[str, str] | None = None  # container.registry of the spec
+    password: str | None = field(default=None, repr=False)
+
+    def apply(self, spec: dict[str, Any]) -> None:
+        if not self.name:
+            return
+        spec["image"] = self.name
+        container: dict[str, Any] = {}
+        if self.shm_size:
+            container["shm_size"] = self.shm_size
+        if self.login is not None and self.password is not None:
+            spec["secrets"][REGISTRY_PASSWORD_SECRET] = self.password  # a reserved name: no user secret has it
+            container["registry"] = {**self.login, "password_secret": REGISTRY_PASSWORD_SECRET}
+        if container:
+            spec["container"] = container
+
+
+def _image(r: _Reader, props: dict[str, Any]) -> _Image:
+    """The image, /dev/shm size and registry credentials of containerSettings."""
     settings = r.obj(props, "containerSettings", "")
     if settings is None:
-        return None, None
+        return _Image()
     r.unknown(settings, frozenset({"imageSourceRegistry", "shmSize"}), "containerSettings")
     shm = r.string(settings, "shmSize", "containerSettings")
     if shm is not None:
@@ -935,31 +974,59 @@ def _image(r: _Reader, props: dict[str, Any]) -> tuple[str | None, str | None]:
     path = "containerSettings.imageSourceRegistry"
     if settings.get("imageSourceRegistry") is None:
         r.refuse(path, "required field is missing")
-        return None, shm
+        return _Image(shm_size=shm)
     registry = r.obj(settings, "imageSourceRegistry", "containerSettings")
     if registry is None:
-        return None, shm
-    return _registry_image(r, registry, path), shm
+        return _Image(shm_size=shm)
+    found = _Image(name=_registry_image(r, registry, path), shm_size=shm)
+    if found.name:
+        _registry_credentials(r, registry, path, found)
+    return found
 
 
 def _registry_image(r: _Reader, registry: dict[str, Any], path: str) -> str | None:
     r.unknown(registry, frozenset({"serverUrl", "image", "credentials"}), path)
-    if registry.get("credentials") is not None:
-        r.refuse(
-            f"{path}.credentials",
-            "trainyard passes no registry credentials to the nodes' container "
-            "engine: log the nodes' Docker daemon in to the registry (docker login, "
-            "e.g. in the pool's setup task) and leave credentials out",
-        )
     image = r.string(registry, "image", path, required=True)
     server = r.string(registry, "serverUrl", path)
     if image is None or server is None:
         return image
     host = _URI_SCHEME.sub("", server.strip()).strip("/")
-    if host.split("/", 1)[0].lower() in _DOCKER_HUB_HOSTS or image.startswith(host + "/"):
+    if host.split("/", 1)[0].lower() in DOCKER_HUB_HOSTS or image.startswith(host + "/"):
         return image
     r.warn(f"{path}.serverUrl", f"image taken as {host}/{image}")
     return f"{host}/{image}"
+
+
+def _registry_credentials(r: _Reader, registry: dict[str, Any], path: str, found: _Image) -> None:
+    """`credentials` {username, password} → container.registry, the password kept as the job's secret."""
+    credentials = r.obj(registry, "credentials", path)
+    if credentials is None:
+        return
+    path = f"{path}.credentials"
+    r.unknown(credentials, frozenset({"username", "password", "passwordSecretReference"}), path)
+    username = r.string(credentials, "username", path, required=True)
+    if credentials.get("passwordSecretReference") is not None:
+        r.refuse(
+            f"{path}.passwordSecretReference",
+            "Azure Key Vault references are not resolved by trainyard; put the password in "
+            f"credentials.password (kept as the job's write-only secret {REGISTRY_PASSWORD_SECRET}, "
+            "sent only with the image pull)",
+        )
+        return
+    if "password" not in credentials:
+        r.refuse(f"{path}.password", "one of password or passwordSecretReference is required")
+        return
+    password = r.string(credentials, "password", path)
+    if username is None or password is None:
+        return
+    assert found.name is not None
+    found.login = {"username": username, "server": image_registry(found.name)}
+    found.password = password
+    r.warn(
+        f"{path}.password",
+        f"kept as the job's write-only secret {REGISTRY_PASSWORD_SECRET} (encrypted, never shown), "
+        f"sent only as the login of the image pull from {image_registry(found.name)}; not in the job's environment",
+    )
 
 
 def _on_mount(r: _Reader, value: str, path: str) -> str | None:
@@ -1225,8 +1292,11 @@ def batchai_to_spec(
     for key in unused:
         r.warn("", f"--volume {key}: no mount of this job file has that key; not used")
     if r.problems:
-        raise SpecError(r.problems)
-    parse_job_spec(spec)  # what it refuses, the API would refuse too: fail here, naming the field
+        raise SpecError(r.problems, r.warnings)
+    try:
+        parse_job_spec(spec)  # what it refuses, the API would refuse too: fail here, naming the field
+    except SpecError as exc:
+        raise SpecError(exc.problems, r.warnings) from None
     return spec, r.warnings
 
 
@@ -1327,11 +1397,9 @@ def _shared_temp_volume(r: _Reader) -> list[dict[str, Any]]:
 def _optional_fields(
     r: _Reader, props: dict[str, Any], spec: dict[str, Any], gpus: int | None, gpus_note: str | None
 ) -> None:
-    image, shm_size = _image(r, props)
-    if image:
-        spec["image"] = image
-        if shm_size:
-            spec["container"] = {"shm_size": shm_size}
+    found = _image(r, props)
+    found.apply(spec)
+    image = found.name
     preparation = r.obj(props, "jobPreparation", "")
     if preparation is not None:
         r.unknown(preparation, frozenset({"commandLine"}), "jobPreparation")

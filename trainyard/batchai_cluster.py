@@ -304,7 +304,7 @@ def batchai_cluster_to_pool(
     for key in sorted(set(volumes or {}) - set(r.cluster_mounts) - _mount_names(props)):
         r.warn("", f"--volume {key}: no nodeSetup.mountVolumes entry has that key; not used")
     if r.problems:
-        raise SpecError(r.problems)
+        raise SpecError(r.problems, r.warnings)
     if scale is not None:
         scale.update(
             {

@@ -51,6 +51,17 @@ def _problems(problems: list[dict[str, str]]) -> NoReturn:
     refuse("invalid job spec", problems)
 
 
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        errors.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _translation_refused(exc: SpecError) -> NoReturn:
+    """A Batch AI file refused: what it warned about so far, then every field it cannot honour; exit 2."""
+    _warn(exc.warnings)
+    _problems(exc.problems)
+
+
 def _client() -> Client:
     return Client()
 
@@ -349,9 +360,8 @@ def _from_batchai(file: Path, data: dict[str, Any], options: dict[str, Any]) -> 
             elif kwargs["gpus_note"]:
                 warnings.append(f"resources.gpus: {kwargs['gpus_note']}")
     except SpecError as exc:
-        _problems(exc.problems)
-    for warning in warnings:
-        errors.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+        _translation_refused(exc)
+    _warn(warnings)
     return spec
 
 
@@ -702,9 +712,8 @@ def pool_create(
             provider=provider,
         )
     except SpecError as exc:
-        _problems(exc.problems)
-    for warning in warnings:
-        errors.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+        _translation_refused(exc)
+    _warn(warnings)
     if dry_run:
         _print_json(pool.public_dict())
         raise typer.Exit(0)

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PRIORITY_NAMES = {"low": 250, "normal": 500, "high": 750}
 MAX_PRIORITY = 1000
@@ -114,10 +122,15 @@ class AttemptReason(StrEnum):
 
 
 class SpecError(ValueError):
-    """A spec was refused; `problems` names each field path and its reason."""
+    """A spec was refused; `problems` names each field path and its reason.
 
-    def __init__(self, problems: list[dict[str, str]]):
+    A translation (Batch AI files) also carries the `warnings` it had gathered by then, so a refusal
+    still shows what was honoured only in part.
+    """
+
+    def __init__(self, problems: list[dict[str, str]], warnings: list[str] | None = None):
         self.problems = problems
+        self.warnings = list(warnings or [])
         super().__init__("; ".join(f"{p['field']}: {p['reason']}" for p in problems))
 
 
@@ -190,6 +203,8 @@ VOLUME_KINDS = ("host", "sync", "blob")
 BLOB_SCHEMES = ("s3", "az")
 DEFAULT_SYNC_INTERVAL_S = 30.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 DEFAULT_SHM_SIZE = "2g"  # Docker's 64 MiB is the classic crash of PyTorch's DataLoader workers and NCCL
 # Where a volume may not be mounted: it would hide what the system (or the container) needs.
 _RESERVED_MOUNT_PATHS = (
@@ -323,6 +338,35 @@ def volume_source_problem(kind: str, path: str | None, uri: str | None) -> str |
     return None
 
 
+def image_registry(image: str) -> str:
+    """The registry host of an image reference, as Docker reads it (`docker.io` when the name has none)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first.lower()
+    return DOCKER_HUB
+
+
+class RegistryCredentials(_Strict):
+    """How the node's engine logs in to pull the job's image: a user name and one of the job's secrets, by name.
+
+    The password is never written here: `password_secret` names an entry of the job's `secrets`
+    (write-only, encrypted at rest), which the node sends only as the pull's `X-Registry-Auth`
+    header and keeps out of the job's environment.
+    """
+
+    username: str = Field(min_length=1, max_length=256)
+    password_secret: str = Field(min_length=1, max_length=256)
+    server: str | None = Field(default=None, min_length=1, max_length=256)  # default: the image's registry
+
+    @field_validator("server")
+    @classmethod
+    def _bare_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", value).strip("/").lower()
+        return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
+
+
 class ContainerSettings(_Strict):
     """Runtime settings of the job's container (with `image:`): never privileged."""
 
@@ -330,6 +374,7 @@ class ContainerSettings(_Strict):
     ipc: Literal["private", "shareable", "host"] | None = None
     ulimits: dict[str, int | str] = Field(default_factory=dict)
     devices: list[str] = Field(default_factory=list)
+    registry: RegistryCredentials | None = None
 
     @field_validator("shm_size")
     @classmethod
@@ -439,7 +484,7 @@ class JobSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> JobSpec:
+    def _cross_checks(self, info: ValidationInfo) -> JobSpec:
         for field_name in ("inputs", "outputs"):
             ids = [ref.id.upper() for ref in getattr(self, field_name)]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -451,7 +496,26 @@ class JobSpec(_Strict):
         check_volume_clashes(self.volumes)
         if self.container is not None and self.image is None:
             raise ValueError("container settings apply to a job with `image:` only")
+        self._check_registry(info)
         return self
+
+    def _check_registry(self, info: ValidationInfo) -> None:
+        registry = self.container.registry if self.container is not None else None
+        if registry is None or self.image is None:
+            return
+        if registry.server is not None and registry.server != image_registry(self.image):
+            raise ValueError(
+                f"container.registry.server: {registry.server} is not the registry of image {self.image} "
+                f"({image_registry(self.image)}): the credentials would go to another registry"
+            )
+        # A sweep's stored template is checked again with its secrets withheld (names only at submit).
+        withheld = bool((info.context or {}).get("secrets_withheld"))
+        if not withheld and registry.password_secret not in self.secrets:
+            known = ", ".join(sorted(self.secrets)) or "none"
+            raise ValueError(
+                f"container.registry.password_secret: {registry.password_secret!r} names none of the job's "
+                f"secrets (given: {known}); put the password in secrets under that name"
+            )
 
     @property
     def host_paths(self) -> list[str]:
@@ -468,6 +532,13 @@ class JobSpec(_Strict):
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
         return list(self.command)
+
+
+def pull_secret_name(spec: dict[str, Any]) -> str | None:
+    """The name of the secret a stored spec (a dict) uses as its registry password, or None."""
+    registry = (spec.get("container") or {}).get("registry") or {}
+    name = registry.get("password_secret")
+    return str(name) if name else None
 
 
 def env_name_problem(key: str) -> str | None:

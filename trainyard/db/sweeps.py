@@ -73,7 +73,8 @@ def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datet
 
 def _insert_points(session: Session, sweep: Sweep, points: Sequence[sweeps.Point], first_index: int) -> None:
     """One compact job row per point, in bulk: only id, name, seq and params differ between them."""
-    template = JobSpec.model_validate({**sweep.template, "secrets": {}})
+    # The stored template holds secrets as names only: they are withheld here, kept encrypted on the sweep.
+    template = JobSpec.model_validate({**sweep.template, "secrets": {}}, context={"secrets_withheld": True})
     shared = _shared_values(template, sweep.id, sweep.experiment, utcnow())
     encoder = sweeps.PointEncoder(str(sweep.template["name"]))
     base_seq = reserve_seq(len(points))

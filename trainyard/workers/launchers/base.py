@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from trainyard.spec import pull_secret_name
 from trainyard.workers.launchers.process_tree import STOP_GRACE_S, kill_tree, part_tag, tagged_processes
 from trainyard.workers.launchers.runtime import HostRuntime, Runtime, Step, host_environment
 
@@ -70,7 +71,8 @@ def job_variables(ctx: LaunchContext) -> dict[str, str]:
     """SPEC §5: what every job sees, whatever its launcher — without the node's own environment."""
     env: dict[str, str] = {}
     env.update(ctx.spec.get("env") or {})
-    env.update(ctx.secrets)
+    pull_secret = pull_secret_name(ctx.spec)  # the registry password: the image pull's, not the job's
+    env.update({name: value for name, value in ctx.secrets.items() if name != pull_secret})
     env.update(
         {
             "TRAINYARD_JOB_ID": ctx.job_id,

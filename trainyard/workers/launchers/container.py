@@ -7,6 +7,12 @@ every path trainyard gives the job is valid inside. Never privileged, no engine 
 capabilities dropped to a small set, no new privileges; GPUs as device requests. Output is read
 from the container's attach stream (stdout and stderr apart) into pipes, like a host process's.
 Stopping a step stops and removes its container.
+
+An image the node does not have is pulled; with `container.registry` the pull carries the
+registry login as its `X-Registry-Auth` header (the Engine API's auth config), the password
+taken from the job's secret that `password_secret` names. That header is the only place the
+password goes: it is in no container's environment, command or labels, so `docker inspect`
+never shows it, and a refused pull names the registry and user, never the password.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import re
 import stat
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +157,63 @@ def resource_limits(ctx: LaunchContext) -> dict[str, Any]:
     return limits
 
 
+class ImagePullFailed(RuntimeError):
+    """The engine could not pull the job's image (no such image, registry unreachable, login refused)."""
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    """The auth config of one pull (Engine API `X-Registry-Auth`); the password never in a repr."""
+
+    server: str
+    username: str
+    secret_name: str
+    password: str = field(repr=False)
+
+    def auth_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password, "serveraddress": self.server}
+
+
+def registry_login(ctx: LaunchContext, image: str) -> RegistryLogin | None:
+    """The spec's `container.registry` with its password from the job's secrets; None without one."""
+    from trainyard.spec import ContainerSettings, image_registry
+
+    registry = ContainerSettings.model_validate(ctx.spec.get("container") or {}).registry
+    if registry is None:
+        return None
+    password = ctx.secrets.get(registry.password_secret)
+    if password is None:
+        raise ImagePullFailed(
+            f"container.registry.password_secret names {registry.password_secret!r}, "
+            "which is not among the job's secrets on this node"
+        )
+    server = registry.server or image_registry(image)
+    return RegistryLogin(server=server, username=registry.username, secret_name=registry.password_secret,
+                         password=password)  # fmt: skip
+
+
+def pull_image(client: Any, image: str, login: RegistryLogin | None) -> None:
+    """Pull `image`, raising ImagePullFailed with the engine's own reason (the SDK's `images.pull`
+    drops errors reported in the progress stream, then fails with a bare "no such image")."""
+    auth = login.auth_config() if login is not None else None
+    error = ""
+    try:
+        for event in client.api.pull(image, stream=True, decode=True, auth_config=auth):
+            if isinstance(event, dict) and event.get("error"):
+                error = str(event.get("errorDetail", {}).get("message") or event["error"])
+    except Exception as exc:  # the engine refused the call itself (HTTP 4xx/5xx)
+        error = str(getattr(exc, "explanation", None) or exc)
+    if not error:
+        return
+    if login is not None:
+        error = error.replace(login.password, "***")  # an engine should never echo it; never pass it on
+        raise ImagePullFailed(
+            f"could not pull image {image} from {login.server} as user {login.username!r} "
+            f"(password: secret {login.secret_name}): {error}"
+        )
+    raise ImagePullFailed(f"could not pull image {image}: {error}")
+
+
 class ContainerStep(Step):
     """A started container: its attach stream copied into two pipes; removed once it has ended.
 
@@ -279,28 +343,26 @@ class ContainerRuntime(Runtime):
         tag: dict[str, str] | None = None,
     ) -> Step:
         options = self._options(ctx, argv, job_env, step_name)
+        login = registry_login(ctx, self.image)
         client = engine_client()
         try:
-            container = self._create(client, options)
+            container = self._create(client, options, login)
         except BaseException:
             client.close()
             raise
         return ContainerStep(container)  # the step closes the client once its container is gone
 
-    def _create(self, client: Any, options: dict[str, Any]) -> Any:
+    def _create(self, client: Any, options: dict[str, Any], login: RegistryLogin | None) -> Any:
         try:
             return client.containers.create(self.image, **options)
         except Exception as exc:
             if type(exc).__name__ not in ("ImageNotFound", "Conflict"):
                 raise
-            self._recover(client, exc, options["name"])
+            if type(exc).__name__ == "ImageNotFound":
+                pull_image(client, self.image, login)
+            else:  # a container of that name outlived a worker that died: it is ours to replace
+                _remove(client.containers.get(options["name"]))
             return client.containers.create(self.image, **options)
-
-    def _recover(self, client: Any, error: Exception, name: str) -> None:
-        if type(error).__name__ == "ImageNotFound":
-            client.images.pull(self.image)
-        else:  # a container of that name outlived a worker that died: it is ours to replace
-            _remove(client.containers.get(name))
 
     def _options(self, ctx: LaunchContext, argv: list[str], job_env: dict[str, str], step_name: str) -> dict[str, Any]:
         return {
