@@ -519,11 +519,24 @@ def test_tensorflow_parameter_server_layout_runs_every_task_with_tf_config() -> 
         (
             {
                 "containerSettings": {
-                    "imageSourceRegistry": {"image": "me/img", "credentials": {"username": "u", "password": "p"}}
+                    "imageSourceRegistry": {
+                        "image": "me/img",
+                        "credentials": {"username": "u", "passwordSecretReference": {"secretUrl": "https://v/s"}},
+                    }
                 }
             },
-            "containerSettings.imageSourceRegistry.credentials",
-            "docker login",
+            "containerSettings.imageSourceRegistry.credentials.passwordSecretReference",
+            "credentials.password",
+        ),
+        (
+            {"containerSettings": {"imageSourceRegistry": {"image": "me/img", "credentials": {"username": "u"}}}},
+            "containerSettings.imageSourceRegistry.credentials.password",
+            "one of password or passwordSecretReference",
+        ),
+        (
+            {"secrets": [{"name": "AZ_BATCHAI_REGISTRY_PASSWORD", "value": "v"}]},
+            "secrets[0].name",
+            "set by trainyard",
         ),
         ({"containerSettings": {"shmSize": "8g"}}, "containerSettings.imageSourceRegistry", "required"),
         (
@@ -1059,3 +1072,32 @@ def test_pytorch_example_runs_two_ranks_with_gloo(tmp_path: Path) -> None:
     assert results[1]["env"]["AZ_BATCHAI_PYTORCH_INIT_METHOD"] == f"tcp://127.0.0.1:{port}"
     written = json.loads((tmp_path / "node0" / "output" / "MODEL" / "result.json").read_text())
     assert written == {"world_size": 2, "all_reduce": 3.0}
+
+
+def test_registry_credentials_become_a_login_whose_password_is_a_write_only_secret() -> None:
+    doc = {
+        "properties": {
+            "nodeCount": 1,
+            "customToolkitSettings": {"commandLine": "train"},
+            "containerSettings": {
+                "imageSourceRegistry": {
+                    "serverUrl": "https://demo.azurecr.io",
+                    "image": "demo.azurecr.io/team/train:1",
+                    "credentials": {"username": "puller", "password": "canary-pw"},
+                }
+            },
+        }
+    }
+    spec, warnings = batchai_to_spec(doc, name="acr")
+    assert spec["image"] == "demo.azurecr.io/team/train:1"
+    assert spec["container"]["registry"] == {
+        "username": "puller",
+        "server": "demo.azurecr.io",
+        "password_secret": "AZ_BATCHAI_REGISTRY_PASSWORD",
+    }
+    assert spec["secrets"] == {"AZ_BATCHAI_REGISTRY_PASSWORD": "canary-pw"}
+    assert any(w.startswith("containerSettings.imageSourceRegistry.credentials.password: kept as") for w in warnings)
+    assert not any("canary-pw" in w for w in warnings)
+    public = parse_job_spec(spec).public_dict()
+    assert "canary-pw" not in json.dumps(public)
+    assert public["secrets"] == {"AZ_BATCHAI_REGISTRY_PASSWORD": "***"}

@@ -365,6 +365,10 @@ def test_dry_run_exits_2_naming_what_cannot_be_honoured() -> None:
     assert "mountVolumes.azureFileShares[1]: no storage given for Azure file share 'scripts'" in stderr
     assert "--volume scripts=host:/srv/scripts" in stderr
     assert "mountVolumes.azureFileShares[0]:" not in stderr.split("invalid job spec:")[1]
+    # What it could translate is still warned about, before the refusal.
+    warned = stderr.split("invalid job spec:")[0]
+    assert "warning: mountVolumes.azureFileShares[0]: Azure file share 'logs' mounted at" in warned
+    assert "warning: stdOutErrPathPrefix:" in warned
 
 
 def test_own_mpirun_marker_is_set_for_multi_node_custom_toolkit_jobs_only() -> None:

@@ -6,8 +6,10 @@ import pytest
 
 from trainyard.spec import (
     DEFAULT_MAX_WALL_CLOCK_S,
+    JobSpec,
     JobState,
     SpecError,
+    image_registry,
     load_spec_file,
     parse_duration_s,
     parse_job_spec,
@@ -96,3 +98,44 @@ def test_terminal_states() -> None:
 def test_unknown_launchers_are_refused_by_the_model() -> None:
     with pytest.raises(SpecError):
         parse_job_spec({"name": "a", "command": "x", "launcher": "slurm"})
+
+
+def _private_image(**registry: str) -> dict[str, object]:
+    return {
+        "name": "a",
+        "command": "x",
+        "image": "registry.example:5000/team/train:1",
+        "secrets": {"REGISTRY_PASSWORD": "canary-pw"},
+        "container": {"registry": {"username": "u", "password_secret": "REGISTRY_PASSWORD", **registry}},
+    }
+
+
+def test_a_registry_login_names_one_of_the_jobs_secrets_and_shows_no_password() -> None:
+    spec = parse_job_spec(_private_image())
+    assert spec.container is not None and spec.container.registry is not None
+    assert spec.container.registry.server is None  # the image's registry
+    assert "canary-pw" not in str(spec.public_dict())
+    with pytest.raises(SpecError, match="names none of the job's secrets"):
+        parse_job_spec({**_private_image(), "secrets": {}})
+    with pytest.raises(SpecError, match="image:"):
+        parse_job_spec({**_private_image(), "image": None})
+
+
+def test_a_registry_login_goes_only_to_the_images_registry() -> None:
+    assert parse_job_spec(_private_image(server="https://registry.example:5000/")).container.registry.server == (  # type: ignore[union-attr]
+        "registry.example:5000"
+    )
+    with pytest.raises(SpecError, match="is not the registry of image"):
+        parse_job_spec(_private_image(server="other.example"))
+    assert [image_registry(i) for i in ("busybox", "me/img", "localhost/x", "127.0.0.1:5000/x", "Quay.io/a/b")] == [
+        "docker.io",
+        "docker.io",
+        "localhost",
+        "127.0.0.1:5000",
+        "quay.io",
+    ]
+
+
+def test_a_stored_sweep_template_with_its_secrets_withheld_still_validates() -> None:
+    stored = {**_private_image(), "secrets": {}}
+    assert JobSpec.model_validate(stored, context={"secrets_withheld": True}).image
