@@ -45,7 +45,12 @@ def test_a_manual_cluster_becomes_a_fixed_size_pool_with_its_volumes_and_setup_t
     ]
     assert pool.setup == {
         "command": "echo setup $GREETING > $AZ_BATCHAI_MOUNT_ROOT/afs/x",
-        "env": {"GREETING": "hello"},
+        # The node gives a cluster file's setup task Batch AI's variables (batchai_setup_env).
+        "env": {
+            "GREETING": "hello",
+            "AZ_BATCHAI_COMPAT": "2018-05-01",
+            "AZ_BATCHAI_STDOUTERR_PREFIX": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+        },
         "secrets": {"TOKEN": "s3cret"},
     }
     # What the pool routes accept, field for field.
@@ -54,7 +59,8 @@ def test_a_manual_cluster_becomes_a_fixed_size_pool_with_its_volumes_and_setup_t
     PoolSetup(**pool.setup)
     fields = {w.split(":", 1)[0] for w in warnings}
     assert {"vmSize", "vmPriority", "userAccountSettings", "nodeSetup.setupTask.stdOutErrPathPrefix"} <= fields
-    assert "nodeSetup.setupTask.commandLine" in fields  # AZ_BATCHAI_* is not set for the setup task
+    assert "nodeSetup.setupTask.commandLine" not in fields  # $AZ_BATCHAI_MOUNT_ROOT is set for the setup task
+    assert any(w.startswith("nodeSetup.setupTask: .batchai/mounts/bfs (sync volume) is mounted") for w in warnings)
     assert "hunter2" not in json.dumps(pool.public_dict()) + " ".join(warnings)
     assert "s3cret" not in json.dumps(pool.public_dict())
 

@@ -27,17 +27,28 @@ Field by field:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainyard.batchai import (
+    API_VERSION,
+    CLUSTER_MOUNTS_DIR,
+    COMPAT_VAR,
     MOUNT_KINDS,
+    MOUNT_ROOT,
+    SCRATCH_NAME,
+    STDOUTERR_DIR,
+    STDOUTERR_PREFIX_VAR,
     _env_value,
+    _expand,
     _join,
     _mount_keys,
     _Reader,
+    _segment,
     _type_reason,
     mount_volumes,
     unwrap_envelope,
@@ -231,20 +242,32 @@ def _setup_task(r: _Reader, task: dict[str, Any], path: str) -> dict[str, Any] |
                 r.refuse(f"{where}.name", f"{name!r} is set twice")
             elif name is not None and value is not None:
                 target[name] = value
-    if r.string(task, "stdOutErrPathPrefix", path) is not None:
+    for name in (COMPAT_VAR, STDOUTERR_PREFIX_VAR, MOUNT_ROOT, STDOUTERR_DIR):
+        if name in env or name in secrets:
+            r.refuse(path, f"{name!r} is set by trainyard for Batch AI setup tasks")
+    env[COMPAT_VAR] = API_VERSION  # the node gives the task $AZ_BATCHAI_MOUNT_ROOT and the rest
+    prefix = r.string(task, "stdOutErrPathPrefix", path)
+    if prefix is not None:
+        env[STDOUTERR_PREFIX_VAR] = prefix
         r.warn(
             _join(path, "stdOutErrPathPrefix"),
-            "the task's output is kept by trainyard, not written under this prefix: trainyard node logs ID",
-        )
-    if command and re.search(r"\$\{?AZ_BATCHAI_", command):
-        r.warn(
-            _join(path, "commandLine"),
-            "refers to AZ_BATCHAI_* variables: the setup task runs in <node>/setup/ with TRAINYARD_NODE_ID, "
-            "TRAINYARD_POOL and TRAINYARD_SETUP_DIR, and the pool's volumes are mounted for jobs, not for it",
+            "the task's output (stdout and stderr together) is kept by trainyard (trainyard node logs ID) and "
+            "copied to $AZ_BATCHAI_STDOUTERR_DIR/stdout.txt, <prefix>/<pool>/<node id>/stdouterr, when the "
+            "prefix is a directory on the node (a host volume under $AZ_BATCHAI_MOUNT_ROOT, or an absolute path)",
         )
     if command is None:
         return None
     return {"command": command, "env": env, "secrets": secrets}
+
+
+def _setup_mount_warnings(r: _Reader, volumes: list[dict[str, Any]]) -> None:
+    for volume in volumes:
+        if volume.get("kind") != "host":
+            r.warn(
+                "nodeSetup.setupTask",
+                f"{volume['mount_path']} ({volume.get('kind')} volume) is mounted for the pool's jobs, not for its "
+                "setup task: the task sees only host volumes under $AZ_BATCHAI_MOUNT_ROOT",
+            )
 
 
 def _node_setup(r: _Reader, props: dict[str, Any], mapping: Mapping[str, str]) -> tuple[list[dict[str, Any]], Any]:
@@ -269,7 +292,10 @@ def _node_setup(r: _Reader, props: dict[str, Any], mapping: Mapping[str, str]) -
             "not applied: trainyard exports its metrics at /metrics (Prometheus), not to Application Insights",
         )
     task = r.obj(setup, "setupTask", "nodeSetup")
-    return volumes, _setup_task(r, task, "nodeSetup.setupTask") if task is not None else None
+    if task is None:
+        return volumes, None
+    _setup_mount_warnings(r, volumes)
+    return volumes, _setup_task(r, task, "nodeSetup.setupTask")
 
 
 def batchai_cluster_to_pool(
@@ -330,3 +356,65 @@ def _mount_names(props: dict[str, Any]) -> set[str]:
 
 
 __all__ = ["PoolTranslation", "batchai_cluster_to_pool", "cluster_envelope_name"]
+
+
+# ---------------------------------------------------------------------------------------------
+# On the node, when the setup task runs
+
+log = logging.getLogger(__name__)
+SETUP_OUTPUT_NAME = "stdout.txt"
+_POOL_MOUNTS = f"{SCRATCH_NAME}/{CLUSTER_MOUNTS_DIR}/"
+
+
+def batchai_setup_env(
+    env: Mapping[str, str], setup_dir: Path, node_id: str, pool: str, volumes: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The AZ_BATCHAI_* variables Batch AI gave a setup task, for a pool from a cluster file; else {}.
+
+    A setup task from a cluster file has AZ_BATCHAI_COMPAT in its env. It gets
+    `AZ_BATCHAI_MOUNT_ROOT` = `<setup dir>/.batchai/mounts`, where each host volume of the pool is
+    linked at its relativeMountPath (blob and sync volumes are mounted for jobs only), and
+    `AZ_BATCHAI_STDOUTERR_DIR` = `<stdOutErrPathPrefix>/<pool>/<node id>/stdouterr` when the prefix
+    expands to an absolute path, else `<setup dir>/.batchai/stdouterr`. Both directories are made.
+    """
+    if COMPAT_VAR not in env:
+        return {}
+    root = setup_dir / SCRATCH_NAME / CLUSTER_MOUNTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    for volume in volumes:
+        _link_host_volume(root, volume)
+    stdouterr = setup_dir / SCRATCH_NAME / "stdouterr"
+    prefix = env.get(STDOUTERR_PREFIX_VAR)
+    if prefix:
+        base = _expand(prefix.strip(), {MOUNT_ROOT: str(root)})
+        if base.startswith("/") and "$" not in base:
+            stdouterr = Path(base) / _segment(pool) / _segment(node_id) / "stdouterr"
+    try:
+        stdouterr.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the prefix is not writable here: the task still runs, its log is in trainyard
+        log.warning("cannot make the setup task's stdouterr directory %s: %s", stdouterr, exc)
+        stdouterr = setup_dir / SCRATCH_NAME / "stdouterr"
+        stdouterr.mkdir(parents=True, exist_ok=True)
+    return {MOUNT_ROOT: str(root), STDOUTERR_DIR: str(stdouterr)}
+
+
+def _link_host_volume(root: Path, volume: Mapping[str, Any]) -> None:
+    mount_path = str(volume.get("mount_path") or "")
+    if volume.get("kind") != "host" or not volume.get("path") or not mount_path.startswith(_POOL_MOUNTS):
+        return
+    link = root / mount_path.removeprefix(_POOL_MOUNTS)
+    if link.is_symlink() or link.exists():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(str(volume["path"]), target_is_directory=True)
+
+
+def keep_setup_output(env: Mapping[str, str], output: Path) -> None:
+    """Copy the setup task's output into $AZ_BATCHAI_STDOUTERR_DIR (Batch AI's stdOutErrPathPrefix)."""
+    target = env.get(STDOUTERR_DIR)
+    if not target or COMPAT_VAR not in env:
+        return
+    try:
+        (Path(target) / SETUP_OUTPUT_NAME).write_bytes(output.read_bytes())
+    except OSError as exc:
+        log.warning("could not copy the setup task's output to %s: %s", target, exc)

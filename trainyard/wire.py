@@ -124,6 +124,9 @@ class Setup(_Message):
     env: dict[str, str] = Field(default_factory=dict)
     secrets_enc: str | None = None  # encrypted with the cluster's secret key, like a job's
     timeout_s: float = Field(default=1800.0, gt=0)
+    # The pool's volumes (as PUT /v1/pools/{name}/volumes stored them): a Batch AI setup task sees
+    # the host ones under $AZ_BATCHAI_MOUNT_ROOT, as Batch AI mounted nodeSetup.mountVolumes first.
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
 
 
 Control = Annotated[Stop | Setup, Field(discriminator="kind")]

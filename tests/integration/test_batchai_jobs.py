@@ -220,5 +220,10 @@ def test_a_cluster_file_creates_a_pool_with_its_scale_volumes_and_setup_task(
     [volume] = settings["volumes"]
     assert (volume["name"], volume["kind"], volume["path"]) == ("bai_cluster_afs", "host", str(tmp_path))
     assert volume["mount_path"] == ".batchai/mounts/afs"  # $AZ_BATCHAI_MOUNT_ROOT/afs in the pool's jobs
-    assert settings["setup"]["command"] == "echo ready" and settings["setup"]["env"] == {"STAGE": "warm"}
+    assert settings["setup"]["command"] == "echo ready"
+    assert settings["setup"]["env"] == {
+        "STAGE": "warm",
+        "AZ_BATCHAI_COMPAT": "2018-05-01",  # the node gives the task $AZ_BATCHAI_MOUNT_ROOT and the rest
+        "AZ_BATCHAI_STDOUTERR_PREFIX": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+    }
     assert "tok-123" not in json.dumps(pool)

@@ -97,6 +97,29 @@ def test_a_node_prepares_with_the_pool_setup_task_before_it_takes_work(
     assert counts["idle"] == 1 and counts["preparing"] == 0 and counts["unusable"] == 0, counts
 
 
+def test_a_batchai_pools_setup_task_runs_from_its_share_under_the_mount_root_and_keeps_its_output(
+    client: Client, add_node: Callable[..., str], tmp_path: Path
+) -> None:
+    pool = f"bai-setup-{uuid.uuid4().hex[:6]}"
+    share = tmp_path / "afs"
+    share.mkdir()
+    (share / "setup.sh").write_text('echo "prepared $TRAINYARD_NODE_ID"\n')
+    client.set_pool_volumes(
+        pool, [{"name": "bai_cluster_afs", "kind": "host", "path": str(share), "mount_path": ".batchai/mounts/afs"}]
+    )
+    # As `trainyard pool create --format batchai` stores nodeSetup.setupTask.
+    client.set_pool_setup(pool, {
+        "command": "sh $AZ_BATCHAI_MOUNT_ROOT/afs/setup.sh",
+        "env": {"AZ_BATCHAI_COMPAT": "2018-05-01", "AZ_BATCHAI_STDOUTERR_PREFIX": "$AZ_BATCHAI_MOUNT_ROOT/afs"},
+    })  # fmt: skip
+    node_id = add_node(pool, host_volumes=(str(share),))
+    states = _states_until(client, node_id, {"up", "unusable"})
+    assert states[-1] == "up", (states, client.node_logs(node_id))
+    assert f"prepared {node_id}" in client.node_logs(node_id)
+    kept = share / pool / node_id / "stdouterr" / "stdout.txt"  # <stdOutErrPathPrefix>/<pool>/<node id>/stdouterr
+    assert kept.read_text() == f"prepared {node_id}\n"
+
+
 def test_a_failing_setup_task_makes_the_node_unusable_with_its_log(
     client: Client, add_node: Callable[..., str], cli_env: dict[str, str]
 ) -> None:

@@ -95,3 +95,38 @@ def test_a_long_setup_ships_its_log_while_it_runs(tmp_path: Path) -> None:
             seen = storage.get("nodes/n1/setup/sess-1.log")
     thread.join()
     assert b"early" in seen
+
+
+def test_a_batchai_setup_task_sees_the_mount_root_with_the_pools_host_volumes_and_keeps_its_output(
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "afs"
+    (share / "scripts").mkdir(parents=True)
+    (share / "scripts" / "setup.sh").write_text('echo "setup on $TRAINYARD_NODE_ID"; echo oops >&2\n')
+    volumes = [
+        {"name": "bai_cluster_afs", "mount_path": ".batchai/mounts/afs", "kind": "host", "path": str(share)},
+        {"name": "bai_cluster_bfs", "mount_path": ".batchai/mounts/bfs", "kind": "sync", "uri": "az://data"},
+    ]
+    env = {"AZ_BATCHAI_COMPAT": "2018-05-01", "AZ_BATCHAI_STDOUTERR_PREFIX": "$AZ_BATCHAI_MOUNT_ROOT/afs"}
+    command = 'sh $AZ_BATCHAI_MOUNT_ROOT/afs/scripts/setup.sh && echo "out=$AZ_BATCHAI_STDOUTERR_DIR"'
+    result = _setup(tmp_path, []).run(wire.Setup(session="sess-1", command=command, env=env, volumes=volumes))
+    assert result["ok"] is True, result
+    root = tmp_path / "node" / "setup" / ".batchai" / "mounts"
+    assert (root / "afs").resolve() == share.resolve() and not (root / "bfs").exists()
+    kept = share / "pool-a" / "n1" / "stdouterr" / "stdout.txt"  # <prefix>/<pool>/<node id>/stdouterr
+    assert kept.read_text() == f"setup on n1\noops\nout={root / 'afs' / 'pool-a' / 'n1' / 'stdouterr'}\n"
+
+
+def test_a_plain_pools_setup_task_gets_no_batchai_variables(tmp_path: Path) -> None:
+    result = _setup(tmp_path, []).run(
+        wire.Setup(session="sess-1", command='test -z "$AZ_BATCHAI_MOUNT_ROOT$AZ_BATCHAI_STDOUTERR_DIR"')
+    )
+    assert result["ok"] is True, result
+    assert not (tmp_path / "node" / "setup" / ".batchai").exists()
+
+
+def test_a_batchai_setup_task_without_a_usable_prefix_keeps_its_output_in_its_own_directory(tmp_path: Path) -> None:
+    env = {"AZ_BATCHAI_COMPAT": "2018-05-01", "AZ_BATCHAI_STDOUTERR_PREFIX": "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs"}
+    result = _setup(tmp_path, []).run(wire.Setup(session="sess-1", command="echo done", env=env))
+    assert result["ok"] is True, result
+    assert (tmp_path / "node" / "setup" / ".batchai" / "stdouterr" / "stdout.txt").read_text() == "done\n"

@@ -39,13 +39,16 @@ def pool_setup(session: Session, pool: str) -> dict[str, Any] | None:
     """The pool's setup task as stored by PUT /v1/pools/{name} (secrets encrypted), or None."""
     row = session.get(Pool, pool)
     setup = (row.settings or {}).get("setup") if row is not None else None
-    return dict(setup) if setup else None
+    if not setup:
+        return None
+    return {**setup, "volumes": list((row.settings or {}).get("volumes") or []) if row is not None else []}
 
 
 def setup_message(node: Node, setup: dict[str, Any]) -> dict[str, Any]:
     return {"node": node.id, "kind": "setup", "session": node.session, "command": setup["command"],
             "env": dict(setup.get("env") or {}), "secrets_enc": setup.get("secrets_enc"),
-            "timeout_s": float(setup.get("timeout_s") or 1800.0)}  # fmt: skip
+            "timeout_s": float(setup.get("timeout_s") or 1800.0),
+            "volumes": list(setup.get("volumes") or [])}  # fmt: skip
 
 
 class NodeTracker:

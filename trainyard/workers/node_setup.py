@@ -3,7 +3,8 @@
 The scheduler marks a node `preparing` when it registers in a pool with a setup task and sends
 it a `setup` control message; the node runs the command with the pool's env and secrets in its
 own directory, ships the output to the store while it runs (so `trainyard node logs` shows a
-setup that hangs) and at its end, and reports `node_setup_done`. The scheduler then makes the
+setup that hangs) and at its end, and reports `node_setup_done`. A pool made from a Batch AI cluster
+file also gives the task Batch AI's variables (`batchai_cluster.batchai_setup_env`). The scheduler then makes the
 node `up`, or `unusable` with the error. Repeated messages for the same session (re-sent while
 the node is still `preparing`) start nothing new; a finished setup answers with its result again.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard import wire
+from trainyard.batchai_cluster import batchai_setup_env, keep_setup_output
 from trainyard.crypto import decrypt_secrets
 from trainyard.storage_adapters import Storage, StorageError
 from trainyard.workers.launchers.process_tree import kill_tree
@@ -88,6 +90,7 @@ class NodeSetup:
                 process = None
         exit_code = None if process is None else self._wait(process, key, output, message.timeout_s, done)
         self._ship(key, output)
+        keep_setup_output(env, output)
         done["exit_code"] = exit_code
         if exit_code == 0:
             done["ok"] = True
@@ -116,6 +119,8 @@ class NodeSetup:
                 raise RuntimeError("this worker has no TRAINYARD_SECRET_KEY")
             env.update(decrypt_secrets(message.secrets_enc, self.secret_key))
         env.update(TRAINYARD_NODE_ID=self.node_id, TRAINYARD_POOL=self.pool, TRAINYARD_SETUP_DIR=str(self.dir))
+        # A pool from a Batch AI cluster file: the AZ_BATCHAI_* variables Batch AI gave its setup task.
+        env.update(batchai_setup_env(env, self.dir, self.node_id, self.pool, message.volumes))
         return env
 
     def _ship(self, key: str, output: Path) -> None:
