@@ -17,8 +17,13 @@ Field by field:
 - `nodeSetup.mountVolumes` → the pool's volumes at `$AZ_BATCHAI_MOUNT_ROOT/<relativeMountPath>`
   (mount_path `.batchai/mounts/<rel>`), each source from `--volume KEY=TARGET` as for job files
   (a registered `volume:NAME` is refused: pools hold the volume itself).
-- `nodeSetup.setupTask` {commandLine, environmentVariables, secrets} → the pool's setup task;
-  `stdOutErrPathPrefix` → warning (the output is kept by trainyard: `trainyard node logs ID`).
+- `nodeSetup.setupTask` {commandLine, environmentVariables, secrets} → the pool's setup task, its
+  env marked `AZ_BATCHAI_COMPAT`; `stdOutErrPathPrefix` → env `AZ_BATCHAI_STDOUTERR_PREFIX` and a
+  warning (the output is kept by trainyard, `trainyard node logs ID`, and copied under the prefix).
+  On the node, `batchai_setup_env` gives such a task `AZ_BATCHAI_MOUNT_ROOT` (the pool's host
+  volumes linked there; blob and sync volumes, warned about, are mounted for jobs only) and
+  `AZ_BATCHAI_STDOUTERR_DIR` (`<prefix>/<pool>/<node id>/stdouterr`), and `keep_setup_output`
+  copies the task's output there as `stdout.txt`.
 - `vmSize` → `gpus_per_node` for the NC/ND/NV sizes of 6, 12 and 24 cores (1, 2, 4 GPUs), with
   a warning (trainyard's nodes are the machines their workers run on); `--gpus` overrides.
 - `vmPriority`, `virtualMachineConfiguration`, `userAccountSettings`, `subnet`,
