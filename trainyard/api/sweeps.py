@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from trainyard import retrying, sweeps, transport
 from trainyard.api.auth import Principal, require
+from trainyard.api.dependencies import plan_dependencies
 from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import ErrorResponse, ValidationFailed, nul_fields, plausible_id
 from trainyard.api.volumes import resolve_volumes
@@ -87,6 +88,12 @@ def _parse(request: Request, body: dict[str, Any], who: Principal) -> tuple[swee
             problems.append({"field": "template.secrets", "reason": "the server has no TRAINYARD_SECRET_KEY"})
         else:
             secrets_enc = encrypt_secrets(spec.template.secrets, key)
+    if spec.template.depends_on:  # every point waits on them: stored jobs or sweeps of the workspace
+        with request.app.state.sessions() as session:
+            try:
+                plan_dependencies(session, [NewJob(spec=spec.template)], prefix=lambda _index: "template.")
+            except SpecError as exc:
+                problems += exc.problems
     if problems:
         raise _refused(problems)
     return spec, secrets_enc
