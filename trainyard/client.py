@@ -332,8 +332,15 @@ class Client:
         """Submit many specs, batch_size per call; each batch is stored whole or refused whole.
 
         Specs without an `idempotency_key` get `<one key per call>-<index>`: a retried batch
-        returns the jobs its first try stored.
+        returns the jobs its first try stored. A DAG (specs whose `depends_on` names other jobs of
+        the call by `name`) is checked and stored as a whole, so it must fit in one batch.
         """
+        specs = list(specs)
+        if len(specs) > batch_size and any(_as_dict(spec).get("depends_on") for spec in specs):
+            raise ValueError(
+                f"{len(specs):,} specs with depends_on do not fit one batch of {batch_size:,}: "
+                "a DAG is submitted in one call (split it where no job of one part names a job of another)"
+            )
         jobs: list[Job] = []
         batch: list[dict[str, Any]] = []
         uploaded: dict[Path, str] = {}  # one upload per code directory for the whole call
