@@ -99,7 +99,7 @@ def waiting_reason(edges: Sequence[Waiting]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LocalRef:
-    """A dependency on another job of the same batch, by its index there."""
+    """A dependency on another entry of the same batch (a job, or a sweep), by its index there."""
 
     index: int
 
@@ -120,35 +120,43 @@ def batch_field(index: int) -> str:
 
 
 def resolve_batch(
-    names: Sequence[str], depends: Sequence[Sequence[Dependency]], prefix: Callable[[int], str] = batch_field
+    names: Sequence[str],
+    depends: Sequence[Sequence[Dependency]],
+    prefix: Callable[[int], str] = batch_field,
+    kinds: Sequence[str] | None = None,
 ) -> tuple[list[list[Ref]], list[dict[str, str]]]:
-    """Each job's dependencies as references, and the problems (field and reason) of the batch.
+    """Each entry's dependencies as references, and the problems (field and reason) of the batch.
 
-    Within a batch, `job: X` names the job of the batch whose `name` is X; a value that names no job
-    of the batch is a job id. A name two jobs of the batch share is ambiguous. A cycle is refused,
-    named at the edge that closes it.
+    Within a batch, `job: X` names the job of the batch whose `name` is X, and `sweep: X` the sweep
+    entry of the batch named X (`kinds` says which entries are sweeps; all are jobs without it); a
+    value that names no entry of the batch is an id. A name two entries of one kind share is
+    ambiguous. A cycle is refused, named at the edge that closes it.
     """
-    by_name: dict[str, list[int]] = {}
+    entry_kinds = list(kinds) if kinds is not None else ["job"] * len(names)
+    by_name: dict[tuple[str, str], list[int]] = {}
     for index, name in enumerate(names):
-        by_name.setdefault(name, []).append(index)
+        by_name.setdefault((entry_kinds[index], name), []).append(index)
     refs: list[list[Ref]] = []
     problems: list[dict[str, str]] = []
     for index, deps in enumerate(depends):
         row: list[Ref] = []
         for position, dep in enumerate(deps):
-            matches = by_name.get(dep.target, []) if dep.kind == "job" else []
+            matches = by_name.get((dep.kind, dep.target), [])
             if len(matches) > 1:
-                problems.append({"field": f"{prefix(index)}depends_on[{position}].job",
-                                 "reason": f"{len(matches):,} jobs of the batch are named {dep.target!r}: "
-                                           "give the jobs distinct names"})  # fmt: skip
+                problems.append({"field": f"{prefix(index)}depends_on[{position}].{dep.kind}",
+                                 "reason": f"{len(matches):,} {dep.kind}s of the batch are named {dep.target!r}: "
+                                           "give them distinct names"})  # fmt: skip
             row.append(LocalRef(matches[0]) if len(matches) == 1 else StoredRef(dep.kind, dep.target))
         refs.append(row)
-    problems.extend(find_cycles(names, refs, prefix))
+    problems.extend(find_cycles(names, refs, prefix, entry_kinds))
     return refs, problems
 
 
 def find_cycles(
-    names: Sequence[str], refs: Sequence[Sequence[Ref]], prefix: Callable[[int], str] = batch_field
+    names: Sequence[str],
+    refs: Sequence[Sequence[Ref]],
+    prefix: Callable[[int], str] = batch_field,
+    kinds: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
     """Every cycle among the batch's local references (iterative depth-first search: 10,000 jobs deep)."""
     white, grey, black = 0, 1, 2
@@ -172,8 +180,32 @@ def find_cycles(
             if color[ref.index] == grey:
                 path = [n for n, _ in stack[[n for n, _ in stack].index(ref.index) :]] + [ref.index]
                 cycle = " → ".join(f"{names[n]!r}" for n in path)
-                problems.append({"field": f"{prefix(node)}depends_on[{position}].job", "reason": f"cycle: {cycle}"})
+                kind = kinds[ref.index] if kinds is not None else "job"
+                problems.append({"field": f"{prefix(node)}depends_on[{position}].{kind}", "reason": f"cycle: {cycle}"})
             elif color[ref.index] == white:
                 color[ref.index] = grey
                 stack.append((ref.index, 0))
     return problems
+
+
+def topological_order(refs: Sequence[Sequence[Ref]], kinds: Sequence[str]) -> list[int]:
+    """The entries with every local target before its dependants (the batch has no cycle); jobs that
+    are ready go before sweeps that are, so that the jobs come in as few groups as possible."""
+    dependants: list[list[int]] = [[] for _ in refs]
+    missing = [0] * len(refs)
+    for index, row in enumerate(refs):
+        for ref in row:
+            if isinstance(ref, LocalRef):
+                dependants[ref.index].append(index)
+                missing[index] += 1
+    ready_jobs = [i for i in range(len(refs)) if not missing[i] and kinds[i] == "job"]
+    ready_sweeps = [i for i in range(len(refs)) if not missing[i] and kinds[i] != "job"]
+    order: list[int] = []
+    while ready_jobs or ready_sweeps:
+        index = ready_jobs.pop() if ready_jobs else ready_sweeps.pop()
+        order.append(index)
+        for dependant in dependants[index]:
+            missing[dependant] -= 1
+            if not missing[dependant]:
+                (ready_jobs if kinds[dependant] == "job" else ready_sweeps).append(dependant)
+    return order

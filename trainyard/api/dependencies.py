@@ -32,7 +32,7 @@ def plan_dependencies(
         depends: list[PlannedDependency] = []
         for position, (dep, ref) in enumerate(zip(new.spec.depends_on, row, strict=True)):
             field = f"{prefix(index)}depends_on[{position}].{dep.kind}"
-            problem = _problem(new.spec, specs, ref, found)
+            problem = reference_problem(new.spec, specs, ref, found, batch=len(specs) > 1)
             if problem:
                 problems.append({"field": field, "reason": problem})
             elif isinstance(ref, LocalRef):
@@ -46,20 +46,22 @@ def plan_dependencies(
     return planned
 
 
-def _problem(
+def reference_problem(
     spec: JobSpec,
     specs: Sequence[JobSpec],
     ref: LocalRef | StoredRef,
     found: dict[tuple[str, str], tuple[str, str]],
+    batch: bool,
 ) -> str | None:
+    """Why one reference of `spec` is refused, or None. Another workspace's target reads as unknown."""
     if isinstance(ref, LocalRef):
         other = specs[ref.index]
         if other.workspace != spec.workspace:
-            return (f"job {other.name!r} of the batch is in workspace {other.workspace}: "
+            return (f"{other.name!r} of the batch is in workspace {other.workspace}: "
                     f"dependencies stay within one workspace ({spec.workspace})")  # fmt: skip
         return None
     target = found.get((ref.kind, ref.target_id))
     if target is None or target[0] != spec.workspace:
-        where = "in this batch or " if ref.kind == "job" and len(specs) > 1 else ""
+        where = "in this batch or " if batch else ""
         return f"no {ref.kind} {ref.target_id!r} {where}in workspace {spec.workspace}"
     return None

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from trainyard import datarefs, retrying, transport
 from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
+from trainyard.api.batches import Entry, check_entries, is_sweep_entry, parse_sweep_entry, store_entries
 from trainyard.api.dependencies import plan_dependencies
 from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import (
@@ -39,7 +40,7 @@ from trainyard.db.jobs import (
 )
 from trainyard.db.models import Attempt, Job
 from trainyard.db.pages import job_page
-from trainyard.db.sweeps import fill_specs
+from trainyard.db.sweeps import SweepConflict, fill_specs
 from trainyard.spec import JobSpec, JobState, SpecError, parse_job_spec
 from trainyard.storage_adapters import StorageError
 
@@ -169,6 +170,8 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
         raise _spec_error([{"field": "jobs", "reason": "must be a non-empty list of job specs"}])
     if len(specs) > MAX_BATCH:
         raise _spec_error([{"field": "jobs", "reason": f"at most {MAX_BATCH} specs per call"}])
+    if any(map(is_sweep_entry, specs)):
+        return _submit_pipeline(request, specs, who)
     new_jobs, problems = [], []
     for index, data in enumerate(specs):
         try:
@@ -183,6 +186,54 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
     jobs = [{"id": job_id, "name": new.spec.name} for job_id, new in zip(ids, new_jobs, strict=True)]
     # A Response skips re-validating 10,000 items against BatchSubmitted (still the documented schema).
     return JSONResponse(status_code=201, content={"jobs": jobs})
+
+
+def _submit_pipeline(request: Request, specs: list[Any], who: Principal) -> Any:
+    """A batch with sweep entries (api/batches.py): checked whole, stored in one transaction."""
+    entries: list[Entry] = []
+    problems: list[dict[str, str]] = []
+    for index, data in enumerate(specs):
+        prefix = f"jobs[{index}]."
+        try:
+            if is_sweep_entry(data):
+                entries.append(parse_sweep_entry(request, data, who, prefix))
+            else:
+                entries.append(_validate(request, data, who, prefix=prefix))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _spec_error(problems)
+    with request.app.state.sessions() as session:
+        quotas = request.app.state.settings.gpu_quotas
+        for index, entry in enumerate(entries):
+            new = entry if isinstance(entry, NewJob) else NewJob(spec=entry.spec.template)
+            where = f"jobs[{index}]." + ("" if isinstance(entry, NewJob) else "sweep.template.")
+            problems += [{**p, "field": where + p["field"]} for p in unfit_problems(session, [new], False, quotas)]
+        try:
+            refs = check_entries(session, entries)
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise _spec_error(problems)
+
+    def insert() -> list[str]:
+        with request.app.state.sessions.begin() as session:
+            return store_entries(session, entries, refs, actor=who.name)
+
+    try:
+        ids = retrying.once_more(IntegrityError)(insert)
+    except (IdempotencyConflict, SweepConflict) as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    except SpecError as exc:
+        raise _spec_error(exc.problems) from None
+    _wake_scheduler(request)
+    out = [
+        {"id": entry_id, "name": entry.spec.name, "kind": "job"}
+        if isinstance(entry, NewJob)
+        else {"id": entry_id, "name": entry.name, "kind": "sweep"}
+        for entry_id, entry in zip(ids, entries, strict=True)
+    ]
+    return JSONResponse(status_code=201, content={"jobs": out})
 
 
 @router.get(

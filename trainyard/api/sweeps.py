@@ -88,15 +88,23 @@ def _parse(request: Request, body: dict[str, Any], who: Principal) -> tuple[swee
             problems.append({"field": "template.secrets", "reason": "the server has no TRAINYARD_SECRET_KEY"})
         else:
             secrets_enc = encrypt_secrets(spec.template.secrets, key)
-    if spec.template.depends_on:  # every point waits on them: stored jobs or sweeps of the workspace
-        with request.app.state.sessions() as session:
-            try:
-                plan_dependencies(session, [NewJob(spec=spec.template)], prefix=lambda _index: "template.")
-            except SpecError as exc:
-                problems += exc.problems
     if problems:
         raise _refused(problems)
     return spec, secrets_enc
+
+
+def _check_dependencies(request: Request, spec: sweeps.SweepSpec) -> None:
+    """Every point waits on the template's `depends_on`: stored jobs or sweeps of the workspace (ids)."""
+    if not spec.template.depends_on:
+        return
+    with request.app.state.sessions() as session:
+        try:
+            plan_dependencies(session, [NewJob(spec=spec.template)], prefix=lambda _index: "template.")
+        except SpecError as exc:
+            raise _refused(exc.problems) from None
+
+
+parse_sweep = _parse  # the jobs:batch route takes sweeps as entries too (api/batches.py)
 
 
 def _wake_scheduler(request: Request) -> None:
@@ -119,6 +127,7 @@ def _sweep_or_404(session: Session, sweep_id: str, who: Principal) -> Sweep:
 )
 def submit_sweep(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     spec, secrets_enc = _parse(request, body, who)
+    _check_dependencies(request, spec)
     sessions = request.app.state.sessions
     with sessions() as session:
         unfit = unfit_problems(session, [NewJob(spec=spec.template)], False, request.app.state.settings.gpu_quotas)
