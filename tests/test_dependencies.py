@@ -114,3 +114,17 @@ def test_the_pending_reason_names_what_the_job_waits_for() -> None:
     assert two == "waiting for 2 dependencies: job j1 to end, sweep s1 (train) to fail"
     many = waiting_reason([Waiting("job", f"j{i:012d}", "succeeded") for i in range(100)])
     assert len(many) <= 500 and many.startswith("waiting for 100 dependencies")
+
+
+def test_after_on_the_command_line_becomes_a_dependency_on_a_job_or_a_sweep() -> None:
+    import typer
+
+    from trainyard.cli import _after_dependency
+
+    assert _after_dependency("j0123456789ab") == {"job": "j0123456789ab", "on": "succeeded"}
+    assert _after_dependency("j0123456789ab:ended") == {"job": "j0123456789ab", "on": "ended"}
+    assert _after_dependency("s0123456789ab:failed") == {"sweep": "s0123456789ab", "on": "failed"}
+    assert _after_dependency("s0123456789ab-3") == {"job": "s0123456789ab-3", "on": "succeeded"}  # a sweep point
+    with pytest.raises(typer.Exit) as refused:
+        _after_dependency("j0123456789ab:finished")
+    assert refused.value.exit_code == 2

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.services import private_postgres_database
@@ -164,3 +164,22 @@ def test_a_deposed_leader_commits_none_of_the_gates_writes(sessions: sessionmake
     with pytest.raises(Deposed), fenced.begin() as session:
         assert _gate().run(session).cancelled == [second]
     assert _row(sessions, second).state == "queued"  # rolled back with the transaction
+
+
+def test_with_nothing_ended_the_gate_costs_two_lookups_whatever_waits(sessions: sessionmaker[Session]) -> None:
+    """10,000 waiting jobs: the gate reads no edge and no waiting job, only the index of ended targets."""
+    _chain(sessions, 10_000)
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with sessions.begin() as session:
+            assert _gate().run(session).met == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2 and not any("job_dependencies" in s for s in reads), reads
