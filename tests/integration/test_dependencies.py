@@ -137,7 +137,24 @@ def test_a_bad_dag_is_refused_whole_with_the_field_named(client: Client) -> None
         assert [p["field"] for p in refused.value.problems] == [field], refused.value.problems
     assert "cycle" in _reason(client, cases["jobs[1].depends_on[0].job"])
     assert f"no job {other.id!r}" in _reason(client, cases["jobs[0].depends_on[1].job"])
+    sweep = {
+        "sweep": {
+            "name": "dag-sweep",
+            "grid": {"x": [1, 2]},
+            "template": {"name": "dag-p{x}", "command": "true", "depends_on": [{"job": "dag-f"}]},
+        }
+    }
+    cycle = [{"name": "dag-f", "command": "true", "depends_on": [{"sweep": "dag-sweep"}]}, sweep]
+    unknown = [{"name": "dag-g", "command": "true"}, sweep]
+    for entries, field, words in (
+        (cycle, "jobs[1].sweep.template.depends_on[0].job", "cycle"),
+        (unknown, "jobs[1].sweep.template.depends_on[0].job", "no job 'dag-f'"),
+    ):
+        with pytest.raises(SpecRejected) as refused:
+            client.submit_pipeline(entries)
+        assert [p["field"] for p in refused.value.problems] == [field] and words in refused.value.problems[0]["reason"]
     assert len(client.jobs(name_prefix="dag-")) == before  # nothing stored
+    assert not [s for s in client.sweeps() if s.data["name"] == "dag-sweep"]
 
 
 def _reason(client: Client, specs: list[dict[str, object]]) -> str:
