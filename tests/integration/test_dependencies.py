@@ -4,11 +4,13 @@ cancels its dependants at once, pending reasons name what a job waits for, bad D
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from trainyard.client import Client, Job, SpecRejected, Sweep
@@ -113,6 +115,14 @@ def test_a_pending_reason_names_the_dependency_and_the_cli_shows_and_cancels(
     assert f"job {upstream.id}" in shown and "succeeded" in shown and "waiting" in shown
     time.sleep(1.5)  # full passes ran: the planner leaves a waiting job's reason alone
     assert downstream.refresh().data["pending_reason"] == f"waiting for job {upstream.id} (upstream) to succeed"
+
+    with httpx.Client(base_url=cluster.api_url, timeout=30) as http:  # the dashboard's job page lists them too
+        form = http.get("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        http.post("/ui/login", data={"csrf": csrf.group(1), "token": cluster.admin_token, "next": "/ui/jobs"})
+        page = http.get(f"/ui/jobs/{downstream.id}").text
+    assert "Dependencies" in page and f'href="/ui/jobs/{upstream.id}"' in page
 
     out = cli("job", "cancel", upstream.id)
     assert "1 dependant cancelled (dependency_failed)" in out
