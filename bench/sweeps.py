@@ -8,6 +8,9 @@ if a PostgreSQL server answers, a second one on a database of its own. It prints
 - sweep_accept_rate: the same as jobs/s; baseline: Celery `apply_async` of as many messages on
   the same Redis, no worker consuming (goal ratio ≥ 10).
 - submit_many_rate: `client.submit_many` of 10,000 specs, jobs/s, median of 3 (goal ≥ 20,000).
+- dag_accept_s: a 10,000-job DAG (chains of 10, each job `depends_on` the one before it by name)
+  through `client.submit_many`, one call; baseline: 10,000 independent jobs, the same way, in the
+  same round; median of 3 each, printed as a ratio (goal ≤ 2). `--dag-only` measures just this.
 - job_list_p99_ms / sweep_show_p99_ms: pages of 100 jobs (no filter, state, experiment, sweep,
   sweep+state, a deep cursor) and the sweep object (counts over 100k jobs) once the database
   holds 1,000,000 jobs (SQLite only).
@@ -54,6 +57,8 @@ class Options:
     rounds: int
     fill_to: int
     postgres: bool
+    dag_only: bool = False
+    chain: int = 10
 
 
 @dataclass
@@ -65,6 +70,10 @@ class Figures:
     # does not inflate (the wall-clock figures above are what a user sees).
     sweep_api_cpu_s: list[float] = field(default_factory=list)
     submit_api_cpu_s: list[float] = field(default_factory=list)
+    dag_s: list[float] = field(default_factory=list)
+    independent_s: list[float] = field(default_factory=list)  # the DAG's baseline, same rounds
+    dag_api_cpu_s: list[float] = field(default_factory=list)
+    independent_api_cpu_s: list[float] = field(default_factory=list)
     list_ms: dict[str, list[float]] = field(default_factory=dict)
     show_ms: list[float] = field(default_factory=list)
     total_jobs: int = 0
@@ -103,6 +112,40 @@ def submit_many(client: Client, count: int) -> float:
     elapsed = time.perf_counter() - start
     assert len(jobs) == count
     return elapsed
+
+
+def submit_dag(client: Client, count: int, chain: int) -> float:
+    """`count` jobs in chains of `chain`: each job after the first of its chain waits for the one before."""
+    run = uuid.uuid4().hex[:8]
+    specs: list[dict[str, Any]] = []
+    for i in range(count):
+        spec: dict[str, Any] = {"name": f"dag-{run}-{i}", "command": ["python", "train.py", f"--i={i}"],
+                                "experiment": f"bench-dag-{run}"}  # fmt: skip
+        if i % chain:
+            spec["depends_on"] = [{"job": f"dag-{run}-{i - 1}"}]
+        specs.append(spec)
+    start = time.perf_counter()
+    jobs = client.submit_many(specs)
+    elapsed = time.perf_counter() - start
+    assert len(jobs) == count
+    return elapsed
+
+
+def measure_dag(client: Client, api: psutil.Process, opts: Options, figures: Figures) -> None:
+    """The DAG and its baseline alternate within each round, so that load on the machine hits both;
+    the API's CPU seconds per call are kept too (other load does not inflate them)."""
+    for round_index in range(opts.rounds):
+        before = api_cpu_s(api)
+        figures.independent_s.append(submit_many(client, opts.specs))
+        middle = api_cpu_s(api)
+        figures.dag_s.append(submit_dag(client, opts.specs, opts.chain))
+        figures.independent_api_cpu_s.append(middle - before)
+        figures.dag_api_cpu_s.append(api_cpu_s(api) - middle)
+        note(
+            f"{figures.backend} round {round_index + 1}: {opts.specs:,} independent jobs in "
+            f"{figures.independent_s[-1]:.3f} s, a DAG of {opts.specs:,} (chains of {opts.chain}) in "
+            f"{figures.dag_s[-1]:.3f} s"
+        )
 
 
 def celery_apply_async_rate(redis_url: str, count: int) -> float:
@@ -166,6 +209,9 @@ def measure(
     client: Client, api: psutil.Process, redis_url: str, opts: Options, backend: str, fill: bool
 ) -> tuple[Figures, float | None]:
     figures = Figures(backend)
+    measure_dag(client, api, opts, figures)
+    if opts.dag_only:
+        return figures, None
     for round_index in range(opts.rounds):
         before = api_cpu_s(api)
         seconds, sweep = accept_sweep(client, opts.points)
@@ -238,6 +284,34 @@ def report(all_figures: list[Figures], baseline: float | None, opts: Options) ->
     rows = []
     for figures in all_figures:
         suffix = "" if figures.backend == "sqlite" else f"_{figures.backend}"
+        rows.append(
+            emit(
+                f"dag_accept_s{suffix}",
+                statistics.median(figures.dag_s),
+                "s",
+                "ratio <= 2",
+                baseline=statistics.median(figures.independent_s),
+                baseline_what=f"{opts.specs:,} independent jobs, submit_many, same rounds",
+                jobs=opts.specs,
+                chain=opts.chain,
+                runs=[round(s, 3) for s in figures.dag_s],
+                baseline_runs=[round(s, 3) for s in figures.independent_s],
+            )
+        )
+        rows.append(
+            emit(
+                f"dag_accept_api_cpu_s{suffix}",
+                statistics.median(figures.dag_api_cpu_s),
+                "s",
+                "ratio <= 2",
+                baseline=statistics.median(figures.independent_api_cpu_s),
+                baseline_what="the API's CPU seconds for the independent jobs",
+                runs=[round(s, 3) for s in figures.dag_api_cpu_s],
+                baseline_runs=[round(s, 3) for s in figures.independent_api_cpu_s],
+            )
+        )
+        if not figures.sweep_s:
+            continue
         accept_s = statistics.median(figures.sweep_s)
         rows.append(
             emit(
@@ -330,6 +404,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--fill-to", type=int, default=None, help="jobs in the database for the list figures")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--quick", action="store_true", help="20k-point sweeps, 100k jobs: a smoke run")
+    parser.add_argument("--dag-only", action="store_true", help="only the DAG against independent jobs")
+    parser.add_argument("--chain", type=int, default=10, help="jobs per chain of the DAG (10)")
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("TRAINYARD_BENCH_QUICK") == "1"
     return Options(
@@ -338,6 +414,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         rounds=1 if quick else args.rounds,
         fill_to=args.fill_to or (100_000 if quick else 1_000_000),
         postgres=not args.no_postgres,
+        dag_only=args.dag_only,
+        chain=args.chain,
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -309,6 +310,19 @@ def _apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return data
 
 
+_SWEEP_ID = re.compile(r"^s[0-9a-f]{12}$")
+_CONDITIONS = ("succeeded", "ended", "failed")
+
+
+def _after_dependency(value: str) -> dict[str, str]:
+    """`--after ID[:succeeded|ended|failed]` as a `depends_on` entry (a sweep's id names the sweep)."""
+    target, _, on = value.partition(":")
+    on = on or "succeeded"
+    if not target or on not in _CONDITIONS:
+        _problems([{"field": "--after", "reason": f"{value!r} is not ID[:succeeded|ended|failed]"}])
+    return {"sweep" if _SWEEP_ID.match(target) else "job": target, "on": on}
+
+
 def _load_for_submit(
     file: Path,
     format_: str,
@@ -420,10 +434,19 @@ def job_submit(
     wait: Annotated[bool, typer.Option(help="wait for the job to end")] = False,
     follow: Annotated[bool, typer.Option(help="stream its stdout until it ends")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
+    after: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--after",
+            help="start only after job (or sweep) ID: ID[:succeeded|ended|failed], default succeeded; repeatable",
+        ),
+    ] = None,
 ) -> None:
     """Submit a job."""
     batchai = {"volumes": volume, "pool": pool, "gpus": gpus, "slots": slots}
     data = _load_for_submit(file, format_, set_ or [], batchai)
+    if after:
+        data["depends_on"] = [*(data.get("depends_on") or []), *map(_after_dependency, after)]
     if isinstance(data.get("code"), str) and is_local_code(data["code"]):
         data["code"] = str((file.parent / data["code"]).resolve())  # relative to the spec file
     if dry_run:
@@ -505,6 +528,10 @@ def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
         console.print(f"pending: {d['pending_reason']}", highlight=False)
     if d.get("rerun_of"):
         console.print(f"rerun of {d['rerun_of']}", highlight=False)
+    if d.get("reason") and JobState(d["state"]) in TERMINAL_STATES:
+        console.print(f"ended: {d['reason']}", highlight=False)
+    if d.get("depends_on"):
+        _print_dependencies(d["depends_on"])
     table = Table("ATTEMPT", "STATE", "REASON", "NODES", "GPUS", "EXIT CODES", "STARTED", "ENDED")
     for a in d.get("attempts", []):
         table.add_row(
@@ -517,6 +544,15 @@ def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
             a["started_at"] or "",
             a["ended_at"] or "",
         )
+    console.print(table)
+
+
+def _print_dependencies(dependencies: list[dict[str, Any]]) -> None:
+    """The job's `depends_on`: each target, the condition, the target's state and the edge's status."""
+    table = Table("DEPENDS ON", "NAME", "ON", "TARGET STATE", "STATUS", title="dependencies", title_justify="left")
+    for dep in dependencies:
+        kind = "sweep" if "sweep" in dep else "job"
+        table.add_row(f"{kind} {dep[kind]}", dep.get("name") or "", dep["on"], dep.get("state") or "", dep["status"])
     console.print(table)
 
 
@@ -562,6 +598,9 @@ def job_cancel(job_id: str) -> None:
     state = job.data["state"]
     suffix = "" if JobState(state) in TERMINAL_STATES else " (stopping)"
     console.print(f"{job_id} {state}{suffix}")
+    dependants = int(job.data.get("dependants_cancelled") or 0)
+    word = "dependant" if dependants == 1 else "dependants"
+    console.print(f"{dependants} {word} cancelled (dependency_failed)", highlight=False)
 
 
 @job_app.command("rerun")

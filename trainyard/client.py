@@ -332,14 +332,23 @@ class Client:
         """Submit many specs, batch_size per call; each batch is stored whole or refused whole.
 
         Specs without an `idempotency_key` get `<one key per call>-<index>`: a retried batch
-        returns the jobs its first try stored.
+        returns the jobs its first try stored. A DAG (specs whose `depends_on` names other jobs of
+        the call by `name`) is checked and stored as a whole, so it must fit in one batch.
         """
+        specs = list(specs)
+        if len(specs) > batch_size and any(_as_dict(spec).get("depends_on") for spec in specs):
+            raise ValueError(
+                f"{len(specs):,} specs with depends_on do not fit one batch of {batch_size:,}: "
+                "a DAG is submitted in one call (split it where no job of one part names a job of another)"
+            )
         jobs: list[Job] = []
         batch: list[dict[str, Any]] = []
         uploaded: dict[Path, str] = {}  # one upload per code directory for the whole call
         call_key = new_idempotency_key()
         for index, spec in enumerate(specs):
             data = self._with_code(_as_dict(spec), _spec_dir(spec), uploaded)
+            if set(data) == {"sweep"}:
+                raise ValueError(f"specs[{index}] is a sweep entry: submit a pipeline with submit_pipeline")
             batch.append(_keyed(data, f"{call_key}-{index}"))
             if len(batch) >= batch_size:
                 jobs.extend(self._submit_batch(batch))
@@ -351,6 +360,26 @@ class Client:
     def _submit_batch(self, batch: list[dict[str, Any]]) -> list[Job]:
         reply = self._request("POST", "/v1/jobs:batch", idempotent=True, json={"jobs": batch})
         return [Job(self, item) for item in reply["jobs"]]
+
+    def submit_pipeline(self, entries: Iterable[dict[str, Any] | JobSpec]) -> list[Job | Sweep]:
+        """Submit jobs and sweeps (`{"sweep": {...}}` entries) that depend on each other by name, in one call.
+
+        Stored whole or refused whole; each job comes back as a Job, each sweep as a Sweep. Every
+        entry gets an idempotency key (a sweep's inside its body), so a retried call stores nothing twice.
+        """
+        call_key = new_idempotency_key()
+        batch: list[dict[str, Any]] = []
+        for index, entry in enumerate(entries):
+            data = _as_dict(entry)
+            if set(data) == {"sweep"}:
+                batch.append({"sweep": _keyed(dict(data["sweep"]), f"{call_key}-{index}")})
+            else:
+                batch.append(_keyed(self._with_code(data, _spec_dir(entry), {}), f"{call_key}-{index}"))
+        reply = self._request("POST", "/v1/jobs:batch", idempotent=True, json={"jobs": batch})
+        items = reply["jobs"]
+        return [
+            Sweep(self, self.get_sweep(i["id"]).data) if i.get("kind") == "sweep" else self.job(i["id"]) for i in items
+        ]
 
     def _with_code(self, data: dict[str, Any], base: Path, uploaded: dict[Path, str]) -> dict[str, Any]:
         """A spec whose `code:` names a local directory gets it packed, uploaded and replaced by its URI."""

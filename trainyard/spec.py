@@ -119,6 +119,7 @@ class AttemptReason(StrEnum):
     CANCELLED = "cancelled"
     PREPARE_FAILED = "prepare_failed"
     MOUNT_FAILED = "mount_failed"
+    DEPENDENCY_FAILED = "dependency_failed"  # a job's `depends_on` condition can never hold (no attempt ran)
 
 
 class SpecError(ValueError):
@@ -410,6 +411,43 @@ class ContainerSettings(_Strict):
         return parse_memory_bytes(self.shm_size)
 
 
+class DependencyCondition(StrEnum):
+    """When a dependency is met: its target `succeeded`, `failed`, or `ended` (any terminal state).
+
+    `cancelled` counts as `ended` only: a cancelled job neither succeeded nor failed.
+    """
+
+    SUCCEEDED = "succeeded"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+class Dependency(_Strict):
+    """One entry of `depends_on`: a job (its id, or in a batch the `name` of another job of the batch)
+    or a sweep (its id, or in a batch the name of a sweep of the batch), and the condition to wait for."""
+
+    job: str | None = Field(default=None, min_length=1, max_length=200)
+    sweep: str | None = Field(default=None, min_length=1, max_length=200)
+    on: DependencyCondition = DependencyCondition.SUCCEEDED
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Dependency:
+        if (self.job is None) == (self.sweep is None):
+            raise ValueError("give exactly one of job or sweep")
+        return self
+
+    @property
+    def kind(self) -> Literal["job", "sweep"]:
+        return "job" if self.job is not None else "sweep"
+
+    @property
+    def target(self) -> str:
+        return self.job if self.job is not None else str(self.sweep)
+
+
+MAX_DEPENDENCIES = 1000
+
+
 class JobSpec(_Strict):
     """One job as a user writes it (SPEC §3)."""
 
@@ -437,6 +475,7 @@ class JobSpec(_Strict):
     volumes: list[VolumeSpec] = Field(default_factory=list)
     checkpoint_interval_s: float = Field(default=DEFAULT_CHECKPOINT_INTERVAL_S, ge=1, le=7 * 86400)
     container: ContainerSettings | None = None
+    depends_on: list[Dependency] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
 
     @field_validator("command")
     @classmethod

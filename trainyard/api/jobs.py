@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from trainyard import datarefs, retrying, transport
 from trainyard.api import logreads
 from trainyard.api.auth import Principal, require
+from trainyard.api.batches import Entry, check_entries, is_sweep_entry, parse_sweep_entry, store_entries
+from trainyard.api.dependencies import plan_dependencies
 from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import (
     BatchSubmitted,
@@ -26,6 +28,7 @@ from trainyard.api.schemas import (
 from trainyard.api.volumes import resolve_volumes
 from trainyard.config import secret
 from trainyard.crypto import encrypt_secrets
+from trainyard.db.dependencies import cancel_cascade
 from trainyard.db.jobs import (
     IdempotencyConflict,
     NewJob,
@@ -37,8 +40,8 @@ from trainyard.db.jobs import (
 )
 from trainyard.db.models import Attempt, Job
 from trainyard.db.pages import job_page
-from trainyard.db.sweeps import fill_specs
-from trainyard.spec import JobSpec, SpecError, parse_job_spec
+from trainyard.db.sweeps import SweepConflict, fill_specs
+from trainyard.spec import JobSpec, JobState, SpecError, parse_job_spec
 from trainyard.storage_adapters import StorageError
 
 router = APIRouter(prefix="/v1")
@@ -115,6 +118,17 @@ def _job_or_404(session: Session, job_id: str, who: Principal) -> Job:
     return job
 
 
+def _with_dependencies(request: Request, new_jobs: list[NewJob], batch: bool) -> list[NewJob]:
+    """Check `depends_on` (batch-local names, cycles, stored targets in the workspace); 422 names each problem."""
+    with request.app.state.sessions() as session:
+        try:
+            if batch:
+                return plan_dependencies(session, new_jobs)
+            return plan_dependencies(session, new_jobs, prefix=lambda _index: "")
+        except SpecError as exc:
+            raise _spec_error(exc.problems) from None
+
+
 def _refuse_unfit(request: Request, new_jobs: list[NewJob], batch: bool) -> None:
     with request.app.state.sessions() as session:
         problems = unfit_problems(session, new_jobs, batch, request.app.state.settings.gpu_quotas)
@@ -136,6 +150,7 @@ def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principa
     except SpecError as exc:
         raise _spec_error(exc.problems) from None
     _refuse_unfit(request, [new], batch=False)
+    (new,) = _with_dependencies(request, [new], batch=False)
     (job_id,) = _store(request, [new], who)
     with request.app.state.sessions() as session:
         return load_job_dict(session, job_id)
@@ -155,6 +170,8 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
         raise _spec_error([{"field": "jobs", "reason": "must be a non-empty list of job specs"}])
     if len(specs) > MAX_BATCH:
         raise _spec_error([{"field": "jobs", "reason": f"at most {MAX_BATCH} specs per call"}])
+    if any(map(is_sweep_entry, specs)):
+        return _submit_pipeline(request, specs, who)
     new_jobs, problems = [], []
     for index, data in enumerate(specs):
         try:
@@ -164,10 +181,59 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
     if problems:
         raise _spec_error(problems)
     _refuse_unfit(request, new_jobs, batch=True)
+    new_jobs = _with_dependencies(request, new_jobs, batch=True)
     ids = _store(request, new_jobs, who)
     jobs = [{"id": job_id, "name": new.spec.name} for job_id, new in zip(ids, new_jobs, strict=True)]
     # A Response skips re-validating 10,000 items against BatchSubmitted (still the documented schema).
     return JSONResponse(status_code=201, content={"jobs": jobs})
+
+
+def _submit_pipeline(request: Request, specs: list[Any], who: Principal) -> Any:
+    """A batch with sweep entries (api/batches.py): checked whole, stored in one transaction."""
+    entries: list[Entry] = []
+    problems: list[dict[str, str]] = []
+    for index, data in enumerate(specs):
+        prefix = f"jobs[{index}]."
+        try:
+            if is_sweep_entry(data):
+                entries.append(parse_sweep_entry(request, data, who, prefix))
+            else:
+                entries.append(_validate(request, data, who, prefix=prefix))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise _spec_error(problems)
+    with request.app.state.sessions() as session:
+        quotas = request.app.state.settings.gpu_quotas
+        for index, entry in enumerate(entries):
+            new = entry if isinstance(entry, NewJob) else NewJob(spec=entry.spec.template)
+            where = f"jobs[{index}]." + ("" if isinstance(entry, NewJob) else "sweep.template.")
+            problems += [{**p, "field": where + p["field"]} for p in unfit_problems(session, [new], False, quotas)]
+        try:
+            refs = check_entries(session, entries)
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise _spec_error(problems)
+
+    def insert() -> list[str]:
+        with request.app.state.sessions.begin() as session:
+            return store_entries(session, entries, refs, actor=who.name)
+
+    try:
+        ids = retrying.once_more(IntegrityError)(insert)
+    except (IdempotencyConflict, SweepConflict) as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    except SpecError as exc:
+        raise _spec_error(exc.problems) from None
+    _wake_scheduler(request)
+    out = [
+        {"id": entry_id, "name": entry.spec.name, "kind": "job"}
+        if isinstance(entry, NewJob)
+        else {"id": entry_id, "name": entry.name, "kind": "sweep"}
+        for entry_id, entry in zip(ids, entries, strict=True)
+    ]
+    return JSONResponse(status_code=201, content={"jobs": out})
 
 
 @router.get(
@@ -225,11 +291,13 @@ def get_job(request: Request, job_id: str, who: Principal = require("viewer")) -
 )
 def cancel(request: Request, job_id: str, who: Principal = require("user")) -> Any:
     with request.app.state.sessions.begin() as session:
-        _job_or_404(session, job_id, who)
+        job = _job_or_404(session, job_id, who)
+        # The dependants that can then never run: the scheduler's gate ends them (dependency_failed).
+        cascade = 0 if JobState(job.state).is_terminal() else cancel_cascade(session, job_id)
         cancel_job(session, job_id, actor=who.name)
     _wake_scheduler(request)
     with request.app.state.sessions() as session:
-        return load_job_dict(session, job_id)
+        return {**(load_job_dict(session, job_id) or {}), "dependants_cancelled": cascade}
 
 
 @router.post(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from trainyard import retrying, sweeps, transport
 from trainyard.api.auth import Principal, require
+from trainyard.api.dependencies import plan_dependencies
 from trainyard.api.fit import unfit_problems
 from trainyard.api.schemas import ErrorResponse, ValidationFailed, nul_fields, plausible_id
 from trainyard.api.volumes import resolve_volumes
@@ -92,6 +93,20 @@ def _parse(request: Request, body: dict[str, Any], who: Principal) -> tuple[swee
     return spec, secrets_enc
 
 
+def _check_dependencies(request: Request, spec: sweeps.SweepSpec) -> None:
+    """Every point waits on the template's `depends_on`: stored jobs or sweeps of the workspace (ids)."""
+    if not spec.template.depends_on:
+        return
+    with request.app.state.sessions() as session:
+        try:
+            plan_dependencies(session, [NewJob(spec=spec.template)], prefix=lambda _index: "template.")
+        except SpecError as exc:
+            raise _refused(exc.problems) from None
+
+
+parse_sweep = _parse  # the jobs:batch route takes sweeps as entries too (api/batches.py)
+
+
 def _wake_scheduler(request: Request) -> None:
     transport.wake_scheduler(request.app.state.redis)
 
@@ -112,6 +127,7 @@ def _sweep_or_404(session: Session, sweep_id: str, who: Principal) -> Sweep:
 )
 def submit_sweep(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     spec, secrets_enc = _parse(request, body, who)
+    _check_dependencies(request, spec)
     sessions = request.app.state.sessions
     with sessions() as session:
         unfit = unfit_problems(session, [NewJob(spec=spec.template)], False, request.app.state.settings.gpu_quotas)

@@ -14,10 +14,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from trainyard.db.bulk import JSONText, insert_dicts, reserve_seq
+from trainyard.db.dependencies import Edge, edge_rows, load_dependencies, store_edges
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Part, utcnow
 from trainyard.db.sweeps import fill_specs
-from trainyard.spec import JobSpec, JobState
+from trainyard.dependencies import waiting_reason
+from trainyard.spec import Dependency, JobSpec, JobState
 
 
 class IdempotencyConflict(Exception):
@@ -25,10 +27,22 @@ class IdempotencyConflict(Exception):
 
 
 @dataclass(frozen=True)
+class PlannedDependency:
+    """A `depends_on` entry checked by the API: on a stored job or sweep, or on another job of the call."""
+
+    kind: str  # job or sweep
+    on: str
+    target_id: str | None = None  # a stored job or sweep
+    batch_index: int | None = None  # another job of the same `create_jobs` call
+    target_name: str | None = None
+
+
+@dataclass(frozen=True)
 class NewJob:
     spec: JobSpec
     secrets_enc: str | None = None
     sweep_id: str | None = None
+    depends: tuple[PlannedDependency, ...] = ()
 
 
 def new_job_id() -> str:
@@ -48,8 +62,11 @@ def _public_json(spec: JobSpec) -> JSONText:
     return JSONText(f'{text[:-1]},"secrets":{names}}}')
 
 
-def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
+def _row(new: NewJob, job_id: str, seq: int, now: datetime, edges: Sequence[Edge] = ()) -> dict[str, Any]:
     spec = new.spec
+    if edges:  # stored with the ids its batch-local names resolved to
+        resolved = [Dependency.model_validate({e.kind: e.target_id, "on": e.on}) for e in edges]
+        spec = spec.model_copy(update={"depends_on": resolved})
     return {
         "id": job_id,
         "name": spec.name,
@@ -71,8 +88,12 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
         "spec": _public_json(spec),
         "secrets_enc": new.secrets_enc,
         "idempotency_key": spec.idempotency_key,
-        # Compared only for an idempotency key: unkeyed jobs skip a second serialization.
-        "spec_digest": spec_digest(spec) if spec.idempotency_key else "",
+        # Compared only for an idempotency key: unkeyed jobs skip a second serialization. Of the spec
+        # as submitted (batch-local names), so that the same batch again finds it.
+        "spec_digest": spec_digest(new.spec) if spec.idempotency_key else "",
+        "waiting_on": len(edges),
+        "dependants_waiting": 0,
+        "pending_reason": waiting_reason([e.waiting for e in edges]) if edges else None,
         "sweep_id": new.sweep_id,
         "cancel_requested": False,
         "submitted_at": now,
@@ -96,14 +117,15 @@ def _existing_for_keys(session: Session, new_jobs: Sequence[NewJob]) -> dict[tup
 def create_jobs(session: Session, new_jobs: Sequence[NewJob], actor: str = "") -> list[str]:
     """Insert jobs in bulk; an idempotency key seen before returns that job's id (409 on a new spec).
 
-    The caller commits. A concurrent insert with the same key fails on the unique index; the
-    caller retries once, and the retry finds the winner's job here.
+    Dependencies become edges (db/dependencies.py); one on another job of the call names it by its
+    index in `new_jobs`. The caller commits. A concurrent insert with the same key fails on the
+    unique index; the caller retries once, and the retry finds the winner's job here.
     """
     existing = _existing_for_keys(session, new_jobs)
     now = utcnow()
     base_seq = reserve_seq(len(new_jobs))
-    rows: list[dict[str, Any]] = []
     ids: list[str] = []
+    fresh: list[int] = []  # indexes of the jobs inserted now
     claimed: dict[tuple[str, str], str] = {}
     for index, new in enumerate(new_jobs):
         key = (new.spec.workspace, new.spec.idempotency_key or "")
@@ -116,18 +138,50 @@ def create_jobs(session: Session, new_jobs: Sequence[NewJob], actor: str = "") -
         if new.spec.idempotency_key and key in claimed:
             ids.append(claimed[key])
             continue
-        job_id = new_job_id()
-        rows.append(_row(new, job_id, base_seq + index, now))
-        ids.append(job_id)
+        ids.append(new_job_id())
+        fresh.append(index)
         if new.spec.idempotency_key:
-            claimed[key] = job_id
+            claimed[key] = ids[-1]
+    edges, local_counts, stored_counts = _plan_edges(new_jobs, ids, fresh)
+    rows = [_row(new_jobs[i], ids[i], base_seq + i, now, edges.get(i, ())) for i in fresh]
+    for row in rows:
+        row["dependants_waiting"] = local_counts.get(row["id"], 0)
     if rows:
         insert_dicts(session, Job.__table__, rows)  # type: ignore[arg-type]  # driver speed: 10k rows ~0.1 s
         session.execute(
             insert(Event),
             [{"at": now, "kind": "submitted", "job_id": r["id"], "actor": actor, "detail": {}} for r in rows[:1000]],
         )
+    if edges:
+        store_edges(session, [r for i, es in edges.items() for r in edge_rows([ids[i]], es)], stored_counts)
     return ids
+
+
+def _plan_edges(
+    new_jobs: Sequence[NewJob], ids: Sequence[str], fresh: Sequence[int]
+) -> tuple[dict[int, list[Edge]], dict[str, int], dict[tuple[str, str], int]]:
+    """Each inserted job's edges; per target, the edges on it: inserted now (by id) or stored before."""
+    edges: dict[int, list[Edge]] = {}
+    inserted = {ids[i] for i in fresh}
+    local: dict[str, int] = {}
+    stored: dict[tuple[str, str], int] = {}
+    for index in fresh:
+        planned = new_jobs[index].depends
+        if not planned:
+            continue
+        own = edges[index] = []
+        for dep in planned:
+            name: str | None
+            if dep.batch_index is not None:
+                target_id, name = ids[dep.batch_index], new_jobs[dep.batch_index].spec.name
+            else:
+                target_id, name = str(dep.target_id), dep.target_name
+            own.append(Edge(dep.kind, target_id, dep.on, name))
+            if dep.kind == "job" and target_id in inserted:
+                local[target_id] = local.get(target_id, 0) + 1
+            else:
+                stored[(dep.kind, target_id)] = stored.get((dep.kind, target_id), 0) + 1
+    return edges, local, stored
 
 
 def rerun_job(session: Session, job: Job, actor: str = "") -> str:
@@ -138,7 +192,10 @@ def rerun_job(session: Session, job: Job, actor: str = "") -> str:
     """
     fill_specs(session, [job])  # a sweep point is stored compact: its spec comes from the template
     spec = JobSpec.model_validate({**job.spec, "idempotency_key": None})
-    (new_id,) = create_jobs(session, [NewJob(spec=spec, secrets_enc=job.secrets_enc)], actor=actor)
+    # The same dependencies (stored by id): those already met are met again at the next pass.
+    depends = tuple(PlannedDependency(d.kind, d.on.value, target_id=d.target) for d in spec.depends_on)
+    new = NewJob(spec=spec, secrets_enc=job.secrets_enc, depends=depends)
+    (new_id,) = create_jobs(session, [new], actor=actor)
     session.execute(update(Job).where(Job.id == new_id).values(rerun_of=job.id, params=job.params))
     session.add(Event(at=utcnow(), kind="rerun", job_id=new_id, actor=actor, detail={"rerun_of": job.id}))
     return new_id
@@ -189,6 +246,9 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         "metrics": job.metrics,
         "metrics_step": job.metrics_step,
         "rerun_of": job.rerun_of,
+        # Why it ended where no attempt says so (`dependency_failed`): load_job_dict fills in the last attempt's.
+        "reason": job.end_reason,
+        "waiting_on": job.waiting_on,
     }
     if attempts is not None:
         data["attempts"] = list(attempts)
@@ -205,7 +265,11 @@ def load_job_dict(session: Session, job_id: str) -> dict[str, Any] | None:
     by_attempt: dict[int, list[Part]] = {}
     for part in parts:
         by_attempt.setdefault(part.attempt, []).append(part)
-    return job_dict(job, [attempt_dict(a, by_attempt.get(a.number, [])) for a in attempts])
+    data = job_dict(job, [attempt_dict(a, by_attempt.get(a.number, [])) for a in attempts])
+    if data["reason"] is None and JobState(job.state).is_terminal() and attempts:
+        data["reason"] = attempts[-1].reason
+    data["depends_on"] = load_dependencies(session, job_id)
+    return data
 
 
 def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:

@@ -67,6 +67,13 @@ class Job(Base):
     metrics_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rerun_of: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # `rerun`: the job rerun
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Dependencies (`depends_on`) of this job not yet met: the queue skips the job while above zero.
+    waiting_on: Mapped[int] = mapped_column(Integer, default=0)
+    # Edges of other jobs that wait on this one and are not yet resolved: the dependency gate looks
+    # only at ended jobs where this is above zero (scheduler/gate.py), never at every waiting job.
+    dependants_waiting: Mapped[int] = mapped_column(Integer, default=0)
+    # Why a job ended without an attempt saying so (`dependency_failed`); None otherwise.
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -232,6 +239,8 @@ class Sweep(Base):
     # Points so far: job ids are `<sweep id>-<index>` for index < total; grows when points are added.
     total: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # As on Job: dependency edges on this sweep not yet resolved (scheduler/gate.py).
+    dependants_waiting: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -241,6 +250,7 @@ class Sweep(Base):
     __table_args__ = (
         Index("ix_sweeps_workspace", "workspace", "seq"),
         Index("ix_sweeps_idempotency", "workspace", "idempotency_key", unique=True),
+        Index("ix_sweeps_dependants", "dependants_waiting"),
     )
 
 
@@ -253,6 +263,29 @@ Index("ix_jobs_state_seq", Job.state, Job.seq)
 Index("ix_jobs_experiment_seq", Job.experiment, Job.seq)
 Index("ix_jobs_workspace_seq", Job.workspace, Job.seq)
 Index("ix_jobs_workspace_state_seq", Job.workspace, Job.state, Job.seq)
+# The queue without the jobs that wait on dependencies; and the gate's look-up of ended targets.
+Index("ix_jobs_ready", Job.state, Job.waiting_on, Job.priority, Job.seq)
+Index("ix_jobs_dependants", Job.state, Job.dependants_waiting)
+
+
+class JobDependency(Base):
+    """One `depends_on` edge: job `job_id` waits for job or sweep `target_id` to reach condition `on`.
+
+    `status` is `waiting` until the scheduler's gate resolves it: `met`, `failed` (the condition can
+    never hold: the job was cancelled with reason dependency_failed) or `void` (the job ended first).
+    """
+
+    __tablename__ = "job_dependencies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    target_kind: Mapped[str] = mapped_column(String(8))  # job or sweep
+    target_id: Mapped[str] = mapped_column(String(32))
+    on: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(8), default="waiting")
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_job_dependencies_target", "target_id", "status"),)
 
 
 class Volume(Base):

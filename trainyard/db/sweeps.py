@@ -21,8 +21,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from trainyard import sweeps
 from trainyard.db.bulk import insert_shared, reserve_seq
+from trainyard.db.dependencies import Edge, edge_rows, store_edges, stored_targets
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Event, Job, Sweep, utcnow
+from trainyard.dependencies import waiting_reason
 from trainyard.spec import ACTIVE_STATES, JobSpec, JobState, SpecError, state_values
 
 ACTIVE = state_values(ACTIVE_STATES)
@@ -84,7 +86,23 @@ def _insert_points(session: Session, sweep: Sweep, points: Sequence[sweeps.Point
         if len(job_name) > 200:
             raise SpecError([{"field": "template.name", "reason": f"point {offset} makes a name over 200 characters"}])
         rows.append((f"{sweep.id}-{first_index + offset}", job_name, base_seq + offset, params))
+    edges = _template_edges(session, template)
+    if edges:  # every point waits on the template's dependencies: the same count and words for all
+        shared.update(waiting_on=len(edges), pending_reason=waiting_reason([e.waiting for e in edges]))
     insert_shared(session, Job.__table__, ("id", "name", "seq", "params"), rows, shared)  # type: ignore[arg-type]
+    if edges:
+        counts: dict[tuple[str, str], int] = {}
+        for edge in edges:
+            counts[(edge.kind, edge.target_id)] = counts.get((edge.kind, edge.target_id), 0) + len(rows)
+        store_edges(session, edge_rows([row[0] for row in rows], edges), counts)
+
+
+def _template_edges(session: Session, template: JobSpec) -> list[Edge]:
+    """The template's `depends_on` (stored ids, checked at submit) as edges, with their targets' names."""
+    if not template.depends_on:
+        return []
+    names = stored_targets(session, {(d.kind, d.target) for d in template.depends_on})
+    return [Edge(d.kind, d.target, d.on.value, names.get((d.kind, d.target), ("", ""))[1]) for d in template.depends_on]
 
 
 def _existing(session: Session, workspace: str, key: str, digest: str) -> str | None:

@@ -90,10 +90,14 @@ class Demand:
 
 
 def pool_demand(session: Session, pool: str) -> Demand:
-    """Queued and running work of a pool's jobs (cancelled-but-not-yet-ended jobs do not count)."""
+    """Queued and running work of a pool's jobs (cancelled-but-not-yet-ended jobs and jobs waiting on
+    dependencies do not count)."""
     rows = session.execute(
         select(Job.nodes, Job.cpus, Job.gpus).where(
-            Job.pool == pool, Job.state.in_(DEMAND_STATES), Job.cancel_requested.is_(False)
+            Job.pool == pool,
+            Job.state.in_(DEMAND_STATES),
+            Job.cancel_requested.is_(False),
+            Job.waiting_on == 0,  # a job that waits on dependencies needs no node yet
         )
     ).all()
     cpus = sum(nodes * per_node for nodes, per_node, _ in rows)

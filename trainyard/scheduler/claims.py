@@ -36,7 +36,8 @@ class ClaimWriter:
         result = session.connection().execute(
             update(table)  # type: ignore[arg-type]
             .where(table.c.id == bindparam("jid"), table.c.attempt == bindparam("num"),
-                   table.c.state == JobState.QUEUED.value, table.c.cancel_requested.is_(False))
+                   table.c.state == JobState.QUEUED.value, table.c.cancel_requested.is_(False),
+                   table.c.waiting_on == 0)
             .values(state=JobState.SCHEDULED.value, pending_reason=None, updated_at=utcnow()),
             [{"jid": p.job_id, "num": attempts[p.job_id]} for p in placements],
         )  # fmt: skip
@@ -49,7 +50,8 @@ class ClaimWriter:
             claimed = rowcount(session.execute(
                 update(Job)
                 .where(Job.id == placement.job_id, Job.state == JobState.QUEUED.value,
-                       Job.attempt == attempts[placement.job_id], Job.cancel_requested.is_(False))
+                       Job.attempt == attempts[placement.job_id], Job.cancel_requested.is_(False),
+                       Job.waiting_on == 0)
                 .values(state=JobState.SCHEDULED.value, pending_reason=None, updated_at=utcnow())
             ))  # fmt: skip
             if claimed:

@@ -6,6 +6,9 @@ preemption). A freed slot therefore always goes to the highest effective-priorit
 among those queued when the pass runs; the pass runs on every batch of events (a part exit frees
 room), so the round trip is one event read, one transaction and one send.
 
+The dependency gate (scheduler/gate.py) runs first in the same transaction: it releases jobs
+whose dependencies were met and ends those whose dependencies can never be.
+
 Placements are written in one transaction — each job claimed compare-and-set from `queued` on
 its attempt number (scheduler/claims.py) — committed only while this scheduler holds the lease
 (scheduler/lease.py), and only then sent to the nodes. Stops for preempted attempts are sent
@@ -25,6 +28,7 @@ from trainyard.config import PREEMPT_GRACE_S
 from trainyard.db.models import Job, Part
 from trainyard.scheduler.claims import ClaimRace, ClaimWriter
 from trainyard.scheduler.dispatch import Dispatcher, Outgoing
+from trainyard.scheduler.gate import DependencyGate
 from trainyard.scheduler.placement import PassPlan, plan
 from trainyard.scheduler.snapshot import SnapshotReader
 
@@ -45,6 +49,7 @@ class PassRunner:
     wall: Callable[[], float] = time.time
     reader: SnapshotReader = field(default_factory=SnapshotReader)
     writer: ClaimWriter = field(default_factory=ClaimWriter)
+    gate: DependencyGate = field(default_factory=DependencyGate)
     last_plan: PassPlan | None = None
     unstamped: list[tuple[str, int]] = field(default_factory=list)  # sent, to mark dispatched next pass
 
@@ -79,6 +84,9 @@ class PassRunner:
                 # leader that dies between a commit and its send leaves the parts unstamped, and
                 # the next leader sends them again (nodes ignore a second message for a part).
                 self.dispatcher.stamp(session, stamping)
+                # Dependencies first: a job whose last one was just met is placed in this same pass,
+                # and one that can never run ends now (cheap when nothing ended: an index look-up).
+                self.gate.run(session)
                 snapshot = self.reader.snapshot(session, full)
                 if snapshot is not None:
                     result = plan(snapshot)

@@ -120,6 +120,7 @@ class SnapshotReader:
         now = utcnow()
         ready = (
             Job.state == JobState.QUEUED.value,
+            Job.waiting_on == 0,  # jobs waiting on dependencies stay out of sight until the gate releases them
             Job.cancel_requested.is_(False),
             or_(Job.not_before.is_(None), Job.not_before <= now),
         )
