@@ -68,6 +68,8 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime) -> dict[str, Any]:
         "preemptible": spec.preemptible,
         "max_retries": spec.max_retries,
         "retries_used": 0,
+        "retry_rules": spec.stored_retry_rules(),
+        "retries_by_rule": None,
         "spec": _public_json(spec),
         "secrets_enc": new.secrets_enc,
         "idempotency_key": spec.idempotency_key,
@@ -158,6 +160,7 @@ def attempt_dict(attempt: Attempt, parts: Sequence[Part]) -> dict[str, Any]:
         "nodes": [p.node_id for p in ordered],
         "gpus": [list(p.gpus) for p in ordered],
         "exit_codes": [p.exit_code for p in ordered],
+        "retried_by": attempt.retried_by,
         "started_at": iso(attempt.started_at),
         "ended_at": iso(attempt.ended_at),
         "logs_complete": attempt.logs_complete,
@@ -182,6 +185,7 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         "nodes": job.nodes,
         "retries_used": job.retries_used,
         "max_retries": job.max_retries,
+        "retries_by_rule": job.retries_by_rule or {},
         "sweep_id": job.sweep_id,
         "cancel_requested": job.cancel_requested,
         "spec": job.spec,
@@ -189,6 +193,7 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         "metrics": job.metrics,
         "metrics_step": job.metrics_step,
         "rerun_of": job.rerun_of,
+        "superseded_by": job.superseded_by,
     }
     if attempts is not None:
         data["attempts"] = list(attempts)
