@@ -60,6 +60,7 @@ def test_a_rule_retries_exit_137_up_to_its_max_and_each_attempt_names_it(session
             assert job is not None
             if job.state == "queued":  # its backoff runs from the clock the outcome was applied with
                 assert job.not_before == T0 + timedelta(seconds=30)
+                assert job.pending_reason is not None and "by retry[0] after exit code 137" in job.pending_reason
     data = _shown(sessions, job_id)
     assert data["state"] == "failed" and data["exit_code"] == 137 and data["attempt"] == 3
     assert [a["retried_by"] for a in data["attempts"]] == ["retry[0]", "retry[0]", None]

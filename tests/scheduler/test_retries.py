@@ -44,6 +44,8 @@ def test_a_rule_retries_with_its_own_counter_and_fixed_backoff_from_the_clock_gi
     assert first.retried and first.retried_by == "retry[0]"
     assert first.not_before == NOW + timedelta(seconds=30)
     assert first.counters == {"retries_by_rule": {"retry[0]": 1}}  # max_retries' counter is not touched
+    waiting = "retry 1 of 2 by retry[0] after exit code 137; backoff until 03:04:35 UTC"
+    assert first.pending_reason("exit", 137) == waiting
     later = NOW + timedelta(minutes=7)
     second = retries.decide(rules, {"retry[0]": 1}, 0, 0, "exit", 137, later)
     assert second.retried_by == "retry[0]" and second.not_before == later + timedelta(seconds=30)

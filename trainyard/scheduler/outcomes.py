@@ -280,7 +280,7 @@ def _transition(job: Job, parts: list[Part], now: datetime) -> _Transition:
         )
     if decision.retried:
         values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=decision.not_before)
-        values.update(decision.counters)
+        values.update(decision.counters, pending_reason=decision.pending_reason(reason, exit_code))
         return _Transition(values, AttemptState.FAILED.value, reason, decision.retried_by)
     values.update(state=JobState.FAILED.value, ended_at=now)
     return _Transition(values, AttemptState.FAILED.value, reason)
@@ -296,7 +296,7 @@ def _requeue(job: Job, attempt: int, values: dict[str, Any], reason: str, now: d
         values.update(state=JobState.FAILED.value, ended_at=now)
         return _Transition(values, AttemptState.FAILED.value, reason)
     values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=decision.not_before)
-    values.update(decision.counters)
+    values.update(decision.counters, pending_reason=decision.pending_reason(reason, None))
     return _Transition(values, AttemptState.REQUEUED.value, reason, decision.retried_by)
 
 

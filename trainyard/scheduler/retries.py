@@ -49,10 +49,18 @@ class RetryDecision:
     retried_by: str | None
     not_before: datetime | None = None
     counters: dict[str, Any] = field(default_factory=dict)
+    number: int = 0  # this retry's number by what retries it, out of `limit`
+    limit: int = 0
 
     @property
     def retried(self) -> bool:
         return self.retried_by is not None
+
+    def pending_reason(self, reason: str, exit_code: int | None) -> str:
+        """What a queued job waiting out its backoff says (the scheduler's pass replaces it later)."""
+        ended = f"exit code {exit_code}" if reason == "exit" else reason
+        until = self.not_before.strftime("%H:%M:%S UTC") if self.not_before is not None else "now"
+        return f"retry {self.number} of {self.limit} by {self.retried_by} after {ended}; backoff until {until}"
 
 
 def first_matching_rule(rules: Sequence[RetryRule], reason: str, exit_code: int | None) -> int | None:
@@ -86,6 +94,8 @@ def rule_decision(
         retried_by=label,
         not_before=now + timedelta(seconds=delay_s),
         counters={"retries_by_rule": {**used_by_rule, label: used + 1}},
+        number=used + 1,
+        limit=rule.max,
     )
 
 
@@ -104,6 +114,8 @@ def default_decision(
         retried_by=MAX_RETRIES,
         not_before=now + timedelta(seconds=delay_s),
         counters={"retries_used": retries_used + 1},
+        number=retries_used + 1,
+        limit=max_retries,
     )
 
 
