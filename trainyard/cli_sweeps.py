@@ -90,10 +90,16 @@ def _leaderboard_table(data: dict[str, Any]) -> Table:
     return table
 
 
+def _points(data: dict[str, Any]) -> int:
+    """Points of the sweep: its jobs less those rerun inside it (counts and progress are about these)."""
+    return int(data.get("points", data["total"]))
+
+
 def _print_sweep(data: dict[str, Any]) -> None:
+    rerun = f" ({data['superseded']:,} rerun)" if data.get("superseded") else ""
     console.print(
         f"[bold]{data['id']}[/bold] {data['name']}  state={data['state']}  kind={data['kind']}  "
-        f"jobs={data['total']:,}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
+        f"jobs={data['total']:,}{rerun}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
         f"progress={data['progress']:.1%}",
         highlight=False,
     )
@@ -110,11 +116,11 @@ def _watch(sweep: Sweep) -> None:
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
-        task = progress.add_task(sweep.id, total=sweep.data["total"])
+        task = progress.add_task(sweep.id, total=_points(sweep.data))
         while True:
             data = sweep.refresh().data
             done = sum(data["counts"].get(s, 0) for s in TERMINAL_STATES)
-            progress.update(task, total=data["total"], completed=done, description=f"{sweep.id} {_counts_line(data)}")
+            progress.update(task, total=_points(data), completed=done, description=f"{sweep.id} {_counts_line(data)}")
             if data["state"] in ("finished", "cancelled"):
                 return
             time.sleep(WATCH_POLL_S)

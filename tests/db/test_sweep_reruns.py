@@ -56,7 +56,7 @@ def test_failed_only_reruns_failed_and_cancelled_points_inside_the_sweep(session
     assert rerun["spec"] == original["spec"] and rerun["sweep_id"] == sweep_id
     assert original["superseded_by"] == rerun["id"] and original["state"] == "failed"
     shown = _shown(sessions, sweep_id)
-    assert shown["total"] == 8 and shown["superseded"] == 3
+    assert shown["total"] == 8 and shown["superseded"] == 3 and shown["points"] == 5
     assert shown["counts"] == {"queued": 3, "scheduled": 0, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     assert shown["progress"] == 0.2 and shown["state"] == "running"
     with sessions.begin() as session:  # the reruns are queued: nothing failed is left to rerun

@@ -53,7 +53,7 @@ def _check_reruns(client: Client, sweep_id: str, reruns: list[dict[str, str]], o
         assert job.data["params"] == old["params"] and job.data["spec"] == old["spec"]
     sweep = client.get_sweep(sweep_id)
     assert sweep.wait(timeout=60) == "finished"
-    assert sweep.total == 9 and sweep.superseded == 3 and sweep.progress == 1.0
+    assert (sweep.total, sweep.superseded, sweep.points, sweep.progress) == (9, 3, 6, 1.0)
     assert (sweep.counts["succeeded"], sweep.counts["failed"]) == (6, 0), sweep.counts
     board = sweep.leaderboard("loss", top=10)
     assert [entry["params"]["x"] for entry in board] == [0, 1, 2, 3, 4, 5]  # the reruns are ranked with the rest

@@ -48,6 +48,8 @@ class SweepOut(BaseModel):
     parameters: list[str]
     max_concurrency: int | None
     total: int
+    superseded: int
+    points: int
     counts: dict[str, int]
     progress: float
 

@@ -48,7 +48,8 @@ def latest_counts(sweep: Sweep, counts: dict[str, int]) -> dict[str, int]:
 def sweep_dict(sweep: Sweep, all_counts: dict[str, int]) -> dict[str, Any]:
     """The sweep object of the API: definition, state counts and progress of each point's latest run.
 
-    `total` counts every job of the sweep; `superseded`, those rerun by a later job of it.
+    `total` counts every job of the sweep; `superseded`, those rerun by a later job of it; `points`,
+    the rest (each point's latest run), which `counts` and `progress` are about.
     """
     counts = latest_counts(sweep, all_counts)
     superseded = sum((sweep.superseded or {}).values())
@@ -66,6 +67,7 @@ def sweep_dict(sweep: Sweep, all_counts: dict[str, int]) -> dict[str, Any]:
         "max_concurrency": sweep.max_concurrency,
         "total": sweep.total,
         "superseded": superseded,
+        "points": points,
         "counts": dict(counts),
         "progress": round(done / points, 6) if points > 0 else 1.0,
         "cancel_requested": sweep.cancel_requested,
