@@ -532,12 +532,18 @@ def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
         console.print(f"ended: {d['reason']}", highlight=False)
     if d.get("depends_on"):
         _print_dependencies(d["depends_on"])
-    table = Table("ATTEMPT", "STATE", "REASON", "NODES", "GPUS", "EXIT CODES", "STARTED", "ENDED")
+    if d.get("superseded_by"):
+        console.print(f"rerun in its sweep as {d['superseded_by']}", highlight=False)
+    if d.get("retries_by_rule"):
+        used = ", ".join(f"{rule} {count}" for rule, count in sorted(d["retries_by_rule"].items()))
+        console.print(f"retries by rule: {used}", highlight=False)
+    table = Table("ATTEMPT", "STATE", "REASON", "RETRIED BY", "NODES", "GPUS", "EXIT CODES", "STARTED", "ENDED")
     for a in d.get("attempts", []):
         table.add_row(
             str(a["number"]),
             a["state"],
             a["reason"] or "",
+            a.get("retried_by") or "",
             ",".join(a["nodes"]),
             json.dumps(a["gpus"]),
             json.dumps(a["exit_codes"]),

@@ -1,4 +1,4 @@
-"""`trainyard sweep …`: submit a sweep file; show progress, state counts, the leaderboard and a plot; cancel."""
+"""`trainyard sweep …`: submit a sweep file; show progress, state counts, the leaderboard and a plot; rerun; cancel."""
 
 from __future__ import annotations
 
@@ -90,10 +90,16 @@ def _leaderboard_table(data: dict[str, Any]) -> Table:
     return table
 
 
+def _points(data: dict[str, Any]) -> int:
+    """Points of the sweep: its jobs less those rerun inside it (counts and progress are about these)."""
+    return int(data.get("points", data["total"]))
+
+
 def _print_sweep(data: dict[str, Any]) -> None:
+    rerun = f" ({data['superseded']:,} rerun)" if data.get("superseded") else ""
     console.print(
         f"[bold]{data['id']}[/bold] {data['name']}  state={data['state']}  kind={data['kind']}  "
-        f"jobs={data['total']:,}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
+        f"jobs={data['total']:,}{rerun}  max_concurrency={data.get('max_concurrency') or 'unlimited'}  "
         f"progress={data['progress']:.1%}",
         highlight=False,
     )
@@ -110,11 +116,11 @@ def _watch(sweep: Sweep) -> None:
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
-        task = progress.add_task(sweep.id, total=sweep.data["total"])
+        task = progress.add_task(sweep.id, total=_points(sweep.data))
         while True:
             data = sweep.refresh().data
             done = sum(data["counts"].get(s, 0) for s in TERMINAL_STATES)
-            progress.update(task, total=data["total"], completed=done, description=f"{sweep.id} {_counts_line(data)}")
+            progress.update(task, total=_points(data), completed=done, description=f"{sweep.id} {_counts_line(data)}")
             if data["state"] in ("finished", "cancelled"):
                 return
             time.sleep(WATCH_POLL_S)
@@ -179,6 +185,34 @@ def sweep_cancel(sweep_id: str) -> None:
     except TrainyardError as exc:
         _fail(str(exc))
     console.print(f"{sweep_id} {data['state']}: {_counts_line(data)}", highlight=False)
+
+
+RERUNS_LISTED_MAX = 20
+
+
+@sweep_app.command("rerun")
+def sweep_rerun(
+    sweep_id: str,
+    failed: Annotated[bool, typer.Option("--failed", help="only the points that failed or were cancelled")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep and its reruns as JSON")] = False,
+) -> None:
+    """Rerun a sweep's ended points inside the sweep: new jobs with the same values, linked to the old ones."""
+    try:
+        data = Client().rerun_sweep(sweep_id, failed=failed).data
+    except SpecRejected as exc:
+        _problems(exc.problems)
+    except TrainyardError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(data)
+        return
+    reruns = data.get("reruns", [])
+    which = "failed or cancelled points" if failed else "ended points"
+    console.print(f"{sweep_id}: {len(reruns):,} {which} rerun; {_counts_line(data)}", highlight=False)
+    for item in reruns[:RERUNS_LISTED_MAX]:
+        console.print(f"{item['id']} queued (rerun of {item['rerun_of']})", highlight=False)
+    if len(reruns) > RERUNS_LISTED_MAX:
+        console.print(f"… and {len(reruns) - RERUNS_LISTED_MAX:,} more (--json lists them all)", highlight=False)
 
 
 @sweep_app.command("list")

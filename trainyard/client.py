@@ -223,6 +223,12 @@ class Sweep(_ApiObject):
         self.data = self._client.cancel_sweep(self.id).data
         return self
 
+    def rerun(self, failed: bool = False) -> Sweep:
+        """Rerun the ended points (only failed and cancelled ones with `failed`) inside this sweep;
+        `data["reruns"]` lists each new job with the job it reruns."""
+        self.data = self._client.rerun_sweep(self.id, failed=failed).data
+        return self
+
     def wait(self, timeout: float | None = None, poll_s: float = WAIT_POLL_S) -> str:
         """Block until no job of the sweep can run any more; returns `finished` or `cancelled`.
 
@@ -640,6 +646,12 @@ class Client:
 
     def cancel_sweep(self, sweep_id: str) -> Sweep:
         return Sweep(self, self._request("POST", f"/v1/sweeps/{sweep_id}:cancel", idempotent=True))
+
+    def rerun_sweep(self, sweep_id: str, failed: bool = False) -> Sweep:
+        """Rerun a sweep's ended points inside it (only those that failed or were cancelled with
+        `failed`): new jobs with the same values, each linked by `rerun_of` to the job it reruns,
+        listed in `data["reruns"]`. Not retried after it may have been sent, like `rerun`."""
+        return Sweep(self, self._request("POST", f"/v1/sweeps/{sweep_id}:rerun", json={"failed": failed}))
 
     # -- nodes ---------------------------------------------------------------------------------
 

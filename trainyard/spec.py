@@ -8,10 +8,11 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -446,6 +447,69 @@ class Dependency(_Strict):
 
 
 MAX_DEPENDENCIES = 1000
+# Why an attempt ended that a `retry:` rule may name (SPEC §11). `cancelled` is the user's own
+# decision and `preempted` is the scheduler's: neither is ever the job's fault to retry or cap.
+RETRY_REASONS = ("wall_clock", "prepare_failed", "mount_failed", "node_lost")
+MAX_RETRY_RULES = 16
+MAX_RETRY_BACKOFF_S = 86400.0
+_NEVER_RETRIED = {
+    "cancelled": "a cancelled job is never retried",
+    "preempted": "a preempted job is always queued again; a rule may not cap it",
+    "exit": "name the exit codes to retry in exit_codes (max_retries covers any non-zero exit)",
+}
+
+
+def _retry_reason(value: str) -> str:
+    if value in RETRY_REASONS:
+        return value
+    raise ValueError(
+        _NEVER_RETRIED.get(value, f"{value!r} is not a reason a rule may retry ({', '.join(RETRY_REASONS)})")
+    )
+
+
+def _retry_exit_code(value: int) -> int:
+    if not 1 <= value <= 255:
+        raise ValueError("must be an exit code 1-255 (0 is success: never retried; signal N exits 128+N)")
+    return value
+
+
+def parse_backoff_s(value: Any) -> float:
+    """A rule's backoff: seconds or a duration (`30s`, `2m`); 0 retries at the next scheduling pass."""
+    if value in (0, "0", "0s") and not isinstance(value, bool):
+        return 0.0
+    seconds = parse_duration_s(value)
+    if seconds > MAX_RETRY_BACKOFF_S:
+        raise ValueError("must be at most 1d")
+    return seconds
+
+
+class RetryRule(_Strict):
+    """One `retry:` rule: the attempts it matches, how many times it retries them, and how long it waits.
+
+    An attempt matches when it ended by its own exit with one of `exit_codes`, or for one of
+    `reasons`. Without `backoff` the wait is max_retries' exponential backoff.
+    """
+
+    exit_codes: list[Annotated[int, AfterValidator(_retry_exit_code)]] = Field(default_factory=list, max_length=255)
+    reasons: list[Annotated[str, AfterValidator(_retry_reason)]] = Field(default_factory=list)
+    max: int = Field(default=3, ge=0, le=100)
+    backoff: float | None = None
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _backoff_duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_backoff_s(value)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> RetryRule:
+        if not self.exit_codes and not self.reasons:
+            raise ValueError("a rule needs exit_codes or reasons: which attempts it retries")
+        return self
+
+    def matches(self, reason: str, exit_code: int | None) -> bool:
+        if reason == "exit":
+            return exit_code in self.exit_codes
+        return reason in self.reasons
 
 
 class JobSpec(_Strict):
@@ -476,6 +540,7 @@ class JobSpec(_Strict):
     checkpoint_interval_s: float = Field(default=DEFAULT_CHECKPOINT_INTERVAL_S, ge=1, le=7 * 86400)
     container: ContainerSettings | None = None
     depends_on: list[Dependency] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+    retry: list[RetryRule] = Field(default_factory=list, max_length=MAX_RETRY_RULES)
 
     @field_validator("command")
     @classmethod
@@ -560,6 +625,10 @@ class JobSpec(_Strict):
     def host_paths(self) -> list[str]:
         """The host directories this job's volumes need on a node (placement asks the node for them)."""
         return sorted({os.path.normpath(str(v.path)) for v in self.volumes if v.kind == "host" and v.path})
+
+    def stored_retry_rules(self) -> list[dict[str, Any]] | None:
+        """The `retry:` rules as a job row keeps them for the scheduler (None: no rules)."""
+        return [rule.model_dump(mode="json") for rule in self.retry] or None
 
     def public_dict(self) -> dict[str, Any]:
         """The spec as stored and shown: secrets replaced by their names only."""

@@ -78,6 +78,7 @@ class AttemptOut(_Open):
     nodes: list[str]
     gpus: list[list[int]]
     exit_codes: list[int | None]
+    retried_by: str | None = Field(None, description='what queued the job again after it: "retry[N]" or "max_retries"')
     started_at: str | None
     ended_at: str | None
 

@@ -1,4 +1,4 @@
-"""Sweep routes: submit a sweep, show it (counts, progress, leaderboard), add points, cancel, list."""
+"""Sweep routes: submit a sweep, show it (counts, progress, leaderboard), add points, rerun, cancel, list."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from trainyard.crypto import encrypt_secrets
 from trainyard.db import sweep_queries
 from trainyard.db.jobs import NewJob
 from trainyard.db.models import Sweep
-from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, sweep_digest
+from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, rerun_points, sweep_digest
 from trainyard.spec import SpecError
 
 router = APIRouter(prefix="/v1")
@@ -49,8 +49,29 @@ class SweepOut(BaseModel):
     parameters: list[str]
     max_concurrency: int | None
     total: int
+    superseded: int
+    points: int
     counts: dict[str, int]
     progress: float
+
+
+class SweepRerun(BaseModel):
+    """`POST /v1/sweeps/{id}:rerun`: `failed` reruns only the points that failed or were cancelled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: bool = False
+
+
+class RerunJob(BaseModel):
+    id: str
+    rerun_of: str
+
+
+class SweepRerunOut(SweepOut):
+    """The sweep after the rerun, and each new job with the job it reruns."""
+
+    reruns: list[RerunJob]
 
 
 class SweepPage(BaseModel):
@@ -242,3 +263,28 @@ def cancel(request: Request, sweep_id: str, who: Principal = require("user")) ->
     _wake_scheduler(request)
     with sessions() as session:
         return sweep_queries.load_sweep_dict(session, _sweep_or_404(session, sweep_id, who))
+
+
+@router.post(
+    "/sweeps/{sweep_id}:rerun",
+    status_code=201,
+    summary="Rerun a sweep's ended points (only failed and cancelled ones with failed: true) inside the sweep",
+    response_model=SweepRerunOut,
+    responses=_CHANGE_RESPONSES,
+)
+def rerun(
+    request: Request, sweep_id: str, body: SweepRerun | None = Body(None), who: Principal = require("user")
+) -> Any:
+    failed_only = body.failed if body is not None else False
+    sessions = request.app.state.sessions
+    try:
+        with sessions.begin() as session:
+            _sweep_or_404(session, sweep_id, who)
+            pairs = rerun_points(session, sweep_id, failed_only, actor=who.name)
+    except SweepConflict as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    if pairs:
+        _wake_scheduler(request)
+    with sessions() as session:
+        data = sweep_queries.load_sweep_dict(session, _sweep_or_404(session, sweep_id, who))
+    return {**data, "reruns": [{"id": new, "rerun_of": old} for new, old in pairs]}

@@ -85,6 +85,8 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime, edges: Sequence[Edge
         "preemptible": spec.preemptible,
         "max_retries": spec.max_retries,
         "retries_used": 0,
+        "retry_rules": spec.stored_retry_rules(),
+        "retries_by_rule": None,
         "spec": _public_json(spec),
         "secrets_enc": new.secrets_enc,
         "idempotency_key": spec.idempotency_key,
@@ -215,6 +217,7 @@ def attempt_dict(attempt: Attempt, parts: Sequence[Part]) -> dict[str, Any]:
         "nodes": [p.node_id for p in ordered],
         "gpus": [list(p.gpus) for p in ordered],
         "exit_codes": [p.exit_code for p in ordered],
+        "retried_by": attempt.retried_by,
         "started_at": iso(attempt.started_at),
         "ended_at": iso(attempt.ended_at),
         "logs_complete": attempt.logs_complete,
@@ -239,6 +242,7 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         "nodes": job.nodes,
         "retries_used": job.retries_used,
         "max_retries": job.max_retries,
+        "retries_by_rule": job.retries_by_rule or {},
         "sweep_id": job.sweep_id,
         "cancel_requested": job.cancel_requested,
         "spec": job.spec,
@@ -249,6 +253,7 @@ def job_dict(job: Job, attempts: Sequence[dict[str, Any]] | None = None) -> dict
         # Why it ended where no attempt says so (`dependency_failed`): load_job_dict fills in the last attempt's.
         "reason": job.end_reason,
         "waiting_on": job.waiting_on,
+        "superseded_by": job.superseded_by,
     }
     if attempts is not None:
         data["attempts"] = list(attempts)

@@ -54,6 +54,10 @@ class Job(Base):
     preemptible: Mapped[bool] = mapped_column(Boolean, default=False)
     max_retries: Mapped[int] = mapped_column(Integer, default=3)
     retries_used: Mapped[int] = mapped_column(Integer, default=0)
+    # The spec's `retry:` rules (None: none), kept on the row because sweep points store no spec,
+    # and how many retries each rule has made so far ({"retry[0]": 2}).
+    retry_rules: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    retries_by_rule: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pending_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -66,6 +70,9 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metrics_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rerun_of: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # `rerun`: the job rerun
+    # A sweep point rerun inside its sweep (`sweep rerun`): the point's new job. The sweep's counts
+    # and leaderboard describe each point's latest run, so they leave this one out.
+    superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Dependencies (`depends_on`) of this job not yet met: the queue skips the job while above zero.
     waiting_on: Mapped[int] = mapped_column(Integer, default=0)
@@ -95,6 +102,8 @@ class Attempt(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[str] = mapped_column(String(16), default="scheduled")
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # What queued the job again after this attempt: a rule ("retry[0]"), "max_retries", or None.
+    retried_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -241,6 +250,9 @@ class Sweep(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # As on Job: dependency edges on this sweep not yet resolved (scheduler/gate.py).
     dependants_waiting: Mapped[int] = mapped_column(Integer, default=0)
+    # Points rerun inside the sweep, by the state they had ended in ({"failed": 3}): their jobs stay,
+    # and the counts leave them out (terminal states never change, so these counts stay true).
+    superseded: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

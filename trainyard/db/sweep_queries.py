@@ -39,8 +39,21 @@ def sweep_state(sweep: Sweep, counts: dict[str, int]) -> str:
     return "running" if active else "finished"
 
 
-def sweep_dict(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
-    """The sweep object of the API: definition, state counts and progress."""
+def latest_counts(sweep: Sweep, counts: dict[str, int]) -> dict[str, int]:
+    """Counts of each point's latest run: jobs rerun inside the sweep are left out."""
+    superseded = sweep.superseded or {}
+    return {state: max(0, count - int(superseded.get(state, 0))) for state, count in counts.items()}
+
+
+def sweep_dict(sweep: Sweep, all_counts: dict[str, int]) -> dict[str, Any]:
+    """The sweep object of the API: definition, state counts and progress of each point's latest run.
+
+    `total` counts every job of the sweep; `superseded`, those rerun by a later job of it; `points`,
+    the rest (each point's latest run), which `counts` and `progress` are about.
+    """
+    counts = latest_counts(sweep, all_counts)
+    superseded = sum((sweep.superseded or {}).values())
+    points = sweep.total - superseded
     done = sum(counts.get(state, 0) for state in TERMINAL_STATES)
     return {
         "id": sweep.id,
@@ -53,8 +66,10 @@ def sweep_dict(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
         "definition": sweep.definition,
         "max_concurrency": sweep.max_concurrency,
         "total": sweep.total,
+        "superseded": superseded,
+        "points": points,
         "counts": dict(counts),
-        "progress": round(done / sweep.total, 6) if sweep.total else 1.0,
+        "progress": round(done / points, 6) if points > 0 else 1.0,
         "cancel_requested": sweep.cancel_requested,
         "created_at": iso(sweep.created_at),
         "template": sweep.template,
@@ -66,12 +81,15 @@ def load_sweep_dict(session: Session, sweep: Sweep) -> dict[str, Any]:
 
 
 def leaderboard(session: Session, sweep_id: str, metric: str, order: str, limit: int) -> list[dict[str, Any]]:
-    """The sweep's points that reported `metric`, best first (`order` min or max), ties by submit order."""
+    """The sweep's points that reported `metric`, best first (`order` min or max), ties by submit order.
+
+    A point rerun inside the sweep is ranked by its latest run only.
+    """
     value = Job.metrics[metric].as_float()
     ranked = value.asc() if order == "min" else value.desc()
     rows = session.execute(
         select(Job.id, Job.name, Job.state, Job.params, Job.metrics, Job.metrics_step, value)
-        .where(Job.sweep_id == sweep_id, Job.metrics.is_not(None), value.is_not(None))
+        .where(Job.sweep_id == sweep_id, Job.metrics.is_not(None), value.is_not(None), Job.superseded_by.is_(None))
         .order_by(ranked, Job.seq)
         .limit(limit)
     ).tuples()

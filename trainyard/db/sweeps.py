@@ -62,6 +62,8 @@ def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datet
         "preemptible": template.preemptible,
         "max_retries": template.max_retries,
         "retries_used": 0,
+        "retry_rules": template.stored_retry_rules(),
+        "retries_by_rule": None,
         "spec": {},
         "secrets_enc": None,
         "idempotency_key": None,
@@ -73,14 +75,21 @@ def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datet
     }
 
 
-def _insert_points(session: Session, sweep: Sweep, points: Sequence[sweeps.Point], first_index: int) -> None:
-    """One compact job row per point, in bulk: only id, name, seq and params differ between them."""
+def _insert_points(
+    session: Session,
+    sweep: Sweep,
+    points: Sequence[sweeps.Point],
+    first_index: int,
+    rerun_of: Sequence[str] | None = None,
+) -> list[str]:
+    """One compact job row per point, in bulk: only id, name, seq and params differ between them
+    (and `rerun_of`, for points rerun). Returns the new jobs' ids."""
     # The stored template holds secrets as names only: they are withheld here, kept encrypted on the sweep.
     template = JobSpec.model_validate({**sweep.template, "secrets": {}}, context={"secrets_withheld": True})
     shared = _shared_values(template, sweep.id, sweep.experiment, utcnow())
     encoder = sweeps.PointEncoder(str(sweep.template["name"]))
     base_seq = reserve_seq(len(points))
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for offset, point in enumerate(points):
         job_name, params = encoder.encode(point)
         if len(job_name) > 200:
@@ -89,12 +98,17 @@ def _insert_points(session: Session, sweep: Sweep, points: Sequence[sweeps.Point
     edges = _template_edges(session, template)
     if edges:  # every point waits on the template's dependencies: the same count and words for all
         shared.update(waiting_on=len(edges), pending_reason=waiting_reason([e.waiting for e in edges]))
-    insert_shared(session, Job.__table__, ("id", "name", "seq", "params"), rows, shared)  # type: ignore[arg-type]
+    columns: tuple[str, ...] = ("id", "name", "seq", "params")
+    if rerun_of is not None:
+        columns += ("rerun_of",)
+        rows = [(*row, old) for row, old in zip(rows, rerun_of, strict=True)]
+    insert_shared(session, Job.__table__, columns, rows, shared)  # type: ignore[arg-type]
     if edges:
         counts: dict[tuple[str, str], int] = {}
         for edge in edges:
             counts[(edge.kind, edge.target_id)] = counts.get((edge.kind, edge.target_id), 0) + len(rows)
         store_edges(session, edge_rows([row[0] for row in rows], edges), counts)
+    return [str(row[0]) for row in rows]
 
 
 def _template_edges(session: Session, template: JobSpec) -> list[Edge]:
@@ -148,26 +162,84 @@ def create_sweep(
     return sweep_id
 
 
-def add_points(session: Session, sweep_id: str, points: Sequence[sweeps.Point], actor: str = "") -> int:
-    """Append points to a sweep that is not cancelled; returns the index of the first new one."""
+def _claim_ids(session: Session, sweep_id: str, count: int, open_only: bool = True) -> tuple[Sweep, int]:
+    """Reserve `count` job ids after the sweep's last: (the sweep, the first new index).
+
+    `open_only`: refuse a cancelled sweep (SweepConflict).
+    """
     for _ in range(5):
         sweep = session.get(Sweep, sweep_id, populate_existing=True)
         if sweep is None:
             raise KeyError(sweep_id)
-        if sweep.cancel_requested:
+        if open_only and sweep.cancel_requested:
             raise SweepConflict(f"sweep {sweep_id} is cancelled")
         first = sweep.total
         # CAS on total: two concurrent additions must not hand out the same job ids.
         claimed = rowcount(session.execute(
             update(Sweep).where(Sweep.id == sweep_id, Sweep.total == first)
-            .values(total=first + len(points), updated_at=utcnow())
+            .values(total=first + count, updated_at=utcnow())
         ))  # fmt: skip
         if claimed:
-            _insert_points(session, sweep, points, first)
-            detail = {"sweep": sweep_id, "points": len(points), "first": first}
-            session.add(Event(kind="sweep_points_added", actor=actor, detail=detail))
-            return first
+            return sweep, first
     raise SweepConflict(f"sweep {sweep_id} is being changed by someone else; try again")
+
+
+def add_points(session: Session, sweep_id: str, points: Sequence[sweeps.Point], actor: str = "") -> int:
+    """Append points to a sweep that is not cancelled; returns the index of the first new one."""
+    sweep, first = _claim_ids(session, sweep_id, len(points))
+    _insert_points(session, sweep, points, first)
+    detail = {"sweep": sweep_id, "points": len(points), "first": first}
+    session.add(Event(kind="sweep_points_added", actor=actor, detail=detail))
+    return first
+
+
+# The points `sweep rerun --failed` reruns: those that ended without succeeding.
+RERUN_FAILED_STATES = (JobState.FAILED.value, JobState.CANCELLED.value)
+ENDED = tuple(state.value for state in JobState if state.is_terminal())
+
+
+def rerun_points(session: Session, sweep_id: str, failed_only: bool, actor: str = "") -> list[tuple[str, str]]:
+    """Rerun the sweep's ended points (only failed and cancelled ones with `failed_only`) inside it.
+
+    Each rerun is a new point of the same sweep with the same values (so the same spec, secrets
+    and max_concurrency), `rerun_of` naming the job it reruns; that job is marked superseded, so
+    the sweep's counts and leaderboard follow each point's latest run. Points still queued or
+    running are left alone. A cancelled sweep whose jobs have all ended is opened again.
+    Returns (new job id, job it reruns) pairs; the caller commits.
+    """
+    now = utcnow()
+    # Lock the sweep row first: concurrent reruns (and point additions) of this sweep queue up
+    # here, so the second one sees the first one's reruns and no point is rerun twice.
+    if not rowcount(session.execute(update(Sweep).where(Sweep.id == sweep_id).values(updated_at=now))):
+        raise KeyError(sweep_id)
+    sweep = session.get(Sweep, sweep_id, populate_existing=True)
+    assert sweep is not None
+    if sweep.cancel_requested:
+        still_active = session.scalar(select(func.count()).where(Job.sweep_id == sweep_id, Job.state.in_(NOT_TERMINAL)))
+        if still_active:
+            raise SweepConflict(f"sweep {sweep_id} is still cancelling ({still_active} jobs); rerun it once they end")
+    states = RERUN_FAILED_STATES if failed_only else ENDED
+    rows = session.execute(
+        select(Job.id, Job.state, Job.params)
+        .where(Job.sweep_id == sweep_id, Job.state.in_(states), Job.superseded_by.is_(None))
+        .order_by(Job.seq)
+    ).tuples().all()  # fmt: skip
+    if not rows:
+        return []
+    sweep, first = _claim_ids(session, sweep_id, len(rows), open_only=False)
+    old_ids = [job_id for job_id, _, _ in rows]
+    new_ids = _insert_points(session, sweep, [dict(params or {}) for _, _, params in rows], first, rerun_of=old_ids)
+    pairs = list(zip(new_ids, old_ids, strict=True))
+    session.execute(update(Job), [{"id": old, "superseded_by": new} for new, old in pairs])
+    superseded = dict(sweep.superseded or {})
+    for _, state, _ in rows:
+        superseded[state] = superseded.get(state, 0) + 1
+    session.execute(
+        update(Sweep).where(Sweep.id == sweep_id).values(superseded=superseded, cancel_requested=False, updated_at=now)
+    )
+    detail = {"sweep": sweep_id, "points": len(pairs), "first": first, "failed_only": failed_only}
+    session.add(Event(at=now, kind="sweep_rerun", actor=actor, detail=detail))
+    return pairs
 
 
 def cancel_sweep(session: Session, sweep_id: str, actor: str = "") -> dict[str, int]:

@@ -7,9 +7,8 @@ changes no row, is counted as stale and answered with a stop message for that at
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,15 +16,18 @@ from sqlalchemy.orm import Session
 
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Node, Part
+from trainyard.scheduler import retries
 from trainyard.spec import ACTIVE_STATES, AttemptReason, AttemptState, JobState, NodeState, PartState, state_values
 
 log = logging.getLogger(__name__)
 
-RETRY_BACKOFF_BASE_S = 1.0
-RETRY_BACKOFF_MAX_S = 300.0
-# Reasons that put the job back in the queue without using one of its retries.
+# Reasons that put the job back in the queue without using one of its retries (a `retry:` rule
+# naming node_lost caps those requeues and delays them by its backoff).
 REQUEUE_REASONS = frozenset({"node_lost", "node_shutdown", "preempted"})
-_RNG = random.Random()
+# Re-exported: tests and benchmarks read the backoff from here.
+RETRY_BACKOFF_BASE_S = retries.RETRY_BACKOFF_BASE_S
+RETRY_BACKOFF_MAX_S = retries.RETRY_BACKOFF_MAX_S
+retry_delay_s = retries.retry_delay_s
 
 
 @dataclass
@@ -43,16 +45,6 @@ class Effects:
 def may_have_secrets(job: Job) -> bool:
     """Whether an attempt of this job was sent secrets: its own, or (a sweep point) its sweep's."""
     return job.secrets_enc is not None or job.sweep_id is not None
-
-
-def retry_delay_s(retry_number: int, rng: random.Random | None = None) -> float:
-    """Exponential backoff, jittered over its upper half: a job that keeps failing yields to the others.
-
-    The ceiling doubles per retry up to RETRY_BACKOFF_MAX_S; the jitter spreads jobs that failed
-    together. `rng` is for tests (the module's generator otherwise).
-    """
-    ceiling = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * (2 ** max(0, retry_number - 1)))
-    return (rng or _RNG).uniform(ceiling / 2, ceiling)
 
 
 def _record_stale(session: Session, effects: Effects, event: dict[str, Any], now: datetime) -> None:
@@ -166,17 +158,18 @@ def _finish_loaded(
     attempt = parts[0].attempt
     if job.attempt != attempt or job.state not in ACTIVE_STATES:
         return
-    values, attempt_state, reason = _transition(job, parts, now)
-    for name, value in values.items():
+    moved = _transition(job, parts, now)
+    for name, value in moved.values.items():
         setattr(job, name, value)
     if row is not None:
-        row.state, row.reason, row.ended_at = attempt_state, reason, now
+        row.state, row.reason, row.ended_at = moved.attempt_state, moved.reason, now
+        row.retried_by = moved.retried_by
         row.logs_complete = all(p.logs_complete for p in parts)
     effects.ended_attempts.append((job.id, attempt))
     if may_have_secrets(job):
         effects.ended_with_secrets.append((job.id, attempt))
-    if values["state"] == JobState.QUEUED.value:
-        session.add(Event(at=now, kind="requeued", job_id=job.id, attempt=attempt, detail={"reason": reason}))
+    if moved.requeued:
+        session.add(Event(at=now, kind="requeued", job_id=job.id, attempt=attempt, detail=moved.event_detail()))
 
 
 def part_started(session: Session, event: dict[str, Any], now: datetime, effects: Effects) -> None:
@@ -245,56 +238,99 @@ def _first_failure(parts: list[Part]) -> int | None:
     return None
 
 
-def _transition(job: Job, parts: list[Part], now: datetime) -> tuple[dict[str, Any], str, str]:
-    """Where a job goes when its current attempt has ended: (job column values, attempt state, reason)."""
+@dataclass(frozen=True)
+class _Transition:
+    """Where a job goes when its current attempt has ended: its column values, and the attempt's end."""
+
+    values: dict[str, Any]
+    attempt_state: str
+    reason: str
+    retried_by: str | None = None
+
+    @property
+    def requeued(self) -> bool:
+        return bool(self.values["state"] == JobState.QUEUED.value)
+
+    def event_detail(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"reason": self.reason}
+        if self.retried_by is not None:
+            detail["retried_by"] = self.retried_by
+        return detail
+
+
+def _transition(job: Job, parts: list[Part], now: datetime) -> _Transition:
     attempt = parts[0].attempt
     reason, exit_code = _attempt_outcome(parts, job)
     if reason == "node_shutdown":
         reason = AttemptReason.NODE_LOST.value
     values: dict[str, Any] = {"updated_at": now, "exit_code": exit_code}
     if reason in REQUEUE_REASONS and not job.cancel_requested:
-        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=None)
-        return values, AttemptState.REQUEUED.value, reason
+        return _requeue(job, attempt, values, reason, now)
     if reason == "exit" and exit_code == 0:
         values.update(state=JobState.SUCCEEDED.value, ended_at=now)
-        return values, AttemptState.SUCCEEDED.value, reason
+        return _Transition(values, AttemptState.SUCCEEDED.value, reason)
     if reason == "cancelled":
         values.update(state=JobState.CANCELLED.value, ended_at=now)
-        return values, AttemptState.CANCELLED.value, reason
-    if reason in ("exit", "prepare_failed", "mount_failed") and job.retries_used < job.max_retries:
-        delay_s = retry_delay_s(job.retries_used + 1)
-        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, retries_used=job.retries_used + 1,
-                      not_before=now + timedelta(seconds=delay_s))  # fmt: skip
-        return values, AttemptState.FAILED.value, reason
+        return _Transition(values, AttemptState.CANCELLED.value, reason)
+    decision = retries.RetryDecision(retried_by=None)
+    if not job.cancel_requested:  # a job being cancelled is never retried, whatever ended it
+        rules = retries.parse_rules(job.retry_rules)
+        decision = retries.decide(
+            rules, job.retries_by_rule or {}, job.retries_used, job.max_retries, reason, exit_code, now
+        )
+    if decision.retried:
+        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=decision.not_before)
+        values.update(decision.counters, pending_reason=decision.pending_reason(reason, exit_code))
+        return _Transition(values, AttemptState.FAILED.value, reason, decision.retried_by)
     values.update(state=JobState.FAILED.value, ended_at=now)
-    return values, AttemptState.FAILED.value, reason
+    return _Transition(values, AttemptState.FAILED.value, reason)
+
+
+def _requeue(job: Job, attempt: int, values: dict[str, Any], reason: str, now: datetime) -> _Transition:
+    """Node loss and preemption queue the job again, uncounted, unless a rule naming the reason caps it."""
+    decision = retries.rule_decision(retries.parse_rules(job.retry_rules), job.retries_by_rule or {}, reason, None, now)
+    if decision is None:
+        values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=None)
+        return _Transition(values, AttemptState.REQUEUED.value, reason)
+    if not decision.retried:  # the rule's max is spent: the job ends here
+        values.update(state=JobState.FAILED.value, ended_at=now)
+        return _Transition(values, AttemptState.FAILED.value, reason)
+    values.update(state=JobState.QUEUED.value, attempt=attempt + 1, not_before=decision.not_before)
+    values.update(decision.counters, pending_reason=decision.pending_reason(reason, None))
+    return _Transition(values, AttemptState.REQUEUED.value, reason, decision.retried_by)
 
 
 def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now: datetime, effects: Effects) -> None:
     job = session.get(Job, job_id)
     if job is None or job.attempt != attempt or JobState(job.state).is_terminal():
         return
-    values, attempt_state, reason = _transition(job, list(parts), now)
+    moved = _transition(job, list(parts), now)
     # CAS: only the current attempt of a non-terminal job may move it.
-    moved = rowcount(
+    changed = rowcount(
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(state_values(ACTIVE_STATES)))
-            .values(**values)
+            .values(**moved.values)
         )
     )
-    if not moved:
+    if not changed:
         return
     session.execute(
         update(Attempt)
         .where(Attempt.job_id == job_id, Attempt.number == attempt)
-        .values(state=attempt_state, reason=reason, ended_at=now, logs_complete=all(p.logs_complete for p in parts))
+        .values(
+            state=moved.attempt_state,
+            reason=moved.reason,
+            retried_by=moved.retried_by,
+            ended_at=now,
+            logs_complete=all(p.logs_complete for p in parts),
+        )
     )
     effects.ended_attempts.append((job_id, attempt))
     if may_have_secrets(job):
         effects.ended_with_secrets.append((job_id, attempt))
-    if values["state"] == JobState.QUEUED.value:
-        session.add(Event(at=now, kind="requeued", job_id=job_id, attempt=attempt, detail={"reason": reason}))
+    if moved.requeued:
+        session.add(Event(at=now, kind="requeued", job_id=job_id, attempt=attempt, detail=moved.event_detail()))
 
 
 def teardown_attempt(

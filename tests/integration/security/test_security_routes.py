@@ -30,6 +30,7 @@ REQUIRED = {
     ("get", "/v1/pools"), ("put", "/v1/pools/{name}"), ("get", "/healthz"), ("get", "/metrics"),
     ("post", "/v1/volumes"), ("get", "/v1/volumes/{volume_name}"), ("get", "/v1/jobs/{job_id}/outputs"),
     ("get", "/v1/jobs/{job_id}/outputs/{key}"), ("delete", "/v1/tokens/{token_id}"),
+    ("post", "/v1/jobs/{job_id}:rerun"), ("post", "/v1/sweeps/{sweep_id}:rerun"),
 }  # fmt: skip
 # Bodies for operations that take one: each aims at workspace A, so another workspace's caller
 # is refused and no call by a caller that may act has lasting effects beyond workspace A.
@@ -40,6 +41,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/v1/tokens"): {"role": "viewer", "workspace": WS_A},
     ("post", "/v1/sweeps"): {"template": {**_TEMPLATE_A, "name": "sec-forbidden-{x}"}, "grid": {"x": [1]}},
     ("post", "/v1/sweeps/{sweep_id}/points"): {"points": [{"x": 2}]},
+    ("post", "/v1/sweeps/{sweep_id}:rerun"): {"failed": True},
     ("put", "/v1/pools/{name}"): {"min_nodes": 0, "max_nodes": 0},
     ("put", "/v1/pools/{name}/setup"): {"command": "true"},
     ("put", "/v1/pools/{name}/volumes"): {"volumes": []},
