@@ -1,8 +1,8 @@
 """The real components the launcher tests need (Open MPI + mpi4py, Ray, torch, a container engine), found or refused.
 
 A missing component fails the test under CI=true and skips it elsewhere (tests/services.py). The
-Makefile's test target installs them first: scripts/install-mpi.sh, scripts/install-podman.sh and
-the `launchers` extra.
+Makefile's test target installs them first: scripts/install-mpi.sh, scripts/install-intel-mpi.sh
+(Intel MPI in a prefix of its own, off PATH), scripts/install-podman.sh and the `launchers` extra.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from tests.services import unavailable
 
 ROOT = Path(__file__).resolve().parents[3]
 PODMAN_SOCKET = ROOT / ".test-services" / "podman" / "podman.sock"
+# scripts/install-intel-mpi.sh's prefix: never on the default PATH (Open MPI stays every other test's mpirun).
+INTEL_MPI_PREFIX = Path(os.environ.get("INTEL_MPI_PREFIX", ROOT / ".test-services" / "intel-mpi"))
 TEST_IMAGE = "localhost/trainyard-test:busybox"
 
 
@@ -25,6 +27,17 @@ def require_mpi() -> None:
         unavailable("Open MPI is not installed (scripts/install-mpi.sh)")
     if importlib.util.find_spec("mpi4py") is None:
         unavailable("mpi4py is not installed (scripts/install-mpi.sh)")
+
+
+def require_intel_mpi() -> dict[str, str]:
+    """The job variables that put Intel MPI (impi-rt) first for one job: PATH and LD_LIBRARY_PATH."""
+    if not (INTEL_MPI_PREFIX / "bin" / "mpirun").exists():
+        unavailable(f"Intel MPI is not installed in {INTEL_MPI_PREFIX} (scripts/install-intel-mpi.sh)")
+    library_path = os.environ.get("LD_LIBRARY_PATH")
+    return {
+        "PATH": f"{INTEL_MPI_PREFIX / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "LD_LIBRARY_PATH": f"{INTEL_MPI_PREFIX / 'lib'}" + (f":{library_path}" if library_path else ""),
+    }
 
 
 def require_ray() -> None:

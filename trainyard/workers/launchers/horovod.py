@@ -27,4 +27,9 @@ class HorovodLauncher(MpiLauncher):
         return flags
 
     def intel_extra_flags(self, ctx: LaunchContext) -> list[str]:
-        return ["-genv", "NCCL_DEBUG", "INFO"]  # Intel's mpirun forwards the rest of the environment itself
+        flags = ["-genv", "NCCL_DEBUG", "INFO"]
+        environment = self.environment(ctx)
+        forwarded = [name for name in FORWARDED_VARIABLES if name in environment]
+        if forwarded:  # as `-x` above: Intel's mpirun runs with -genvnone
+            flags += ["-genvlist", ",".join(forwarded)]
+        return flags

@@ -8,8 +8,12 @@ they have all ended, with the last one's status. If a rank dies, mpirun aborts t
 
 Intel MPI (and its images) is told apart from Open MPI on the node, when the part starts: if
 `mpirun --version` says "Intel(R) MPI", rank 0 runs Intel's own flags (a `host:K` machine file,
-`-n`, `-ppn`, `-bootstrap rsh -bootstrap-exec <rsh agent>`, `-iface`) instead of Open MPI's `--mca`
-ones; jobs running their own mpirun get the same bootstrap through I_MPI_HYDRA_BOOTSTRAP(_EXEC).
+`-n`, `-ppn`, `-bootstrap rsh -bootstrap-exec <rsh agent>`, `-iface`, `-genvnone`) instead of Open
+MPI's `--mca` ones; jobs running their own mpirun get the same bootstrap through
+I_MPI_HYDRA_BOOTSTRAP(_EXEC), and $AZ_BATCHAI_MPI_HOST_FILE in Hydra's `host:K` format.
+The `mpirun` is the one the part's own PATH finds first (a job's `env.PATH` can put an Intel MPI
+install ahead of the node's Open MPI). Run for real with PyPI's impi-rt 2021.19 on simulated nodes
+(tests/workers/launchers/test_intel_mpi.py, scripts/install-intel-mpi.sh).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 from trainyard.workers.launchers import rsh_agent
@@ -53,6 +58,16 @@ RANK_CWD_WRAPPER = ["/bin/sh", "-c", f'cd "${RANK_WORKDIR_ENV}" && exec "$@"', "
 # mpirun puts its own session base on each daemon's command line: a daemon on another node would
 # make rank 0's path there and leave it behind. A rank host gives its daemons its own instead.
 SESSION_BASE_ARGUMENT = re.compile(r"(\borte_tmpdir_base\s+)(\"[^\"]*\"|'[^']*'|\S+)")
+
+
+def mpirun_program(ctx: LaunchContext, in_container: bool) -> str:
+    """The `mpirun` a part runs: the image's; the first on the job's own PATH when its env sets one; else the node's."""
+    path = (ctx.spec.get("env") or {}).get("PATH")
+    if not in_container and path:
+        found = shutil.which("mpirun", path=str(path))
+        if found:
+            return found
+    return program("mpirun", in_container)
 
 
 def own_mpirun(ctx: LaunchContext) -> bool:
@@ -126,7 +141,19 @@ class MpiLauncher(Launcher):
         interfaces = gang_interfaces(ctx.node_hosts)
         if not interfaces:
             return {}
-        return {"I_MPI_HYDRA_IFACE": interfaces[0], "FI_TCP_IFACE": interfaces[0], "FI_SOCKETS_IFACE": interfaces[0]}
+        return {"I_MPI_HYDRA_IFACE": interfaces[0], **self.intel_rank_network_environment(ctx)}
+
+    def intel_rank_network_environment(self, ctx: LaunchContext) -> dict[str, str]:
+        """What Intel MPI's ranks need to talk over the gang's interface (libfabric's variables)."""
+        interfaces = gang_interfaces(ctx.node_hosts)
+        if not interfaces:
+            return {}
+        env = {"FI_TCP_IFACE": interfaces[0], "FI_SOCKETS_IFACE": interfaces[0]}
+        if interfaces == ["lo"]:
+            # Simulated nodes on one machine (one host name): libfabric's TCP provider between every
+            # pair of ranks, not shared memory across "nodes" (Open MPI's `btl tcp,self` above).
+            env.update(FI_PROVIDER="tcp", I_MPI_FABRICS="ofi")
+        return env
 
     def argv(self, ctx: LaunchContext) -> list[str]:
         if ctx.rank != 0:
@@ -134,9 +161,14 @@ class MpiLauncher(Launcher):
         if own_mpirun(ctx):
             # The command, then each rank host is told the job is over (its mpirun may have spawned nothing there).
             ending = f'for h in "$@"; do {shlex.quote(str(self.rsh_agent_path(ctx)))} "$h" {END_SPAWN}; done'
-            script = f'/bin/sh -c "$0"; rc=$?; {ending}; exit $rc'
+            # Intel MPI's Hydra refuses Open MPI's `host slots=K` lines: its mpirun gets the `host:K` file.
+            intel = (
+                f"if mpirun --version 2>&1 | grep -qF {shlex.quote(INTEL_MPI_BANNER)}; then "
+                f"export AZ_BATCHAI_MPI_HOST_FILE={shlex.quote(str(ctx.workdir / MACHINEFILE_NAME))}; fi; "
+            )
+            script = f'{intel}/bin/sh -c "$0"; rc=$?; {ending}; exit $rc'
             return ["/bin/sh", "-c", script, str(ctx.spec["command"]), *ctx.node_hosts[1:]]
-        script = self.launch_script(ctx, program("mpirun", self.runtime.in_container))
+        script = self.launch_script(ctx, mpirun_program(ctx, self.runtime.in_container))
         return ["/bin/sh", "-c", script, "trainyard-mpi", *RANK_CWD_WRAPPER, *command_argv(ctx.spec["command"])]
 
     def launch_script(self, ctx: LaunchContext, mpirun: str) -> str:
@@ -149,9 +181,14 @@ class MpiLauncher(Launcher):
         )
 
     def intel_mpirun_argv(self, ctx: LaunchContext) -> list[str]:
-        """Intel MPI's mpirun (Hydra): its proxies start on the other nodes through the rsh agent, as orted does."""
+        """Intel MPI's mpirun (Hydra): its proxies start on the other nodes through the rsh agent, as orted does.
+
+        `-genvnone`: each rank keeps its own node's part environment (its TRAINYARD_NODE_RANK, its
+        workdir), as under Open MPI; left alone, Hydra would hand rank 0's to every rank.
+        """
+        rank_env = self.intel_rank_network_environment(ctx)
         return [
-            program("mpirun", self.runtime.in_container),
+            mpirun_program(ctx, self.runtime.in_container),
             "-machinefile",
             str(ctx.workdir / MACHINEFILE_NAME),
             "-n",
@@ -162,6 +199,8 @@ class MpiLauncher(Launcher):
             "rsh",
             "-bootstrap-exec",
             str(self.rsh_agent_path(ctx)),
+            "-genvnone",
+            *[word for name, value in rank_env.items() for word in ("-genv", name, value)],
             *self.intel_network_flags(ctx),
             *self.intel_extra_flags(ctx),
         ]
@@ -176,7 +215,7 @@ class MpiLauncher(Launcher):
 
     def mpirun_argv(self, ctx: LaunchContext) -> list[str]:
         return [
-            program("mpirun", self.runtime.in_container),
+            mpirun_program(ctx, self.runtime.in_container),
             "--hostfile",
             str(self.hostfile(ctx)),
             "-np",
