@@ -96,11 +96,15 @@ def test_mpi_environment_names_the_hostfile_and_allows_root(tmp_path: Path) -> N
 
 
 def test_ray_ports_differ_between_the_nodes_of_a_gang_and_stay_in_range() -> None:
-    ports = [ray_ports(master_port, rank) for master_port in (23456, 39999) for rank in range(4)]
-    for block in (ports[:4], ports[4:]):
+    # 31990: the gang's blocks reach the ceiling and go on from the floor, by whole blocks.
+    masters = (23456, 39999, 31990, 31999, 20000)
+    ports = [ray_ports(master_port, rank) for master_port in masters for rank in range(4)]
+    for i in range(len(masters)):
+        block = ports[4 * i : 4 * i + 4]
         used = [port for p in block for port in vars(p).values()]
         assert len(used) == len(set(used))
-        assert all(20000 <= port < 32768 for port in used)  # below Linux's ephemeral ports
+        assert all(20000 <= port < 32000 for port in used)  # below Linux's ephemeral ports
+        assert all(p.min_worker < p.max_worker for p in block)  # Ray refuses a range that is not ascending
     assert ports[1].node_manager - ports[0].node_manager == PORTS_PER_NODE
 
 

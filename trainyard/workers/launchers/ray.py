@@ -77,12 +77,18 @@ class RayPorts:
 
 
 def ray_ports(master_port: int, rank: int) -> RayPorts:
-    """Each node of the gang gets its own block (simulated nodes share one machine); rank 0's holds the GCS."""
-    span = PORT_CEILING - PORT_FLOOR
-    first = (master_port - PORT_FLOOR) % span + rank * PORTS_PER_NODE
+    """Each node of the gang gets its own block (simulated nodes share one machine); rank 0's holds the GCS.
+
+    The range is cut into whole blocks of PORTS_PER_NODE: rank 0 takes the block that holds the
+    master port, the next ranks the blocks after it, wrapping at the ceiling by whole blocks, so a
+    block never straddles the ceiling (its worker ports stay ascending: min below max).
+    """
+    blocks = (PORT_CEILING - PORT_FLOOR) // PORTS_PER_NODE
+    block = ((master_port - PORT_FLOOR) // PORTS_PER_NODE + rank) % blocks
+    first = PORT_FLOOR + block * PORTS_PER_NODE
 
     def port(index: int) -> int:
-        return PORT_FLOOR + (first + index) % span
+        return first + index
 
     return RayPorts(
         gcs=port(0),
