@@ -161,7 +161,9 @@ class EarlyStopper:
         rules: dict[str, Any] = dict(
             session.execute(
                 select(Sweep.id, Sweep.early_stopping).where(Sweep.id.in_(due), Sweep.early_stopping.is_not(None))
-            ).tuples()
+            )
+            .tuples()
+            .all()
         )
         stopped: list[str] = []
         for sweep_id in due:
