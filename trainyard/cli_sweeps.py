@@ -111,8 +111,19 @@ def _print_sweep(data: dict[str, Any]) -> None:
         console.print(_leaderboard_table(data))
 
 
-def _watch(sweep: Sweep) -> None:
-    """A live progress bar until no job of the sweep can run any more."""
+def _live_best(client: Client, sweep_id: str, metric: str | None, order: str) -> str:
+    """`best loss=0.21 (s…-3 @ step 12)`: the leader by the metric right now (values arrive while jobs run)."""
+    if metric is None:
+        return ""
+    board = client.get_sweep(sweep_id, metric=metric, order=order, top=1).data.get("leaderboard") or []
+    if not board:
+        return f"  {metric}: none yet"
+    lead = board[0]
+    return f"  best {metric}={lead['value']:.4g} ({lead['job_id']} @ step {lead.get('step')})"
+
+
+def _watch(sweep: Sweep, client: Client | None = None, metric: str | None = None, order: str = "min") -> None:
+    """A live progress bar until no job of the sweep can run any more, with the live best value of the metric."""
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -120,7 +131,9 @@ def _watch(sweep: Sweep) -> None:
         while True:
             data = sweep.refresh().data
             done = sum(data["counts"].get(s, 0) for s in TERMINAL_STATES)
-            progress.update(task, total=_points(data), completed=done, description=f"{sweep.id} {_counts_line(data)}")
+            best = _live_best(client, sweep.id, metric, order) if client is not None else ""
+            description = f"{sweep.id} {_counts_line(data)}{best}"
+            progress.update(task, total=_points(data), completed=done, description=description)
             if data["state"] in ("finished", "cancelled"):
                 return
             time.sleep(WATCH_POLL_S)
@@ -163,7 +176,9 @@ def sweep_show(
     try:
         sweep = client.get_sweep(sweep_id)
         if watch:
-            _watch(sweep)
+            rule = sweep.data.get("early_stopping") or {}
+            live_metric = metric or rule.get("metric")  # the early stopping metric, unless --metric names one
+            _watch(sweep, client, live_metric, order if metric else rule.get("mode", order))
         data = client.get_sweep(sweep_id, metric=metric, order=order, top=top).data
         if plot is not None and metric is not None:
             _plot(client, sweep_id, metric, order, plot)

@@ -156,6 +156,15 @@ class Job(_ApiObject):
         done = _wait_until(fetch, lambda d: JobState(d["state"]) in TERMINAL_STATES, timeout, poll_s, f"job {self.id}")
         return str(done["state"])
 
+    def metrics(
+        self, name: str | None = None, attempt: int | None = None, since_step: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The series `trainyard.report` sent, while the job runs and after: `[{step, time, attempt, values}]`.
+
+        (The job's latest value of each metric stays in `job.data["metrics"]`.)
+        """
+        return self._client.job_metrics(self.id, name=name, attempt=attempt, since_step=since_step)
+
     def log_bytes(self, rank: int = 0, stream: str = "stdout", attempt: int | None = None) -> bytes:
         """Everything the stream holds so far, byte-exact."""
         return b"".join(self.log_chunks(rank=rank, stream=stream, attempt=attempt, follow=False))
@@ -480,6 +489,22 @@ class Client:
             if reply["next_cursor"] is None or (limit and len(found) >= limit):
                 return found
             params["cursor"] = reply["next_cursor"]
+
+    def job_metrics(
+        self, job_id: str, name: str | None = None, attempt: int | None = None, since_step: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A job's reported metrics over steps (GET /v1/jobs/{id}/metrics, following its pages)."""
+        params: dict[str, Any] = {"limit": 10_000}
+        for key, value in (("name", name), ("attempt", attempt), ("since_step", since_step)):
+            if value is not None:
+                params[key] = value
+        points: list[dict[str, Any]] = []
+        while True:
+            page = self._request("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+            points.extend(page["points"])
+            if not page.get("next_cursor"):
+                return points
+            params["cursor"] = page["next_cursor"]
 
     def cancel(self, job_id: str) -> Job:
         """Retried like a read: cancelling twice is cancelling once."""

@@ -121,6 +121,7 @@ class AttemptReason(StrEnum):
     PREPARE_FAILED = "prepare_failed"
     MOUNT_FAILED = "mount_failed"
     DEPENDENCY_FAILED = "dependency_failed"  # a job's `depends_on` condition can never hold (no attempt ran)
+    EARLY_STOPPED = "early_stopped"  # a sweep point its sweep's `early_stopping` rule stopped
 
 
 class SpecError(ValueError):

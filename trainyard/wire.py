@@ -45,6 +45,27 @@ class PartExited(_FromNode, _PartKey):
     error: str | None = None
 
 
+class MetricPointIn(_Message):
+    """One `trainyard.report` call: its step (or none), time (seconds since the epoch) and values."""
+
+    step: int | None = None
+    time: float
+    values: dict[str, float | None] = Field(default_factory=dict)
+
+
+class MetricsReported(_FromNode, _PartKey):
+    """New lines of a running part's metrics file (rank 0), read by the node every second or so.
+
+    `offset` and `end` are the byte range of the file they came from: the scheduler applies a
+    batch only if it starts at or after what it stored already, so one that lands twice is ignored.
+    """
+
+    kind: Literal["metrics"] = "metrics"
+    offset: int = Field(ge=0)
+    end: int = Field(ge=0)
+    points: list[MetricPointIn] = Field(default_factory=list, max_length=1000)
+
+
 class LogsDone(_FromNode, _PartKey):
     kind: Literal["logs_done"] = "logs_done"
 
@@ -95,7 +116,15 @@ class Wake(_Message):
 
 
 Event = Annotated[
-    PartStarted | PartExited | LogsDone | NodeRegister | NodeSetupDone | NodeLeaving | Heartbeat | Wake,
+    PartStarted
+    | PartExited
+    | MetricsReported
+    | LogsDone
+    | NodeRegister
+    | NodeSetupDone
+    | NodeLeaving
+    | Heartbeat
+    | Wake,
     Field(discriminator="kind"),
 ]
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)

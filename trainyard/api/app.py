@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from trainyard import __version__, transport
-from trainyard.api import audit, dashboard, jobs, metrics, nodes, outputs, pools, sweeps, tokens, volumes
+from trainyard.api import audit, dashboard, job_metrics, jobs, metrics, nodes, outputs, pools, sweeps, tokens, volumes
 from trainyard.api.errors import AUTH_RESPONSES, install_error_handlers
 from trainyard.api.schemas import Health
 from trainyard.config import Settings, load_settings
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, nodes.router, tokens.router, audit.router, metrics.router, sweeps.router):
         app.include_router(router, responses=AUTH_RESPONSES)
     app.include_router(outputs.router, responses=AUTH_RESPONSES)
+    app.include_router(job_metrics.router, responses=AUTH_RESPONSES)
     app.include_router(pools.router, responses=AUTH_RESPONSES)
     app.include_router(volumes.router, responses=AUTH_RESPONSES)
     app.add_exception_handler(SpecError, jobs.spec_error_handler)

@@ -48,6 +48,7 @@ class SweepOut(BaseModel):
     kind: str
     parameters: list[str]
     max_concurrency: int | None
+    early_stopping: dict[str, Any] | None = None
     total: int
     superseded: int
     points: int

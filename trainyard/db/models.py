@@ -108,6 +108,30 @@ class Attempt(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     logs_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Live metrics of this attempt (scheduler/live_metrics.py): points stored so far, and how far
+    # into the part's metrics file they reach (a batch that lands twice starts before it: ignored).
+    metrics_points: Mapped[int] = mapped_column(Integer, default=0)
+    metrics_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetricPoint(Base):
+    """One `trainyard.report` call of a job's rank 0, as it ran (GET /v1/jobs/{id}/metrics)."""
+
+    __tablename__ = "metric_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    # Copied from the job: early stopping reads a whole sweep's series with one index walk.
+    sweep_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (
+        Index("ix_metric_points_job", "job_id", "attempt", "id"),
+        Index("ix_metric_points_sweep", "sweep_id", "job_id", "attempt"),
+    )
 
 
 class Part(Base):
@@ -253,6 +277,8 @@ class Sweep(Base):
     # Points rerun inside the sweep, by the state they had ended in ({"failed": 3}): their jobs stay,
     # and the counts leave them out (terminal states never change, so these counts stay true).
     superseded: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # The sweep's `early_stopping:` rule (trainyard/early_stopping.py), None: every point runs to its end.
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -65,6 +65,7 @@ def sweep_dict(sweep: Sweep, all_counts: dict[str, int]) -> dict[str, Any]:
         "parameters": list(sweep.parameters),
         "definition": sweep.definition,
         "max_concurrency": sweep.max_concurrency,
+        "early_stopping": sweep.early_stopping,
         "total": sweep.total,
         "superseded": superseded,
         "points": points,

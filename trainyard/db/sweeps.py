@@ -42,6 +42,8 @@ def new_sweep_id() -> str:
 def sweep_digest(spec: sweeps.SweepSpec) -> str:
     """Digest of the whole sweep (secrets included): same key + same sweep → the same sweep."""
     body = spec.model_dump(mode="json", exclude={"idempotency_key"})
+    if body.get("early_stopping") is None:  # digests of sweeps without a rule stay what they were
+        body.pop("early_stopping", None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -153,6 +155,7 @@ def create_sweep(
         id=sweep_id, name=spec.name or template.name, workspace=template.workspace, experiment=experiment,
         kind=spec.kind, definition=spec.definition(), parameters=spec.parameters, template=stored_template,
         secrets_enc=secrets_enc, max_concurrency=spec.max_concurrency, total=len(points), cancel_requested=False,
+        early_stopping=spec.early_stopping.model_dump() if spec.early_stopping is not None else None,
         idempotency_key=spec.idempotency_key, digest=digest, created_at=now, updated_at=now, seq=reserve_seq(1),
     )  # fmt: skip
     session.add(sweep)

@@ -31,7 +31,7 @@ from trainyard.config import Settings
 from trainyard.db.engine import make_engine, make_sessionmaker
 from trainyard.db.models import utcnow
 from trainyard.metrics import START_LATENCY_SECONDS, SchedulerMetrics
-from trainyard.scheduler import housekeeping, outcomes
+from trainyard.scheduler import housekeeping, live_metrics, outcomes
 from trainyard.scheduler.autoscale import Autoscaler
 from trainyard.scheduler.dispatch import Dispatcher
 from trainyard.scheduler.events import EventReader, StreamLost
@@ -70,6 +70,7 @@ class Scheduler:
         self.events = EventReader(self.redis, consumer=f"scheduler-{self.identity}")
         self.nodes = NodeTracker(settings.node_lost_after_s, clock, on_heartbeat=self.metrics.heartbeat)
         self.cancels = housekeeping.CancelStops(clock)
+        self.early_stopper = live_metrics.EarlyStopper(clock)
         self._housekeeping_at = float("-inf")
         self._orphans_at = float("-inf")
         self._full_pass_at = float("-inf")
@@ -118,6 +119,7 @@ class Scheduler:
         self.nodes.reset()  # liveness is judged on heartbeats seen from now on
         self.passes.reset()
         self.cancels.reset()
+        self.early_stopper.reset()
         self._queue_changed = True
         self.events.ensure_group()
         self._consume(self.events.read(pending=True))
@@ -157,18 +159,35 @@ class Scheduler:
     def _apply(self, events: list[dict[str, Any]]) -> None:
         effects = Effects()
         now = utcnow()
+        reported: set[str] = set()
         with self.sessions.begin() as session:
+            # Runs of part events and of metrics events are each applied as one batch, in order:
+            # a part's last metrics land before its exit report (which ends the part).
             part_events: list[dict[str, Any]] = []
-            for event in events:
-                if event.get("kind") in ("part_started", "part_exited"):
-                    part_events.append(event)
-                    continue
-                # Keep the order: part events before this one are applied first.
+            metric_events: list[dict[str, Any]] = []
+
+            def flush() -> None:
                 outcomes.apply_part_events(session, part_events, now, effects)
-                part_events = []
-                session.flush()
-                self._apply_one(session, event, now, effects)
-            outcomes.apply_part_events(session, part_events, now, effects)
+                reported.update(live_metrics.apply_metrics(session, metric_events, now, effects))
+                part_events.clear()
+                metric_events.clear()
+
+            for event in events:
+                kind = event.get("kind")
+                if kind in ("part_started", "part_exited"):
+                    if metric_events:
+                        flush()
+                    part_events.append(event)
+                elif kind == "metrics":
+                    if part_events:
+                        flush()
+                    metric_events.append(event)
+                else:
+                    flush()
+                    session.flush()
+                    self._apply_one(session, event, now, effects)
+            flush()
+        self.early_stopper.dirty.update(reported)  # judged by the next housekeeping, once committed
         for latency_s in effects.start_latencies_s:
             self.metrics.observe(START_LATENCY_SECONDS, latency_s)
         self._after_commit(effects)
@@ -208,6 +227,8 @@ class Scheduler:
             with self.sessions.begin() as session:
                 self.nodes.check(session, effects)
                 self.nodes.resend_setups(session, effects)
+                if self.early_stopper.run(session, utcnow()):
+                    self._queue_changed = True  # their slots free soon: a full pass follows
                 self.cancels.run(session, effects)
                 resend = housekeeping.lost_messages(session, self.nodes.running)
             self._after_commit(effects)

@@ -271,6 +271,8 @@ def _transition(job: Job, parts: list[Part], now: datetime) -> _Transition:
         return _Transition(values, AttemptState.SUCCEEDED.value, reason)
     if reason == "cancelled":
         values.update(state=JobState.CANCELLED.value, ended_at=now)
+        if job.end_reason == AttemptReason.EARLY_STOPPED.value:  # its sweep's rule stopped it
+            reason = AttemptReason.EARLY_STOPPED.value
         return _Transition(values, AttemptState.CANCELLED.value, reason)
     decision = retries.RetryDecision(retried_by=None)
     if not job.cancel_requested:  # a job being cancelled is never retried, whatever ended it

@@ -90,7 +90,7 @@ class NodeAgent:
         # Around each part's command, in this order (see part_runner for the steps).
         self.runner = PartRunner(
             [WallClock(), CheckpointSync(self.storage), Staging(self.storage, self.node_dir, node.node_id),
-             Volumes(self.node_dir), Relay(self.redis), Metrics()],
+             Volumes(self.node_dir), Relay(self.redis), Metrics(self.publish)],
             self,
         )  # fmt: skip
 

@@ -78,3 +78,63 @@ def read_metrics(path: Path) -> dict[str, Any]:
         if isinstance(entry.get("step"), int):
             step = entry["step"]
     return {"metrics": last, "metrics_step": step} if last else {}
+
+
+# -- live metrics: the file tailed while the part runs ----------------------------------------
+
+TAIL_PERIOD_S = 1.0
+# At most this many points per event: a job reporting faster than that each period is thinned
+# (evenly, always keeping the newest), so one chatty job never floods the stream or the database.
+MAX_POINTS_PER_BATCH = 200
+MAX_BYTES_PER_READ = 4 * 1024 * 1024
+
+
+def _point(line: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+        return None
+    step = entry.get("step")
+    when = entry.get("time")
+    values = {
+        str(name): (float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) else None)
+        for name, value in entry["metrics"].items()
+    }  # fmt: skip
+    return {
+        "step": step if isinstance(step, int) and not isinstance(step, bool) else None,
+        "time": float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) else 0.0,
+        "values": values,
+    }
+
+
+def thin(points: list[dict[str, Any]], limit: int = MAX_POINTS_PER_BATCH) -> list[dict[str, Any]]:
+    """At most `limit` points, evenly spaced, the newest always kept."""
+    if len(points) <= limit:
+        return points
+    stride = len(points) / limit
+    picked = [points[int(i * stride)] for i in range(limit - 1)]
+    return [*picked, points[-1]]
+
+
+class MetricsTail:
+    """Reads the complete lines appended to a metrics file since the last read (no thread of its own)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def read(self) -> tuple[int, int, list[dict[str, Any]]]:
+        """(start offset, end offset, points) of what is new; the end is where the next read starts."""
+        start = self.offset
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(start)
+                data = handle.read(MAX_BYTES_PER_READ)
+        except OSError:
+            return start, start, []
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self.offset = start + complete
+        points = [p for line in data[:complete].split(b"\n") if line and (p := _point(line)) is not None]
+        return start, self.offset, thin(points)

@@ -34,7 +34,7 @@ import redis
 from trainyard.storage_adapters import Storage
 from trainyard.workers import checkpoint_sync, staging, volumes
 from trainyard.workers.deadlines import NODE_DEADLINES, Deadline
-from trainyard.workers.job_metrics import metrics_file, read_metrics
+from trainyard.workers.job_metrics import TAIL_PERIOD_S, MetricsTail, metrics_file, read_metrics
 from trainyard.workers.launchers import LaunchContext, Launcher, PrepareFailed, RunningPart, launcher_for
 from trainyard.workers.launchers.rsh_relay import NO_RELAY, NoRelay, RshRelay, relay_for
 from trainyard.workers.logpump import PartLogs
@@ -64,6 +64,7 @@ class PartRun:
     report: dict[str, Any] = field(default_factory=dict)  # more fields for the exit report (metrics)
     timer: Any = None
     syncer: Any = None
+    metrics_tailer: Any = None
 
     def say(self, text: str) -> None:
         """A line from trainyard itself in the part's stderr log."""
@@ -201,16 +202,61 @@ class WallClock(Hook):
             run.timer = None
 
 
+Publish = Callable[[dict[str, Any]], None]
+
+
+class _MetricsTailer:
+    """Sends what rank 0's `trainyard.report` appended, every period, as `metrics` events."""
+
+    def __init__(self, run: PartRun, path: Path, publish: Publish, period_s: float):
+        self.key, self.tail, self.publish, self.period_s = run.key, MetricsTail(path), publish, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"metrics-{run.key[0]}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.send()
+
+    def send(self) -> None:
+        start, end, points = self.tail.read()
+        if points:
+            job_id, attempt, rank = self.key
+            self.publish({"kind": "metrics", "job_id": job_id, "attempt": attempt, "rank": rank,
+                          "offset": start, "end": end, "points": points})  # fmt: skip
+
+    def close(self) -> None:
+        """Stop, then send the rest: it goes out before the exit report (the outbox keeps the order)."""
+        self._stop.set()
+        self._thread.join(self.period_s + 5.0)
+        self.send()
+
+
 class Metrics(Hook):
-    """What `trainyard.report` wrote goes into the exit report, before the working directory goes."""
+    """`trainyard.report` lines go to the scheduler while rank 0 runs, and the last values into the exit report."""
+
+    def __init__(self, publish: Publish | None = None, period_s: float = TAIL_PERIOD_S):
+        self.publish, self.period_s = publish, period_s
+
+    def started(self, run: PartRun) -> None:
+        if self.publish is not None and run.ctx is not None and run.key[2] == 0:
+            run.metrics_tailer = _MetricsTailer(run, metrics_file(run.ctx.workdir), self.publish, self.period_s)
 
     def ended(self, run: PartRun) -> None:
         assert run.ctx is not None
+        self._stop_tailer(run)
         run.report.update(read_metrics(metrics_file(run.ctx.workdir)))
 
     def closed(self, run: PartRun) -> None:
+        self._stop_tailer(run)
         if run.ctx is not None and not run.start_failed:
             shutil.rmtree(run.ctx.workdir, ignore_errors=True)
+
+    @staticmethod
+    def _stop_tailer(run: PartRun) -> None:
+        if run.metrics_tailer is not None:
+            tailer, run.metrics_tailer = run.metrics_tailer, None
+            tailer.close()
 
 
 class PartSteps(Protocol):

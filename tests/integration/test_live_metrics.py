@@ -1,0 +1,115 @@
+"""Live metrics and early stopping on real components (API, scheduler, two workers), both databases.
+
+A 16-point sweep reports a synthetic loss `a/(step+1) + b` for 30 steps, 0.2 s apart; half the
+points have a b far above the others. Under the median stopping rule (grace 5 steps) the bad ones
+end `cancelled` with reason `early_stopped` while the good ones run to the end; a running job's
+series is readable through GET /v1/jobs/{id}/metrics before it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from trainyard.client import Client, SpecRejected
+from trainyard.up import Cluster
+
+pytestmark = pytest.mark.integration
+
+STEPS = 30
+REPORT = (
+    "import os, time, trainyard\n"
+    "b = float(os.environ['TRAINYARD_PARAM_B'])\n"
+    f"for step in range({STEPS}):\n"
+    "    trainyard.report(step=step, loss=1.0 / (step + 1) + b)\n"
+    "    time.sleep(0.2)\n"
+)
+GOOD = [0.10 + 0.01 * i for i in range(8)]
+BAD = [5.0 + i for i in range(8)]
+
+
+def _points() -> list[dict[str, Any]]:
+    """Good and bad interleaved, so each wave of max_concurrency points holds both."""
+    return [{"b": b} for pair in zip(GOOD, BAD, strict=True) for b in pair]
+
+
+def _metrics_while_running(client: Client, job_id: str, timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        points = client.job_metrics(job_id, name="loss")
+        if points:
+            assert client.job(job_id).data["state"] == "running"  # read before the job ended
+            return points
+        time.sleep(0.2)
+    raise AssertionError(f"no live metrics for {job_id} within {timeout_s}s")
+
+
+def test_median_rule_stops_the_bad_points_of_a_sweep_and_lets_the_best_finish(client: Client, cluster: Cluster) -> None:
+    template = {"name": "loss-b{b}", "command": ["python3", "-c", REPORT], "max_retries": 0}
+    sweep = client.submit_sweep(
+        {
+            "template": template,
+            "points": _points(),
+            "max_concurrency": 8,
+            "early_stopping": {"metric": "loss", "mode": "min", "policy": "median", "grace_steps": 5},
+        }
+    )
+    assert sweep.data["early_stopping"]["policy"] == "median"
+    first_good = f"{sweep.id}-0"
+    live = _metrics_while_running(client, first_good, timeout_s=60)
+    assert live[0]["attempt"] == 1 and set(live[0]["values"]) == {"loss"}
+
+    assert sweep.wait(timeout=240) == "finished"
+    jobs = {job.id: job.data for job in sweep.jobs()}
+    by_b = {float(data["params"]["b"]): data for data in jobs.values()}
+    for b in BAD:
+        assert by_b[b]["state"] == "cancelled", (b, by_b[b]["state"])
+        assert by_b[b]["reason"] == "early_stopped"
+        full = client.job(by_b[b]["id"]).data
+        assert full["attempts"][-1]["reason"] == "early_stopped"
+        reported = client.job_metrics(by_b[b]["id"])
+        assert 0 < len(reported) < STEPS  # stopped before its end
+    best = [by_b[b] for b in GOOD[:4]]
+    assert all(data["state"] == "succeeded" for data in best), [d["state"] for d in best]
+    series = client.job(best[0]["id"]).metrics(name="loss")
+    assert [p["step"] for p in series] == list(range(STEPS))
+    assert series[-1]["values"]["loss"] == pytest.approx(1.0 / STEPS + GOOD[0])
+    assert all(p["attempt"] == 1 and p["time"].endswith("Z") for p in series)
+    # Paging and since_step.
+    tail = client.job_metrics(best[0]["id"], since_step=25)
+    assert [p["step"] for p in tail] == [26, 27, 28, 29]
+    page = httpx.get(
+        f"{cluster.api_url}/v1/jobs/{best[0]['id']}/metrics",
+        params={"limit": 10},
+        headers={"Authorization": f"Bearer {cluster.admin_token}"},
+    ).json()
+    assert len(page["points"]) == 10 and page["next_cursor"]
+
+
+def test_job_metrics_need_a_token_and_hide_other_workspaces(client: Client, cluster: Cluster) -> None:
+    job = client.submit({"name": "m", "command": ["python3", "-c", "import trainyard; trainyard.report(step=1, x=2)"]})
+    assert job.wait(timeout=120) == "succeeded"
+    url = f"{cluster.api_url}/v1/jobs/{job.id}/metrics"
+    assert httpx.get(url).status_code == 401
+    token = client._request("POST", "/v1/tokens", json={"role": "viewer", "workspace": "elsewhere"})["token"]
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    assert [p["values"] for p in job.metrics()] == [{"x": 2.0}]
+
+
+def test_bad_early_stopping_is_refused_naming_the_field_and_nothing_is_stored(client: Client) -> None:
+    before = len(client.sweeps())
+    with pytest.raises(SpecRejected) as caught:
+        client.submit_sweep(
+            {
+                "template": {"name": "t", "command": "true {x}"},
+                "grid": {"x": [1]},
+                "early_stopping": {"metric": "loss", "mode": "lowest", "grace_steps": -1},
+            }
+        )
+    assert caught.value.status == 422
+    fields = {p["field"] for p in caught.value.problems}
+    assert {"early_stopping.mode", "early_stopping.grace_steps"} <= fields
+    assert len(client.sweeps()) == before
