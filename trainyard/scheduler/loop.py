@@ -169,6 +169,7 @@ class Scheduler:
                 session.flush()
                 self._apply_one(session, event, now, effects)
             outcomes.apply_part_events(session, part_events, now, effects)
+            outcomes.record_notifications(session, effects, now)
         for latency_s in effects.start_latencies_s:
             self.metrics.observe(START_LATENCY_SECONDS, latency_s)
         self._after_commit(effects)
@@ -210,6 +211,7 @@ class Scheduler:
                 self.nodes.resend_setups(session, effects)
                 self.cancels.run(session, effects)
                 resend = housekeeping.lost_messages(session, self.nodes.running)
+                outcomes.record_notifications(session, effects, utcnow())
             self._after_commit(effects)
             if resend:
                 log.warning("re-sending %d attempt(s) whose messages were lost", len(resend))
