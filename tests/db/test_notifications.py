@@ -9,16 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.webhook_receiver import WebhookReceiver
-from trainyard import notify
+from trainyard import notify, sweeps
 from trainyard.api.notifier import Notifier, NotifierSettings
 from trainyard.db.jobs import NewJob, cancel_job, create_jobs, load_job_dict
-from trainyard.db.models import Notification, WorkspaceSettings
+from trainyard.db.models import Attempt, Job, Node, Notification, Part, Sweep, WorkspaceSettings
 from trainyard.db.notifications import record_job_ends
+from trainyard.db.sweeps import create_sweep
 from trainyard.retrying import Backoff
+from trainyard.scheduler import outcomes
 from trainyard.spec import parse_job_spec
 
 SECRET_KEY = "test-secret-key"
@@ -151,3 +154,50 @@ def test_recording_a_job_that_has_not_ended_writes_nothing(sessions: sessionmake
     with sessions.begin() as session:
         assert record_job_ends(session, [job_id], datetime.now(UTC)) == 0
     assert _rows(sessions) == []
+
+
+def test_the_migration_makes_the_outbox_tables_and_notify_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    for table, model in (("jobs", Job), ("sweeps", Sweep), ("notifications", Notification),
+                         ("workspace_settings", WorkspaceSettings)):  # fmt: skip
+        assert {c["name"] for c in inspector.get_columns(table)} == {c.name for c in model.__table__.columns}
+
+
+def _run_and_exit(sessions: sessionmaker[Session], job_id: str, code: int) -> None:
+    """Place the job on n1, then apply its exit as the scheduler's loop does: outcome and outbox in one transaction."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        if session.get(Node, "n1") is None:
+            session.add(Node(id="n1", pool="default", address="127.0.0.2", slots=2, gpus=[], session="s"))
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = "running"
+        session.add(Attempt(job_id=job_id, number=job.attempt, state="running", started_at=now))
+        session.add(Part(job_id=job_id, attempt=job.attempt, rank=0, node_id="n1", gpus=[], cpus=1.0, state="running"))
+    event = {"kind": "part_exited", "job_id": job_id, "attempt": 1, "rank": 0, "node": "n1", "exit_code": code}
+    with sessions.begin() as session:
+        effects = outcomes.Effects()
+        outcomes.apply_part_events(session, [event], now, effects)
+        outcomes.record_notifications(session, effects, now)
+
+
+def test_a_job_ended_by_the_scheduler_gets_its_row_and_a_retried_one_none(sessions: sessionmaker[Session]) -> None:
+    failed = _submit(sessions, max_retries=0, notify=[{"url": "http://127.0.0.1:9/f", "events": ["failed"]}])
+    retried = _submit(sessions, max_retries=1, notify=[{"url": "http://127.0.0.1:9/f", "events": ["ended"]}])
+    _run_and_exit(sessions, failed, 3)
+    _run_and_exit(sessions, retried, 3)  # queued again: not an end
+    assert [(r.subject_id, r.event) for r in _rows(sessions)] == [(failed, "job.failed")]
+
+
+def test_a_sweep_notifies_once_when_its_last_point_ends(sessions: sessionmaker[Session]) -> None:
+    spec = sweeps.parse_sweep_spec({"template": {"name": "p-{x}", "command": "true"}, "grid": {"x": [1, 2]},
+                                    "notify": [{"url": "http://127.0.0.1:9/s"}]})  # fmt: skip
+    with sessions.begin() as session:
+        sweep_id = create_sweep(session, spec, sweeps.expand(spec), None)
+    first, second = f"{sweep_id}-0", f"{sweep_id}-1"
+    _run_and_exit(sessions, first, 0)
+    assert _rows(sessions) == []  # one point still runs; the template asked for nothing per point
+    _run_and_exit(sessions, second, 0)
+    assert [(r.subject_kind, r.subject_id, r.event) for r in _rows(sessions)] == [
+        ("sweep", sweep_id, "sweep.succeeded")
+    ]

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Job, Notification, Sweep, WorkspaceSettings
 from trainyard.notify import new_delivery_id
-from trainyard.spec import ACTIVE_STATES, TERMINAL_STATES, NotifyTarget, state_values
+from trainyard.spec import TERMINAL_STATES, JobState, NotifyTarget, state_values
 
 CHUNK = 500
+_UNENDED = tuple(state.value for state in JobState if state not in TERMINAL_STATES)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -75,9 +76,10 @@ def record_job_ends(session: Session, job_ids: Iterable[str], now: datetime) -> 
 
 
 def sweep_state(session: Session, sweep_id: str) -> str | None:
-    """A sweep's end state (None while a point is active): failed, else cancelled, else succeeded."""
+    """A sweep's end state (None while a point has not ended): failed, else cancelled, else succeeded."""
     current = select(Job.id).where(Job.sweep_id == sweep_id, Job.superseded_by.is_(None))
-    if session.execute(current.where(Job.state.in_(state_values(ACTIVE_STATES))).limit(1)).first():
+    # States named (IN, not NOT IN) so that each is an index seek on ix_jobs_sweep, however big the sweep.
+    if session.execute(current.where(Job.state.in_(_UNENDED)).limit(1)).first():
         return None
     for state in ("failed", "cancelled"):
         if session.execute(current.where(Job.state == state).limit(1)).first():
