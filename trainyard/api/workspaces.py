@@ -1,4 +1,4 @@
-"""Workspace settings: its webhook targets and signing key (`GET`/`PUT /v1/workspaces/{name}/notify`).
+"""Workspace settings: its webhook targets and signing key (`GET`/`PUT /v1/workspaces/{workspace}/notify`).
 
 Admin only. The targets fire for every job of the workspace that is not a sweep point, and for
 every sweep's end. The signing key is what receivers verify X-Trainyard-Signature with: shown to
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
@@ -46,16 +46,23 @@ def _own(who: Principal, name: str) -> None:
         raise HTTPException(status_code=404, detail=f"no workspace {name}")
 
 
-@router.get("/workspaces/{name}/notify", summary="A workspace's webhook targets and signing key (admin)")
-def get_notify(request: Request, name: str, who: Principal = require("admin")) -> Any:
-    _own(who, name)
+@router.get("/workspaces/{workspace}/notify", summary="A workspace's webhook targets and signing key (admin)")
+def get_notify(
+    request: Request, workspace: str = Path(pattern=WORKSPACE_PATTERN), who: Principal = require("admin")
+) -> Any:
+    _own(who, workspace)
     with request.app.state.sessions() as session:
-        return _shown(session, name, request)
+        return _shown(session, workspace, request)
 
 
-@router.put("/workspaces/{name}/notify", summary="Set a workspace's webhook targets (admin)")
-def put_notify(request: Request, name: str, body: dict[str, Any], who: Principal = require("admin")) -> Any:
-    _own(who, name)
+@router.put("/workspaces/{workspace}/notify", summary="Set a workspace's webhook targets (admin)")
+def put_notify(
+    request: Request,
+    body: dict[str, Any],
+    workspace: str = Path(pattern=WORKSPACE_PATTERN),
+    who: Principal = require("admin"),
+) -> Any:
+    _own(who, workspace)
     try:
         wanted = WorkspaceNotify.model_validate(body)
     except ValidationError as exc:  # refused whole, every problem named; nothing is stored
@@ -67,12 +74,16 @@ def put_notify(request: Request, name: str, body: dict[str, Any], who: Principal
         raise HTTPException(status_code=422, detail={"message": "invalid workspace settings", "problems": [problem]})
     now = utcnow()
     with request.app.state.sessions.begin() as session:
-        row = session.get(WorkspaceSettings, name) or WorkspaceSettings(workspace=name)
+        row = session.get(WorkspaceSettings, workspace) or WorkspaceSettings(workspace=workspace)
         row.notify, row.updated_at = stored_notify(wanted.notify), now
         if wanted.signing_key is not None and key:
             row.signing_key_enc = encrypt_secrets({"signing_key": wanted.signing_key}, key)
         session.add(row)
-        detail = {"workspace": name, "targets": len(wanted.notify), "signing_key_set": wanted.signing_key is not None}
+        detail = {
+            "workspace": workspace,
+            "targets": len(wanted.notify),
+            "signing_key_set": wanted.signing_key is not None,
+        }
         session.add(Event(at=now, kind="workspace_notify", actor=who.name, detail=detail))
     with request.app.state.sessions() as session:
-        return _shown(session, name, request)
+        return _shown(session, workspace, request)

@@ -347,7 +347,7 @@ class Notification(Base):
 
 
 class WorkspaceSettings(Base):
-    """Per-workspace settings: its `notify:` targets (`PUT /v1/workspaces/{name}/notify`) and, when an
+    """Per-workspace settings: its `notify:` targets (`PUT /v1/workspaces/{workspace}/notify`) and, when an
     admin set one, its webhook signing key (encrypted under TRAINYARD_SECRET_KEY)."""
 
     __tablename__ = "workspace_settings"
