@@ -4,6 +4,8 @@ ended jobs and sweeps, without their secrets; retries reach a flaky receiver; a 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -122,3 +124,22 @@ def test_workspace_targets_are_set_by_an_admin_and_validated(client: Client, rec
     (got,) = receiver.wait_for(1, timeout_s=60)
     assert json.loads(got.body)["job"]["id"] == job.id
     assert notify.verify(str(shown["signing_key"]).encode(), got.body, got.headers, now_s=time.time())
+
+
+def test_the_cli_sets_and_shows_workspace_targets_and_job_show_lists_deliveries(
+    client: Client, cli_env: dict[str, str], receiver: WebhookReceiver
+) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trainyard", *args], env=cli_env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    refused = cli("workspace", "notify", "hooks-cli", "--url", "ftp://x", "--events", "ended")
+    assert refused.returncode == 2 and "notify[0].url" in refused.stderr
+    done = cli("workspace", "notify", "hooks-cli", "--url", receiver.url, "--events", "succeeded", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["notify"] == [{"url": receiver.url, "events": ["succeeded"]}]
+    job = client.submit({"name": "hook-cli", "workspace": "hooks-cli", "command": "true"})
+    assert job.wait(timeout=120) == "succeeded"
+    _delivered(client, job.id)
+    shown = cli("job", "show", job.id)
+    assert shown.returncode == 0 and f"notify job.succeeded → {receiver.url}: delivered after 1 tries" in shown.stdout
