@@ -38,11 +38,14 @@ class NotifierSettings:
     backoff: Backoff = notify.DELIVERY_BACKOFF
     poll_period_s: float = 0.5
     timeout_s: float = 10.0
-    claim_s: float = 60.0  # a claim outlives any one send (timeout_s), so no second sender overlaps
     batch: int = 20
+    claim_s: float = 300.0  # outlives a whole batch of sends (batch times timeout_s): no second sender overlaps
 
 
 class Notifier:
+    """Sends due outbox rows one after another (a database error leaves the row's claim to expire:
+    it is tried again later)."""
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -89,7 +92,7 @@ class Notifier:
     def _deliver(self, row: notifications.Due) -> None:
         try:
             body, key = self._prepare(row)
-        except Exception as exc:  # no body or no key can be made: trying again would not help
+        except (LookupError, RuntimeError) as exc:  # no body or no key can be made: trying again would not help
             log.warning("webhook %s to %s cannot be sent: %s", row.id, row.url, exc)
             self._record(row, delivered=False, give_up=True, status_code=None, error=str(exc))
             return
