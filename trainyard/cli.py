@@ -20,6 +20,7 @@ from rich.table import Table
 
 from trainyard.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, console, errors, fail, refuse
 from trainyard.cli_sweeps import sweep_app
+from trainyard.cli_workspaces import workspace_app
 from trainyard.client import Client, SpecRejected, TrainyardError
 from trainyard.datarefs import is_local_code
 from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
@@ -42,6 +43,7 @@ token_app = typer.Typer(help="API tokens: create (shown once), list, delete. Adm
 audit_app = typer.Typer(help="Who submitted, cancelled and drained what, and when. Admin only.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(workspace_app, name="workspace")
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -537,6 +539,10 @@ def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fal
     if d.get("retries_by_rule"):
         used = ", ".join(f"{rule} {count}" for rule, count in sorted(d["retries_by_rule"].items()))
         console.print(f"retries by rule: {used}", highlight=False)
+    for n in d.get("notifications") or []:  # webhooks (notify:) and how their delivery went
+        detail = f"; {n['last_error']}" if n["status"] != "delivered" and n.get("last_error") else ""
+        line = f"notify {n['event']} → {n['url']}: {n['status']} after {n['attempts']} tries{detail}"
+        console.print(line, highlight=False, markup=False)
     table = Table("ATTEMPT", "STATE", "REASON", "RETRIED BY", "NODES", "GPUS", "EXIT CODES", "STARTED", "ENDED")
     for a in d.get("attempts", []):
         table.add_row(

@@ -624,9 +624,14 @@ class Client:
         max_concurrency: int | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
+        notify: list[dict[str, Any]] | None = None,
     ) -> Sweep:
-        """Submit a sweep: the template's `{param}` placeholders are filled per point (SPEC §3)."""
+        """Submit a sweep: the template's `{param}` placeholders are filled per point (SPEC §3).
+
+        `notify` targets get one webhook when the whole sweep has ended (the template's own `notify`
+        is sent for each point)."""
         options = {
+            "notify": notify,
             "grid": grid,
             "random": random,
             "points": points,
@@ -656,6 +661,21 @@ class Client:
         if metric is not None:
             params["metric"] = metric
         return Sweep(self, self._request("GET", f"/v1/sweeps/{sweep_id}", params=params))
+
+    def workspace_notify(self, workspace: str) -> dict[str, Any]:
+        """A workspace's webhook targets and signing key (admin): `{workspace, notify, signing_key}`."""
+        data: dict[str, Any] = self._request("GET", f"/v1/workspaces/{workspace}/notify")
+        return data
+
+    def set_workspace_notify(
+        self, workspace: str, notify: list[dict[str, Any]], signing_key: str | None = None
+    ) -> dict[str, Any]:
+        """Replace a workspace's webhook targets (admin); `signing_key` sets its own key instead of the derived one."""
+        body: dict[str, Any] = {"notify": notify}
+        if signing_key is not None:
+            body["signing_key"] = signing_key
+        data: dict[str, Any] = self._request("PUT", f"/v1/workspaces/{workspace}/notify", idempotent=True, json=body)
+        return data
 
     def sweeps(self, limit: int | None = None) -> list[Sweep]:
         """Sweeps, newest first (follows the cursor across pages)."""

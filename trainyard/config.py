@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         gt=0,
         description="bytes a node's log spool may hold; beyond it output is dropped, with a marker",
     )
+    notify_max_tries: int = Field(
+        6, ge=1, le=100, description="tries of one webhook delivery before it is recorded as failed"
+    )
+    notify_backoff_s: float = Field(
+        2.0, gt=0, description="seconds before a webhook's second try; doubles each try, at most 300"
+    )
     gpu_quotas: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict,
         description="per-workspace GPU quotas, `team-a=16,team-b=8`",

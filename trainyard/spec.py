@@ -9,6 +9,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -513,6 +514,43 @@ class RetryRule(_Strict):
         return reason in self.reasons
 
 
+# Events a `notify:` target may ask for: a terminal state, or `ended` for any of them (SPEC §11).
+NOTIFY_EVENTS = ("succeeded", "failed", "cancelled", "ended")
+MAX_NOTIFY_TARGETS = 16
+
+
+def _notify_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("a webhook URL may not carry credentials (the body is signed instead)")
+    return value
+
+
+def _notify_event(value: str) -> str:
+    if value not in NOTIFY_EVENTS:
+        raise ValueError(f"{value!r} is not an event ({', '.join(NOTIFY_EVENTS)})")
+    return value
+
+
+class NotifyTarget(_Strict):
+    """One `notify:` entry: a webhook URL and the terminal events it is sent for."""
+
+    url: Annotated[str, AfterValidator(_notify_url)] = Field(max_length=2000)
+    events: list[Annotated[str, AfterValidator(_notify_event)]] = Field(
+        default_factory=lambda: ["ended"], min_length=1, max_length=len(NOTIFY_EVENTS)
+    )
+
+    def fires_on(self, state: str) -> bool:
+        return "ended" in self.events or state in self.events
+
+
+def stored_notify(targets: list[NotifyTarget]) -> list[dict[str, Any]] | None:
+    """`notify:` targets as a row keeps them (None: none)."""
+    return [target.model_dump(mode="json") for target in targets] or None
+
+
 class JobSpec(_Strict):
     """One job as a user writes it (SPEC §3)."""
 
@@ -542,6 +580,7 @@ class JobSpec(_Strict):
     container: ContainerSettings | None = None
     depends_on: list[Dependency] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
     retry: list[RetryRule] = Field(default_factory=list, max_length=MAX_RETRY_RULES)
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=MAX_NOTIFY_TARGETS)
 
     @field_validator("command")
     @classmethod

@@ -19,14 +19,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainyard.early_stopping import EarlyStopping
-from trainyard.spec import JobSpec, SpecError, problems_from
+from trainyard.spec import MAX_NOTIFY_TARGETS, JobSpec, NotifyTarget, SpecError, problems_from
 
 Point = dict[str, Any]  # parameter name → a string, a finite number or a boolean
 
 MAX_SWEEP_POINTS = 1_000_000
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 SWEEP_KEYS = frozenset(
-    {"grid", "random", "points", "samples", "seed", "max_concurrency", "idempotency_key", "early_stopping"}
+    {"grid", "random", "points", "samples", "seed", "max_concurrency", "idempotency_key", "early_stopping", "notify"}
 )
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # `{{`, `}}`, a shell `${...}`, or a `{name}` placeholder (group 1).
@@ -49,6 +49,8 @@ class SweepSpec(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     early_stopping: EarlyStopping | None = None  # points that fall behind are stopped (early_stopping.py)
+    # Sent once when the whole sweep has ended; the template's own `notify` is sent per point.
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=MAX_NOTIFY_TARGETS)
 
     @property
     def kind(self) -> Literal["grid", "random", "points"]:

@@ -2,26 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from trainyard import __version__, transport
-from trainyard.api import audit, dashboard, job_metrics, jobs, metrics, nodes, outputs, pools, sweeps, tokens, volumes
+from trainyard.api import (
+    audit,
+    dashboard,
+    job_metrics,
+    jobs,
+    metrics,
+    nodes,
+    outputs,
+    pools,
+    sweeps,
+    tokens,
+    volumes,
+    workspaces,
+)
 from trainyard.api.errors import AUTH_RESPONSES, install_error_handlers
+from trainyard.api.notifier import Notifier, NotifierSettings
 from trainyard.api.schemas import Health
-from trainyard.config import Settings, load_settings
+from trainyard.config import Settings, load_settings, secret
 from trainyard.db.engine import make_engine, make_sessionmaker
+from trainyard.retrying import Backoff
 from trainyard.spec import SpecError
 from trainyard.storage_adapters import open_storage
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, notifier: bool = True) -> FastAPI:
+    """The app; with `notifier`, a thread that sends the webhook outbox runs while it serves."""
     settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sender = None
+        if notifier:
+            tries = NotifierSettings(max_tries=settings.notify_max_tries,
+                                     backoff=Backoff(settings.notify_backoff_s, 300.0))  # fmt: skip
+            sender = Notifier(app.state.sessions, secret(settings.secret_key), tries)
+            sender.start()
+        try:
+            yield
+        finally:
+            if sender is not None:
+                sender.stop()
+
     app = FastAPI(
         title="trainyard",
         version=__version__,
         description="Self-hosted batch system for training ML models on GPU/CPU clusters.",
+        lifespan=lifespan,
     )
     engine = make_engine(settings.database_url.get_secret_value())
     app.state.settings = settings
@@ -36,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_metrics.router, responses=AUTH_RESPONSES)
     app.include_router(pools.router, responses=AUTH_RESPONSES)
     app.include_router(volumes.router, responses=AUTH_RESPONSES)
+    app.include_router(workspaces.router, responses=AUTH_RESPONSES)
     app.add_exception_handler(SpecError, jobs.spec_error_handler)
     install_error_handlers(app)
     dashboard.install(app)  # the web pages at /ui, on the same tokens (through a session cookie)

@@ -20,6 +20,7 @@ from trainyard.crypto import encrypt_secrets
 from trainyard.db import sweep_queries
 from trainyard.db.jobs import NewJob
 from trainyard.db.models import Sweep
+from trainyard.db.notifications import notifications_of
 from trainyard.db.sweeps import SweepConflict, add_points, cancel_sweep, create_sweep, rerun_points, sweep_digest
 from trainyard.spec import SpecError
 
@@ -210,6 +211,7 @@ def get_sweep(
     with request.app.state.sessions() as session:
         sweep = _sweep_or_404(session, sweep_id, who)
         data = sweep_queries.load_sweep_dict(session, sweep)
+        data["notifications"] = notifications_of(session, sweep.id)
         if metric is not None:
             data.update(
                 metric=metric, order=order, leaderboard=sweep_queries.leaderboard(session, sweep.id, metric, order, top)

@@ -17,9 +17,10 @@ from trainyard.db.bulk import JSONText, insert_dicts, reserve_seq
 from trainyard.db.dependencies import Edge, edge_rows, load_dependencies, store_edges
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Part, utcnow
+from trainyard.db.notifications import notifications_of, record_job_ends
 from trainyard.db.sweeps import fill_specs
 from trainyard.dependencies import waiting_reason
-from trainyard.spec import Dependency, JobSpec, JobState
+from trainyard.spec import Dependency, JobSpec, JobState, stored_notify
 
 
 class IdempotencyConflict(Exception):
@@ -86,6 +87,7 @@ def _row(new: NewJob, job_id: str, seq: int, now: datetime, edges: Sequence[Edge
         "max_retries": spec.max_retries,
         "retries_used": 0,
         "retry_rules": spec.stored_retry_rules(),
+        "notify": stored_notify(spec.notify),
         "retries_by_rule": None,
         "spec": _public_json(spec),
         "secrets_enc": new.secrets_enc,
@@ -274,6 +276,7 @@ def load_job_dict(session: Session, job_id: str) -> dict[str, Any] | None:
     if data["reason"] is None and JobState(job.state).is_terminal() and attempts:
         data["reason"] = attempts[-1].reason
     data["depends_on"] = load_dependencies(session, job_id)
+    data["notifications"] = notifications_of(session, job_id)
     return data
 
 
@@ -297,6 +300,7 @@ def cancel_job(session: Session, job_id: str, actor: str = "") -> str | None:
         )
         if done:
             session.add(Event(at=now, kind="cancelled", job_id=job_id, actor=actor, detail={}))
+            record_job_ends(session, [job_id], now)  # its webhooks commit with its end
             return JobState.CANCELLED.value
         session.refresh(job)
     if JobState(job.state).is_terminal():

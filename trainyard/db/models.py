@@ -58,6 +58,8 @@ class Job(Base):
     # and how many retries each rule has made so far ({"retry[0]": 2}).
     retry_rules: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     retries_by_rule: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # The spec's `notify:` targets (None: none), on the row for the same reason as retry_rules.
+    notify: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pending_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -280,6 +282,8 @@ class Sweep(Base):
     # The sweep's `early_stopping:` rule (trainyard/early_stopping.py), None: every point runs to its end.
     early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The sweep's own `notify:` targets: sent once, when its last point has ended.
+    notify: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -338,3 +342,43 @@ class Volume(Base):
     definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Notification(Base):
+    """The webhook outbox: one row per (ended job or sweep, target URL), written in the transaction
+    that ended it, delivered later by the notifier (trainyard/api/notifier.py), at least once.
+
+    `id` is the delivery id receivers dedupe on. `status` is pending until delivered or failed
+    (given up after its tries); `claimed_until` is the sending notifier's lease on the row.
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(8))  # job or sweep
+    subject_id: Mapped[str] = mapped_column(String(32), index=True)
+    workspace: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2000))
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded, sweep.failed, …
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+
+class WorkspaceSettings(Base):
+    """Per-workspace settings: its `notify:` targets (`PUT /v1/workspaces/{workspace}/notify`) and, when an
+    admin set one, its webhook signing key (encrypted under TRAINYARD_SECRET_KEY)."""
+
+    __tablename__ = "workspace_settings"
+
+    workspace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notify: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    signing_key_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

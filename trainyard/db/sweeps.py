@@ -20,12 +20,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from trainyard import sweeps
+from trainyard.db import notifications
 from trainyard.db.bulk import insert_shared, reserve_seq
 from trainyard.db.dependencies import Edge, edge_rows, store_edges, stored_targets
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Event, Job, Sweep, utcnow
 from trainyard.dependencies import waiting_reason
-from trainyard.spec import ACTIVE_STATES, JobSpec, JobState, SpecError, state_values
+from trainyard.spec import ACTIVE_STATES, JobSpec, JobState, SpecError, state_values, stored_notify
 
 ACTIVE = state_values(ACTIVE_STATES)
 NOT_TERMINAL = tuple(state.value for state in JobState if not state.is_terminal())
@@ -65,6 +66,7 @@ def _shared_values(template: JobSpec, sweep_id: str, experiment: str, now: datet
         "max_retries": template.max_retries,
         "retries_used": 0,
         "retry_rules": template.stored_retry_rules(),
+        "notify": stored_notify(template.notify),
         "retries_by_rule": None,
         "spec": {},
         "secrets_enc": None,
@@ -157,6 +159,7 @@ def create_sweep(
         secrets_enc=secrets_enc, max_concurrency=spec.max_concurrency, total=len(points), cancel_requested=False,
         early_stopping=spec.early_stopping.model_dump() if spec.early_stopping is not None else None,
         idempotency_key=spec.idempotency_key, digest=digest, created_at=now, updated_at=now, seq=reserve_seq(1),
+        notify=stored_notify(spec.notify),
     )  # fmt: skip
     session.add(sweep)
     session.flush()
@@ -250,10 +253,14 @@ def cancel_sweep(session: Session, sweep_id: str, actor: str = "") -> dict[str, 
     now = utcnow()
     session.execute(update(Sweep).where(Sweep.id == sweep_id).values(cancel_requested=True, updated_at=now))
     # CAS on state: a job the scheduler claims meanwhile is no longer queued and is flagged below.
-    ended = rowcount(session.execute(
-        update(Job).where(Job.sweep_id == sweep_id, Job.state == JobState.QUEUED.value)
-        .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
-    ))  # fmt: skip
+    queued = list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.state == JobState.QUEUED.value)))
+    ended = 0
+    for start in range(0, len(queued), 500):
+        ended += rowcount(session.execute(
+            update(Job).where(Job.id.in_(queued[start : start + 500]), Job.state == JobState.QUEUED.value)
+            .values(state=JobState.CANCELLED.value, cancel_requested=True, ended_at=now, updated_at=now)
+        ))  # fmt: skip
+    notifications.record_job_ends(session, queued, now)  # the points' webhooks, and the sweep's if it ended
     stopping = rowcount(session.execute(
         update(Job).where(Job.sweep_id == sweep_id, Job.state.in_(ACTIVE), Job.cancel_requested.is_(False))
         .values(cancel_requested=True, updated_at=now)

@@ -156,6 +156,7 @@ class Autoscaler:
                 over = len(serving) + len(unmanaged) - len(removed) - scale.upper
                 if over > 0:
                     removed += self._deallocate(session, scale, serving, nodes, busy, removed, over, effects)
+            outcomes.record_notifications(session, effects, utcnow())
         after_commit(effects)
         for node_id in removed:
             log.info("pool %s: removing node %s", scale.name, node_id)

@@ -52,11 +52,15 @@ class CancelStops:
         if len(self._sent) > 10_000:
             self._sent = {k: v for k, v in self._sent.items() if tick - v < 3600}
         # A cancelled job that is still queued has nothing running: it ends here.
-        session.execute(
-            update(Job)
-            .where(Job.cancel_requested.is_(True), Job.state == JobState.QUEUED.value)
-            .values(state=JobState.CANCELLED.value, ended_at=now or utcnow())
-        )
+        queued = select(Job.id).where(Job.cancel_requested.is_(True), Job.state == JobState.QUEUED.value)
+        ending = list(session.scalars(queued))
+        if ending:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ending), Job.state == JobState.QUEUED.value)
+                .values(state=JobState.CANCELLED.value, ended_at=now or utcnow())
+            )
+            effects.ended_jobs.extend(ending)  # their notifications are recorded in this transaction
 
 
 def lost_messages(

@@ -187,6 +187,7 @@ class Scheduler:
                     session.flush()
                     self._apply_one(session, event, now, effects)
             flush()
+            outcomes.record_notifications(session, effects, now)
         self.early_stopper.dirty.update(reported)  # judged by the next housekeeping, once committed
         for latency_s in effects.start_latencies_s:
             self.metrics.observe(START_LATENCY_SECONDS, latency_s)
@@ -231,6 +232,7 @@ class Scheduler:
                     self._queue_changed = True  # their slots free soon: a full pass follows
                 self.cancels.run(session, effects)
                 resend = housekeeping.lost_messages(session, self.nodes.running)
+                outcomes.record_notifications(session, effects, utcnow())
             self._after_commit(effects)
             if resend:
                 log.warning("re-sending %d attempt(s) whose messages were lost", len(resend))

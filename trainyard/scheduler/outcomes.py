@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from trainyard.db import notifications
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Node, Part
 from trainyard.scheduler import retries
@@ -40,6 +41,14 @@ class Effects:
     stale_writes: int = 0
     start_latencies_s: list[float] = field(default_factory=list)  # submit → first start, per job
     setups: list[dict[str, Any]] = field(default_factory=list)  # `setup` control messages, with their node
+    ended_jobs: list[str] = field(default_factory=list)  # ended without an attempt ending (cancelled queued)
+
+
+def record_notifications(session: Session, effects: Effects, now: datetime) -> None:
+    """Outbox rows for the jobs this transaction ended, written in it (so under the lease's fence)."""
+    ids = [job_id for job_id, _ in effects.ended_attempts] + effects.ended_jobs
+    if ids:
+        notifications.record_job_ends(session, ids, now)
 
 
 def may_have_secrets(job: Job) -> bool:

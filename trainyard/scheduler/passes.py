@@ -25,7 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard.config import PREEMPT_GRACE_S
-from trainyard.db.models import Job, Part
+from trainyard.db import notifications
+from trainyard.db.models import Job, Part, utcnow
 from trainyard.scheduler.claims import ClaimRace, ClaimWriter
 from trainyard.scheduler.dispatch import Dispatcher, Outgoing
 from trainyard.scheduler.gate import DependencyGate
@@ -86,7 +87,9 @@ class PassRunner:
                 self.dispatcher.stamp(session, stamping)
                 # Dependencies first: a job whose last one was just met is placed in this same pass,
                 # and one that can never run ends now (cheap when nothing ended: an index look-up).
-                self.gate.run(session)
+                gated = self.gate.run(session)
+                if gated.cancelled:  # ended with reason dependency_failed: notified like any end
+                    notifications.record_job_ends(session, gated.cancelled, utcnow())
                 snapshot = self.reader.snapshot(session, full)
                 if snapshot is not None:
                     result = plan(snapshot)

@@ -106,6 +106,7 @@ def _make_world(cluster: Cluster) -> World:
         "name": ("global", "sec-pool"),
         "volume_name": ("workspace", _volume_in(cluster, WS_A)),
         "sweep_id": ("workspace", _sweep_in(cluster, WS_A)),
+        "workspace": ("workspace", WS_A),  # the workspace itself (its notify settings)
     }
     assert wait_for_state(cluster, job["id"], {"succeeded", "failed"})["state"] == "succeeded"
     with api(cluster, cluster.admin_token) as http:

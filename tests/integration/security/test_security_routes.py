@@ -46,6 +46,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("put", "/v1/pools/{name}/setup"): {"command": "true"},
     ("put", "/v1/pools/{name}/volumes"): {"volumes": []},
     ("post", "/v1/volumes"): {"name": "sec-forbidden", "kind": "host", "path": "/srv/x", "workspace": WS_A},
+    ("put", "/v1/workspaces/{workspace}/notify"): {"notify": []},
 }
 
 
