@@ -20,6 +20,7 @@ sweep_app = typer.Typer(help="Parameter sweeps: many jobs from one template.", n
 
 WATCH_POLL_S = 1.0
 PLOT_POINTS_MAX = 10_000
+PLOT_CURVES_MAX = 20  # points whose live series the plot draws over steps (the best ones)
 STATES = tuple(state.value for state in JobState)
 
 
@@ -145,16 +146,33 @@ def _plot(client: Client, sweep_id: str, metric: str, order: str, path: Path) ->
     data = client.get_sweep(sweep_id, metric=metric, order=order, top=PLOT_POINTS_MAX).data
     if not data["leaderboard"]:
         _fail(f"no job of sweep {sweep_id} has reported {metric!r} yet")
+    curves = _curves(client, data["leaderboard"][:PLOT_CURVES_MAX], metric)
     drawn = plot_metric(
         data["leaderboard"],
         list(data.get("parameters") or []),
         metric,
         path,
         title=f"{data['name']} ({sweep_id}): {metric}",
+        curves=curves,
     )
+    over_steps = f", and over steps for the best {len(curves)}" if curves else ""
     errors.print(
-        f"plotted {metric} of {drawn:,} points against {', '.join(data['parameters'])} into {path}", highlight=False
+        f"plotted {metric} of {drawn:,} points against {', '.join(data['parameters'])}{over_steps} into {path}",
+        highlight=False,
     )
+
+
+def _curves(client: Client, entries: list[dict[str, Any]], metric: str) -> dict[str, list[tuple[float, float]]]:
+    """The live series of `metric` of these points (their latest attempt's), by point name."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for entry in entries:
+        points = client.job_metrics(entry["job_id"], name=metric)
+        latest = max((p["attempt"] for p in points), default=None)
+        series = [(float(p["step"]), float(p["values"][metric])) for p in points
+                  if p["attempt"] == latest and p.get("step") is not None and metric in p["values"]]  # fmt: skip
+        if series:
+            curves[str(entry["name"])] = series
+    return curves
 
 
 @sweep_app.command("show")

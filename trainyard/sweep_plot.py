@@ -2,7 +2,8 @@
 
 matplotlib (the `plot` extra) is imported only here, with the Agg backend: no display needed.
 Numeric parameters are scatter plots (a log axis when the values span more than two decades);
-others are drawn at one position per distinct value.
+others are drawn at one position per distinct value. With `curves` (the live series of the best
+points, `GET /v1/jobs/{id}/metrics`), one more panel draws the metric over steps, a line per point.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def _wants_log(values: list[float]) -> bool:
 
 # The pseudo-parameter of the panel that draws each point's metric at the step it last reported.
 STEP_PANEL = "step"
+# The panel of the metric over steps, one line per point (the best points' live series).
+CURVES_PANEL = "over steps"
 
 
 def plot_metric(
@@ -36,10 +39,12 @@ def plot_metric(
     path: Path | IO[bytes],
     title: str,
     steps: bool = False,
+    curves: dict[str, list[tuple[float, float]]] | None = None,
 ) -> int:
     """Draw `metric` against every parameter of the ranked `entries` into `path` (a PNG); returns points drawn.
 
-    With `steps`, one more panel draws each point's value against the step it was reported at.
+    With `steps`, one more panel draws each point's value against the step it was reported at;
+    with `curves` ({label: [(step, value), ...]}), one more draws each series over its steps.
     """
     import matplotlib
 
@@ -53,13 +58,19 @@ def plot_metric(
             {"params": {STEP_PANEL: e["step"]}, "value": e["value"]} for e in entries if e.get("step") is not None
         ]
         panels.append((STEP_PANEL, at_step))
+    drawn_curves = {label: sorted(series) for label, series in (curves or {}).items() if series}
+    if drawn_curves:
+        panels.append((CURVES_PANEL, []))
     columns = max(1, min(3, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
     figure, axes = plt.subplots(
         rows, columns, figsize=(PANEL_WIDTH_IN * columns, PANEL_HEIGHT_IN * rows), squeeze=False
     )
     for index, (name, drawn) in enumerate(panels):
-        _panel(axes[index // columns][index % columns], drawn, name, metric)
+        if name == CURVES_PANEL and drawn_curves:
+            _curves(axes[index // columns][index % columns], drawn_curves, metric)
+        else:
+            _panel(axes[index // columns][index % columns], drawn, name, metric)
     for extra in range(len(panels), rows * columns):
         axes[extra // columns][extra % columns].set_visible(False)
     figure.suptitle(title)
@@ -88,4 +99,15 @@ def _panel(ax: Any, entries: list[dict[str, Any]], name: str, metric: str) -> No
         ax.set_xticks(range(len(labels)), labels, rotation=30)
     ax.set_xlabel(name)
     ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+
+
+def _curves(ax: Any, curves: dict[str, list[tuple[float, float]]], metric: str) -> None:
+    for label, series in curves.items():
+        ax.plot([step for step, _ in series], [value for _, value in series], linewidth=1, alpha=0.8, label=label)
+    if len(curves) <= 10:
+        ax.legend(fontsize=6)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(CURVES_PANEL, fontsize=9)
     ax.grid(alpha=0.3)

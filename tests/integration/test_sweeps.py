@@ -167,6 +167,8 @@ def test_a_sweep_ranks_its_points_by_a_reported_metric_and_takes_more_points(
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["leaderboard"][0]["job_id"] == best[0]["job_id"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each point's live series (it reported at step 5) is drawn over steps for the best of them.
+    assert b"and over steps for the best 12" in shown.stderr, shown.stderr
 
 
 def test_bad_sweeps_are_refused_naming_the_problem_and_nothing_is_stored(
