@@ -32,6 +32,8 @@ from trainyard.spec import ACTIVE_STATES, JobState, state_values
 
 MAX_POINTS_PER_ATTEMPT = 10_000
 EVAL_PERIOD_S = 1.0
+MAX_TIME_S = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a datetime holds
+MAX_STEP = 2**63 - 1
 
 
 def _latest(points: list[dict[str, Any]]) -> tuple[dict[str, float], int | None]:
@@ -39,10 +41,10 @@ def _latest(points: list[dict[str, Any]]) -> tuple[dict[str, float], int | None]
     step = None
     for point in points:
         for name, value in (point.get("values") or {}).items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                last[name] = float(value)
-        if point.get("step") is not None:
-            step = int(point["step"])
+            if (finite := _finite(value)) is not None:
+                last[name] = finite
+        if (reported := _step(point)) is not None:
+            step = reported
     return last, step
 
 
@@ -86,9 +88,28 @@ def apply_metrics(session: Session, events: list[dict[str, Any]], now: datetime,
 
 def _row(job: Job, attempt: int, point: dict[str, Any], now: datetime) -> dict[str, Any]:
     when = point.get("time")
-    at = datetime.fromtimestamp(float(when), UTC) if isinstance(when, (int, float)) and when > 0 else now
-    return {"job_id": job.id, "sweep_id": job.sweep_id, "attempt": attempt, "step": point.get("step"),
-            "at": at, "values": dict(point.get("values") or {})}  # fmt: skip
+    at = now  # a point without its own time (or one no datetime can hold) is dated when it landed
+    if isinstance(when, (int, float)) and not isinstance(when, bool) and 0 < when < MAX_TIME_S:
+        at = datetime.fromtimestamp(float(when), UTC)
+    values = {str(name): _finite(value) for name, value in (point.get("values") or {}).items()}
+    return {"job_id": job.id, "sweep_id": job.sweep_id, "attempt": attempt, "step": _step(point), "at": at,
+            "values": values}  # fmt: skip
+
+
+def _step(point: dict[str, Any]) -> int | None:
+    """A point's step, if it has one a 64-bit column holds."""
+    step = point.get("step")
+    if isinstance(step, int) and not isinstance(step, bool) and -MAX_STEP <= step <= MAX_STEP:
+        return step
+    return None
+
+
+def _finite(value: Any) -> float | None:
+    """A stored value: a finite number, else None (as the node writes it). NaN and ±inf are not
+    JSON: PostgreSQL refuses them, which would roll back the whole batch of events with them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def sweep_series(session: Session, sweep_id: str, metric: str) -> tuple[dict[str, early_stopping.Series], set[str]]:
