@@ -8,6 +8,8 @@ series is readable through GET /v1/jobs/{id}/metrics before it ends.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -26,6 +28,13 @@ REPORT = (
     f"for step in range({STEPS}):\n"
     "    trainyard.report(step=step, loss=1.0 / (step + 1) + b)\n"
     "    time.sleep(0.2)\n"
+)
+WATCHED = (
+    "import os, time, trainyard\n"
+    "b = float(os.environ['TRAINYARD_PARAM_B'])\n"
+    "for step in range(10):\n"
+    "    trainyard.report(step=step, loss=b + 1.0 / (step + 1))\n"
+    "    time.sleep(0.5)\n"
 )
 GOOD = [0.10 + 0.01 * i for i in range(8)]
 BAD = [5.0 + i for i in range(8)]
@@ -113,3 +122,31 @@ def test_bad_early_stopping_is_refused_naming_the_field_and_nothing_is_stored(cl
     fields = {p["field"] for p in caught.value.problems}
     assert {"early_stopping.mode", "early_stopping.grace_steps"} <= fields
     assert len(client.sweeps()) == before
+
+
+def test_sweep_show_watch_follows_the_live_best_of_the_rules_metric_and_ends_with_the_sweep(
+    client: Client, cli_env: dict[str, str]
+) -> None:
+    template = {"name": "w-b{b}", "command": ["python3", "-c", WATCHED], "max_retries": 0}
+    rule = {"metric": "loss", "mode": "min", "min_points": 10}  # three points: the rule never stops one
+    sweep = client.submit_sweep({"template": template, "grid": {"b": [0.5, 0.25, 1.0]}, "early_stopping": rule})
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "trainyard", "sweep", "show", sweep.id, "--watch"],  # the metric: the rule's
+        env={**cli_env, "COLUMNS": "300"},  # the progress line, unwrapped
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while sweep.refresh().state not in ("finished", "cancelled"):
+            assert watch.poll() is None, watch.communicate()  # watching while the sweep runs
+            time.sleep(0.2)
+        out, err = watch.communicate(timeout=30)  # and done within a few polls of its end
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    assert watch.returncode == 0, err
+    assert sweep.state == "finished" and sweep.counts["succeeded"] == 3, sweep.counts
+    # The last step (9) of b=0.25 reports 0.25 + 1/10: the live best, named with its point and step.
+    assert f"best loss=0.35 ({sweep.id}-1 @ step 9)" in out, out
