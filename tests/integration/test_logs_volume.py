@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -61,6 +62,12 @@ def test_two_gigabytes_of_small_lines_pass_with_flat_memory(tmp_path: Path) -> N
         line = LINE.decode().rstrip("\n")
         job = on_store.client.submit({"name": "two-gb", "command": f"yes '{line}' | head -c {TOTAL_BYTES}"})
         assert job.wait(timeout=240) == "succeeded"
+        # The part exits after draining its pump for at most a few seconds: on a loaded machine the
+        # last segments follow it, and the attempt says `logs_complete` once every byte is stored.
+        deadline = time.monotonic() + 180
+        while not job.refresh().data["attempts"][0]["logs_complete"]:
+            assert time.monotonic() < deadline, "the attempt's logs never completed"
+            time.sleep(0.5)
         watch.stop_event.set()
         watch.join()
         growth = watch.peak_rss - watch.start_rss
