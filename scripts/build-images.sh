@@ -23,8 +23,8 @@ LABEL=org.trainyard.inputs
 PY="${PYTHON:-python3}"
 mkdir -p "$DIR"
 
-# One build at a time on this machine (two test sessions may start together).
-exec 9>"$DIR/.build.lock"
+# One build at a time on this machine (image names are the machine's, whatever the checkout).
+exec 9>"${BUILD_IMAGES_LOCK:-/tmp/trainyard-build-images.lock}"
 flock 9
 
 say() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

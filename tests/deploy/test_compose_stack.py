@@ -32,10 +32,14 @@ from tests.services import free_port, unavailable
 from tests.test_compose import env_example
 from trainyard.client import Client
 
-pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
+# The first test also waits for the images (built before pytest by `make test`; cold, ~7 min).
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "trainyard-deploy-test"
+# One compose project per test process: two test runs on one machine never touch each other's
+# stack; a stack whose process is gone (an interrupted run) is removed by the next run.
+PROJECT_PREFIX = "trainyard-deploy-test-"
+PROJECT = f"{PROJECT_PREFIX}{os.getpid()}"
 BASE_IMAGE = "localhost/trainyard-base:bookworm"
 BACKING = ("redis", "postgres", "azurite")
 WORKERS = ("worker-1", "worker-2")
@@ -144,28 +148,51 @@ class Stack:
                     latest = (service, line)
         return latest[0] if latest else None
 
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=io.podman.compose.project={PROJECT}"
+    def leftovers(self, project: str = PROJECT) -> dict[str, list[str]]:
+        label = f"label=io.podman.compose.project={project}"
         found = {
             "containers": self.podman("ps", "-a", "-q", "--filter", label).stdout.split(),
             "volumes": self.podman("volume", "ls", "-q", "--filter", label).stdout.split(),
             "networks": [
                 n
                 for n in self.podman("network", "ls", "--format", "{{.Name}}").stdout.split()
-                if n.startswith(f"{PROJECT}_")
+                if n.startswith(f"{project}_")
             ],
         }
         return {kind: items for kind, items in found.items() if items}
 
     def tear_down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout=180)
-        left = self.leftovers()
+        self.remove(PROJECT)
+
+    def remove_stale(self) -> None:
+        """Stacks of earlier test processes that are gone (killed before their teardown)."""
+        listed = self.podman("ps", "-a", "--format", '{{index .Labels "io.podman.compose.project"}}').stdout
+        volumes = self.podman("volume", "ls", "--format", '{{index .Labels "io.podman.compose.project"}}').stdout
+        for project in set((listed + volumes).split()):
+            pid = project.removeprefix(PROJECT_PREFIX)
+            if project.startswith(PROJECT_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                _progress(f"removing the stale stack {project}")
+                self.remove(project)
+
+    def remove(self, project: str) -> None:
+        left = self.leftovers(project)
         for container in left.get("containers", []):
             self.podman("rm", "-f", "-t", "2", container, check=False)
         for volume in left.get("volumes", []):
             self.podman("volume", "rm", "-f", volume, check=False)
         for network in left.get("networks", []):
             self.podman("network", "rm", "-f", network, check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -204,7 +231,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ).stdout.strip()
     env_path = tmp_path_factory.mktemp("deploy") / "stack.env"
     stack = Stack(compose_bin, env_path, _env_file(env_path), ROOT / ".test-services" / "images" / "containers.conf")
-    stack.tear_down()  # what an interrupted earlier run of this test left behind
+    stack.remove_stale()
     try:
         stack.up()
         yield stack
@@ -234,7 +261,8 @@ def _cli(stack: Stack, *args: str, timeout: float = 120) -> subprocess.Completed
 
 
 def test_every_service_runs_and_only_loopback_is_published(stack: Stack) -> None:
-    inspect = json.loads(stack.podman("inspect", *[stack.container(s) for s in ("api", "flower", "worker-1")]).stdout)
+    services = ["api", "flower", *SCHEDULERS, *WORKERS, *BACKING]
+    inspect = json.loads(stack.podman("inspect", *[stack.container(s) for s in services]).stdout)
     for container in inspect:
         assert container["State"]["Running"], container["Name"]
         assert not container["HostConfig"].get("Privileged"), container["Name"]
