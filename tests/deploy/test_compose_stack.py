@@ -380,3 +380,32 @@ def test_following_logs_live_through_the_published_port(stack: Stack, client: Cl
     assert not reader.is_alive()
     assert [line for _, line in seen] == [f"tick-{i}" for i in range(1, 21)]
     assert seen[-1][0] - seen[0][0] > 2.0  # they arrived as they were printed, not all at the end
+
+
+def test_the_docker_provider_scales_a_pool_with_the_real_worker_image(stack: Stack, client: Client) -> None:
+    """The provider as the scheduler drives it, here from the test process: the Engine API socket
+    stays out of every compose container (README: the provider's socket is the scheduler's only)."""
+    from tests.test_compose import load_compose
+    from tests.workers.launchers.components import docker_url
+    from trainyard.scheduler.providers.docker import DockerProvider
+
+    pool = f"elastic-{os.getpid()}"
+    worker_env = load_compose(stack.values)["services"]["worker-1"]["environment"]
+    provider = DockerProvider(
+        base_url=docker_url(), image="localhost/trainyard-worker:latest", network=f"{PROJECT}_default", env=worker_env
+    )
+    nodes = [f"{pool}-1", f"{pool}-2"]
+    try:
+        for node_id in nodes:
+            provider.start_node(pool, node_id, slots=2, gpus=0)
+        stack.wait_nodes_up(set(nodes))
+        assert sorted(n.node_id for n in provider.list_nodes(pool)) == nodes
+        gang = client.submit({"name": "elastic-gang", "pool": pool, "nodes": 2, "command": "hostname"})
+        assert gang.wait(timeout=120) == "succeeded", gang.data
+        assert sorted(gang.data["attempts"][-1]["nodes"]) == nodes
+        assert {gang.log_bytes(rank=r).decode().strip() for r in (0, 1)} == set(nodes)
+    finally:
+        for node_id in nodes:
+            provider.stop_node(node_id)
+        provider.client.close()
+    assert provider.list_nodes(pool) == []
