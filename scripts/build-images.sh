@@ -36,17 +36,17 @@ fi
 if ! command -v podman >/dev/null 2>&1; then
   bash "$ROOT/scripts/install-podman.sh" >/dev/null
 fi
-if [ -z "${CONTAINERS_CONF:-}" ]; then
-  # Networking on for builds and compose (install-podman.sh's conf turns container networks off).
-  export CONTAINERS_CONF="$DIR/containers.conf"
-  cat >"$CONTAINERS_CONF" <<CONF
+# Networking on for builds and compose (install-podman.sh's conf turns container networks off);
+# the deploy test and README use this file too.
+export CONTAINERS_CONF="$DIR/containers.conf"
+cat >"$CONTAINERS_CONF.tmp" <<CONF
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 
 [engine]
 runtime = "runc"
 CONF
-fi
+mv "$CONTAINERS_CONF.tmp" "$CONTAINERS_CONF"
 
 hash_of() {  # hash_of FILE_OR_DIR...: a stable hash of the contents (and names) of the inputs
   find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z \
@@ -94,26 +94,36 @@ SRC
   say "base done in $((SECONDS - t0)) s"
 fi
 
-# build IMAGE HASH DOCKERFILE [podman build args...]
+# build IMAGE[,OTHER_NAME] HASH DOCKERFILE [podman build args...]
 build() {
-  local image="$1" hash="$2" dockerfile="$3"
+  local names="$1" hash="$2" dockerfile="$3" image other=""
   shift 3
-  if fresh "$image" "$hash"; then
+  image="${names%%,*}"
+  [ "$names" = "$image" ] || other="${names#*,}"
+  if fresh "$image" "$hash" && { [ -z "$other" ] || fresh "$other" "$hash"; }; then
     say "$image is up to date"
     return
   fi
   say "building $image from $dockerfile"
   local t0=$SECONDS
+  local previous
+  previous="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
   nice -n 10 podman build -q --network host --layers -f "$dockerfile" \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" --label "$LABEL=$hash" -t "$image" "$@" . >/dev/null
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --label "$LABEL=$hash" -t "$image" ${other:+-t "$other"} "$@" . >/dev/null
+  # The image it replaces (now untagged) goes, with the cache layers only it used.
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ] \
+     && [ -z "$(podman image inspect --format '{{join .RepoTags ""}}' "$previous" 2>/dev/null)" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   say "$image done in $((SECONDS - t0)) s"
 }
 
 # --- 2. the test stand-ins for the third-party images --------------------------------------------
 sb="$(label_of "$BASE_IMAGE")"
-build localhost/redis:7-alpine "$(hash_of docker/stand-ins/Dockerfile.redis docker/stand-ins/redis-entrypoint.sh)$sb" \
+# `redis:7-alpine` is docker.io/library/redis:7-alpine to a Docker client: both names resolve here.
+build localhost/redis:7-alpine,docker.io/library/redis:7-alpine "$(hash_of docker/stand-ins/Dockerfile.redis docker/stand-ins/redis-entrypoint.sh)$sb" \
   docker/stand-ins/Dockerfile.redis
-build localhost/postgres:15-alpine "$(hash_of docker/stand-ins/Dockerfile.postgres docker/stand-ins/postgres-entrypoint.sh)$sb" \
+build localhost/postgres:15-alpine,docker.io/library/postgres:15-alpine "$(hash_of docker/stand-ins/Dockerfile.postgres docker/stand-ins/postgres-entrypoint.sh)$sb" \
   docker/stand-ins/Dockerfile.postgres
 # Azurite from npm on the host (the build's TLS trust may not be the host's), mounted into the build.
 AZURITE_VERSION="${AZURITE_VERSION:-3.37.0}"
@@ -125,9 +135,6 @@ fi
 build mcr.microsoft.com/azure-storage/azurite:latest "$azurite_hash" docker/stand-ins/Dockerfile.azurite \
   --volume "$DIR/azurite-$AZURITE_VERSION:/azurite-src:ro" --build-arg AZURITE_SOURCE=/azurite-src \
   --build-arg AZURITE_VERSION="$AZURITE_VERSION"
-# `redis:7-alpine` is docker.io/library/redis:7-alpine to a Docker client: both names resolve here.
-podman tag localhost/redis:7-alpine docker.io/library/redis:7-alpine
-podman tag localhost/postgres:15-alpine docker.io/library/postgres:15-alpine
 
 # --- 3. trainyard's own images, Python packages from the lock file -------------------------------
 WHEELS="$DIR/wheels"
