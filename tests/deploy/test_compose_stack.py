@@ -288,8 +288,17 @@ def test_every_service_runs_and_only_loopback_is_published(stack: Stack) -> None
 
 
 def test_a_job_from_the_cli_and_a_two_node_gang_run_with_their_logs(stack: Stack, client: Client) -> None:
-    spec = stack.env_file.parent / "hello.yaml"
-    spec.write_text("name: hello\ncommand: 'for i in 1 2 3; do echo hello-$i; sleep 0.5; done; hostname'\n")
+    # Code from this machine and an output in the cluster's store: nothing shared with the nodes
+    # but the network (their /tmp, home and code cache are their containers' own).
+    work = stack.env_file.parent / "hello"
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "hello.sh").write_text("for i in 1 2 3; do echo hello-$i; sleep 0.5; done; hostname\n")
+    spec = work / "hello.yaml"
+    spec.write_text(
+        "name: hello\ncode: ./src\n"
+        "outputs: [{id: result, uri: 'az://trainyard/results/hello'}]\n"
+        "command: 'sh hello.sh; cp hello.sh $TRAINYARD_OUTPUT_RESULT/'\n"
+    )
     submitted = _cli(stack, "job", "submit", str(spec), "--json")
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["id"]
@@ -298,6 +307,8 @@ def test_a_job_from_the_cli_and_a_two_node_gang_run_with_their_logs(stack: Stack
     lines = followed.stdout.decode().split()
     assert lines[:3] == ["hello-1", "hello-2", "hello-3"] and lines[3] in WORKERS
     assert client.job(job_id).wait(timeout=60) == "succeeded"
+    outputs = client.outputs(job_id)
+    assert [(o["output"], Path(o["path"]).name) for o in outputs] == [("result", "hello.sh")], outputs
 
     rank_line = 'echo "rank $TRAINYARD_NODE_RANK of $TRAINYARD_NUM_NODES on $(hostname)"'
     gang = client.submit({"name": "gang", "nodes": 2, "command": rank_line})
@@ -327,7 +338,8 @@ def test_a_killed_worker_containers_job_runs_again_elsewhere(stack: Stack, clien
     assert first["reason"] == "node_lost", first
     assert second["nodes"] == [survivor], second
     assert job.log_bytes().decode().strip() == f"attempt 2 on {survivor}"
-    _progress(f"job ran again on {survivor} {time.monotonic() - killed_at:.0f} s after {victim} was killed")
+    state = stack.podman("inspect", "--format", "{{.State.Status}}", container).stdout.strip()
+    _progress(f"job ran again on {survivor} {time.monotonic() - killed_at:.0f} s after {victim} was killed ({state})")
     # The node comes back (compose brings the stopped container up again) and runs work again.
     stack.compose("up", "-d", "--no-deps", victim)
     stack.wait_nodes_up(set(WORKERS))
