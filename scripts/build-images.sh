@@ -30,8 +30,9 @@ flock 9
 say() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
-  say "rootful podman is needed (run as root)"
-  exit 1
+  # The deploy test then skips (and fails under CI, as every test missing its services does).
+  say "skipped: rootful podman is needed (run as root)"
+  case "${CI:-}" in 1 | true | yes) exit 1 ;; *) exit 0 ;; esac
 fi
 if ! command -v podman >/dev/null 2>&1; then
   bash "$ROOT/scripts/install-podman.sh" >/dev/null
