@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dashboard demo test test-netns services lint typecheck bench clean
+.PHONY: install dashboard demo test test-netns test-deploy images services lint typecheck bench clean
 
 install: $(STAMP) dashboard
 
@@ -26,8 +26,16 @@ demo: install
 services:
 	bash scripts/ensure-services.sh
 
-test: install services
+# The deployment's images (Debian base, trainyard, worker, test stand-ins); cached, see the script.
+images:
+	nice -n 10 bash scripts/build-images.sh
+
+test: install services images
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Only docker-compose.yml run for real with podman-compose (also part of `make test`): needs root.
+test-deploy: install services images
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy
 
 # Only the nodes-as-separate-hosts suite (also part of `make test`): needs root for its namespaces.
 test-netns: install services

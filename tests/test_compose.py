@@ -171,7 +171,8 @@ def test_every_trainyard_command_is_a_real_entry_point() -> None:
 def test_dockerfiles_install_the_package() -> None:
     api = (REPO_ROOT / "docker" / "Dockerfile").read_text()
     worker = (REPO_ROOT / "docker" / "Dockerfile.worker").read_text()
-    assert "FROM python:3.11-slim" in api and "requirements.lock" in api and 'ENTRYPOINT ["trainyard"]' in api
+    assert "ARG BASE_IMAGE=python:3.11-slim" in api and "FROM ${BASE_IMAGE}" in api
+    assert "requirements.lock" in api and 'ENTRYPOINT ["trainyard"]' in api
     assert "ARG BASE_IMAGE=" in worker and "FROM ${BASE_IMAGE}" in worker and "requirements.lock" in worker
     for service in load_compose()["services"].values():
         build = service.get("build")

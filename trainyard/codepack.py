@@ -81,4 +81,28 @@ def unpack(archive_path: Path, dest: Path) -> None:
     """Unpack a code archive into `dest`, refusing anything that would land outside it."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive_path, mode="r:*") as archive:
-        archive.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(dest, filter="data")
+        else:  # Python < 3.11.4 (Debian 12's 3.11.2): the same refusals, checked here
+            archive.extractall(dest, members=_checked_members(archive, dest))
+
+
+def _checked_members(archive: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """What the `data` filter lets through: regular files, directories and links inside `dest`,
+    without setuid/setgid/sticky bits or write access for group and others."""
+    root = dest.resolve()
+    members = []
+    for member in archive.getmembers():
+        member.name = member.name.lstrip("/")  # as the filter does: below the directory
+        target = (root / member.name).resolve()
+        if not target.is_relative_to(root):
+            raise tarfile.TarError(f"code archive: {member.name!r} would land outside the directory")
+        if member.issym() or member.islnk():
+            base = target.parent if member.issym() else root
+            if os.path.isabs(member.linkname) or not (base / member.linkname).resolve().is_relative_to(root):
+                raise tarfile.TarError(f"code archive: link {member.name!r} leaves the directory")
+        elif not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"code archive: {member.name!r} is not a file, directory or link")
+        member.mode &= 0o755
+        members.append(member)
+    return members

@@ -80,7 +80,10 @@ class DockerProvider(NodeProvider):
             "security_opt": ["no-new-privileges"],
         }
         if self.network:
+            # The node id as a DNS name on that network (the container's hostname is not one):
+            # gang peers reach the node at the address it registers.
             options["network"] = self.network
+            options["networking_config"] = {self.network: self.client.api.create_endpoint_config(aliases=[node_id])}
         if gpus:
             options["device_requests"] = [_sdk("docker.types").DeviceRequest(count=gpus, capabilities=[["gpu"]])]
         command = self.command or self._worker_command(pool, node_id, slots, gpus)
