@@ -319,6 +319,20 @@ def test_a_job_from_the_cli_and_a_two_node_gang_run_with_their_logs(stack: Stack
     assert {o.rsplit(" ", 1)[1] for o in outputs} == set(WORKERS)
 
 
+def test_a_sweep_through_the_published_port_runs_every_point_and_ranks_them(stack: Stack, client: Client) -> None:
+    report = "import trainyard; trainyard.report(step=1, loss=abs({lr} - 0.01))"
+    sweep = client.sweep(
+        {"name": "deploy-lr{lr}", "command": ["python3", "-c", report], "max_retries": 0},
+        grid={"lr": [0.1, 0.03, 0.01, 0.003]},
+        max_concurrency=2,
+    )
+    assert sweep.wait(timeout=180) == "finished"
+    assert sweep.counts["succeeded"] == 4, sweep.counts
+    best = sweep.leaderboard("loss", top=4)
+    assert [entry["params"]["lr"] for entry in best] == [0.01, 0.003, 0.03, 0.1]
+    assert {client.job(entry["job_id"]).data["attempts"][-1]["nodes"][0] for entry in best} <= set(WORKERS)
+
+
 def test_a_killed_worker_containers_job_runs_again_elsewhere(stack: Stack, client: Client) -> None:
     job = client.submit(
         {
