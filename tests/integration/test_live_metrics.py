@@ -106,6 +106,13 @@ def test_job_metrics_need_a_token_and_hide_other_workspaces(client: Client, clus
     token = client._request("POST", "/v1/tokens", json={"role": "viewer", "workspace": "elsewhere"})["token"]
     assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 404
     assert [p["values"] for p in job.metrics()] == [{"x": 2.0}]
+    # A cursor this API never returned is refused in the shape of every refused parameter.
+    admin = {"Authorization": f"Bearer {cluster.admin_token}"}
+    refused = httpx.get(url, params={"cursor": "0" * 20}, headers=admin)
+    assert refused.status_code == 422
+    assert refused.json() == {
+        "detail": [{"loc": ["query", "cursor"], "msg": "not a cursor this API returned", "type": "value_error"}]
+    }
 
 
 def test_bad_early_stopping_is_refused_naming_the_field_and_nothing_is_stored(client: Client) -> None:

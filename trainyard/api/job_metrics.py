@@ -20,7 +20,8 @@ def _cursor(value: str | None) -> int:
     if value is None:
         return 0
     if not value.isdigit() or len(value) > 18:
-        raise HTTPException(status_code=422, detail=[{"field": "cursor", "reason": "not a cursor this API returned"}])
+        problem = {"loc": ["query", "cursor"], "msg": "not a cursor this API returned", "type": "value_error"}
+        raise HTTPException(status_code=422, detail=[problem])  # the shape of every refused parameter
     return int(value)
 
 
