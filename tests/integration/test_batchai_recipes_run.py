@@ -106,7 +106,8 @@ def test_the_pytorch_gloo_recipe_trains_on_two_nodes_from_azurite_and_saves_its_
     doc["properties"]["environmentVariables"] = [{"name": "PATH", "value": f"{VENV_BIN}:{os.environ['PATH']}"}]
     job_id = _submit(azurite_cluster, doc, tmp_path, f"logs=sync:{root}/logs", f"scripts=sync:{root}/scripts")
     job = azurite_cluster.client.job(job_id)
-    assert job.wait(timeout=55) == "succeeded", job.log_bytes(stream="stderr")[-3000:]
+    state = job.wait(timeout=55)
+    assert state == "succeeded", {r: job.log_bytes(rank=r, stream="stderr")[-3000:] for r in (0, 1)}  # both ranks' say
     assert len(job.data["attempts"][-1]["nodes"]) == 2
     out = job.log_bytes(rank=0).decode() + job.log_bytes(rank=1).decode()
     assert sorted(re.findall(r"rank \d of 2 replicas-equal True", out)) == [
