@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from trainyard.api.auth import Principal, require
+from trainyard.api.errors import request_problem
 from trainyard.api.schemas import plausible_id
 from trainyard.db.metric_series import MAX_PAGE, SeriesQuery, series_page
 from trainyard.db.models import Job
@@ -20,8 +21,8 @@ def _cursor(value: str | None) -> int:
     if value is None:
         return 0
     if not value.isdigit() or len(value) > 18:
-        problem = {"loc": ["query", "cursor"], "msg": "not a cursor this API returned", "type": "value_error"}
-        raise HTTPException(status_code=422, detail=[problem])  # the shape of every refused parameter
+        problem = request_problem(["query", "cursor"], "not a cursor this API returned")
+        raise HTTPException(status_code=422, detail=[problem])
     return int(value)
 
 

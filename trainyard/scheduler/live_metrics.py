@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from trainyard import early_stopping
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, MetricPoint, Part, Sweep
-from trainyard.scheduler.outcomes import Effects, _record_stale
+from trainyard.scheduler.outcomes import Effects, record_stale
 from trainyard.spec import ACTIVE_STATES, JobState, state_values
 
 MAX_POINTS_PER_ATTEMPT = 10_000
@@ -62,7 +62,7 @@ def apply_metrics(session: Session, events: list[dict[str, Any]], now: datetime,
         key = (str(event["job_id"]), int(event["attempt"]), int(event["rank"]))
         part, job, row = parts.get(key), jobs.get(key[0]), attempts.get(key[:2])
         if part is None or not part.active or part.node_id != event["node"] or job is None or row is None:
-            _record_stale(session, effects, event, now)
+            record_stale(session, effects, event, now)
             continue
         if int(event["offset"]) < (row.metrics_offset or 0):
             continue  # this batch landed already (the outbox retried it)

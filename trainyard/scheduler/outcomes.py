@@ -56,7 +56,7 @@ def may_have_secrets(job: Job) -> bool:
     return job.secrets_enc is not None or job.sweep_id is not None
 
 
-def _record_stale(session: Session, effects: Effects, event: dict[str, Any], now: datetime) -> None:
+def record_stale(session: Session, effects: Effects, event: dict[str, Any], now: datetime) -> None:
     effects.stale_writes += 1
     session.add(
         Event(
@@ -120,7 +120,7 @@ def _started(session: Session, loaded: _Loaded, event: dict[str, Any], now: date
     job_id, attempt, rank = str(event["job_id"]), int(event["attempt"]), int(event["rank"])
     part = loaded.parts.get((job_id, attempt, rank))
     if part is None or not part.active or part.node_id != event["node"]:
-        _record_stale(session, effects, event, now)
+        record_stale(session, effects, event, now)
         effects.stops.append((event["node"], job_id, attempt, "stale"))
         return
     if part.state != PartState.SCHEDULED:
@@ -140,7 +140,7 @@ def _exited(session: Session, loaded: _Loaded, event: dict[str, Any], now: datet
     job_id, attempt, rank = str(event["job_id"]), int(event["attempt"]), int(event["rank"])
     part = loaded.parts.get((job_id, attempt, rank))
     if part is None or not part.active or part.node_id != event["node"]:
-        _record_stale(session, effects, event, now)
+        record_stale(session, effects, event, now)
         return
     reason = str(event.get("reason") or "exit")
     exit_code = event.get("exit_code")
@@ -207,7 +207,7 @@ def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: E
         )
     )
     if not changed:
-        _record_stale(session, effects, event, now)
+        record_stale(session, effects, event, now)
         return
     parts = session.scalars(select(Part).where(Part.job_id == job_id, Part.attempt == attempt)).all()
     if all(p.logs_complete for p in parts):
