@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.services import REPO_ROOT, free_port, unavailable, wait_for_port
 from tests.workers.launchers import components
 
@@ -164,3 +166,10 @@ def registry_engine(directory: Path, registry: PrivateRegistry) -> Iterator[str]
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRegistry]:
+    """One private registry per test module that assigns this fixture (`registry = private.registry`)."""
+    with private_registry(tmp_path_factory.mktemp("registry")) as found:
+        yield found

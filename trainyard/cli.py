@@ -457,8 +457,6 @@ def job_submit(
         job = _client().submit(data)
     except SpecRejected as exc:
         _problems(exc.problems)
-    except TrainyardError as exc:
-        _fail(str(exc))
     if not as_json:
         console.print(f"submitted [bold]{job.id}[/bold] ({job.name})")
     if follow:
@@ -510,10 +508,7 @@ def job_list(
 @job_app.command("show")
 def job_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A job's state, attempts, nodes, exit codes and times."""
-    try:
-        job = _client().job(job_id)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    job = _client().job(job_id)
     if as_json:
         _print_json(job.data)
         return
@@ -579,12 +574,9 @@ def job_logs(
     """Print a job's output, byte for byte."""
     if stream not in ("stdout", "stderr"):
         _fail("--stream must be stdout or stderr", EXIT_BAD_INPUT)
-    try:
-        for chunk in _client().log_chunks(job_id, rank=rank, stream=stream, attempt=attempt, follow=follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-    except TrainyardError as exc:
-        _fail(str(exc))
+    for chunk in _client().log_chunks(job_id, rank=rank, stream=stream, attempt=attempt, follow=follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
 
 
 @job_app.command("wait")
@@ -594,8 +586,6 @@ def job_wait(job_id: str, timeout: Annotated[float | None, typer.Option(help="se
         state = _client().job(job_id).wait(timeout=timeout)
     except TimeoutError as exc:
         _fail(str(exc))
-    except TrainyardError as exc:
-        _fail(str(exc))
     console.print(f"{job_id} {state}")
     raise typer.Exit(0 if state == "succeeded" else 1)
 
@@ -603,10 +593,7 @@ def job_wait(job_id: str, timeout: Annotated[float | None, typer.Option(help="se
 @job_app.command("cancel")
 def job_cancel(job_id: str) -> None:
     """Cancel a job (its processes on every node are stopped)."""
-    try:
-        job = _client().cancel(job_id)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    job = _client().cancel(job_id)
     state = job.data["state"]
     suffix = "" if JobState(state) in TERMINAL_STATES else " (stopping)"
     console.print(f"{job_id} {state}{suffix}")
@@ -618,10 +605,7 @@ def job_cancel(job_id: str) -> None:
 @job_app.command("rerun")
 def job_rerun(job_id: str) -> None:
     """Submit the job again: a new job with the same spec and secrets, linked to it (`rerun_of`)."""
-    try:
-        job = _client().rerun(job_id)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    job = _client().rerun(job_id)
     console.print(f"{job.id} queued (rerun of {job_id})")
 
 
@@ -632,10 +616,7 @@ def job_outputs(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A job's output files: attempt, output id, path, size, sha256 and the key to download it by."""
-    try:
-        files = _client().outputs(job_id, attempt=attempt)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    files = _client().outputs(job_id, attempt=attempt)
     if as_json:
         _print_json(files)
         return
@@ -655,10 +636,7 @@ def job_download(
     attempt: Annotated[int | None, typer.Option(help="attempt (default: the latest with outputs)")] = None,
 ) -> None:
     """Download a job's output files, each checked against its sha256."""
-    try:
-        paths = _client().download(job_id, dest, output=output, attempt=attempt)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    paths = _client().download(job_id, dest, output=output, attempt=attempt)
     for path in paths:
         console.print(str(path), highlight=False)
     if not paths:
@@ -693,20 +671,14 @@ def node_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @node_app.command("drain")
 def node_drain(node_id: str) -> None:
     """Stop giving a node new work; what runs there finishes."""
-    try:
-        node = _client().drain(node_id)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    node = _client().drain(node_id)
     console.print(f"{node['id']} {node['state']}")
 
 
 @node_app.command("logs")
 def node_logs(node_id: str) -> None:
     """The output of the node's setup task (the pool's `setup`), so far while it runs."""
-    try:
-        text = _client().node_logs(node_id)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    text = _client().node_logs(node_id)
     sys.stdout.write(text)
 
 
@@ -819,8 +791,6 @@ def _refused_or(call: Callable[[], T]) -> T:
         return call()
     except SpecRejected as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
-    except TrainyardError as exc:
-        _fail(str(exc))
 
 
 def _key_values(items: list[str], option: str) -> dict[str, str]:
@@ -938,10 +908,7 @@ def volume_list(
 @volume_app.command("delete")
 def volume_delete(name: str, workspace: Annotated[str | None, typer.Option()] = None) -> None:
     """Forget a named volume (its data stays where it is; running jobs keep theirs)."""
-    try:
-        _client().delete_volume(name, workspace)
-    except TrainyardError as exc:
-        _fail(str(exc))
+    _client().delete_volume(name, workspace)
     console.print(f"volume {name} deleted")
 
 
@@ -954,8 +921,6 @@ def _admin_call(method: str, path: str, **kwargs: Any) -> Any:
         return _client()._request(method, path, **kwargs)
     except SpecRejected as exc:
         _problems(exc.problems)
-    except TrainyardError as exc:
-        _fail(str(exc))
 
 
 @token_app.command("create")
@@ -1058,6 +1023,7 @@ def audit_list(
 
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Commands let the SDK's errors (404, 409, refused, unreachable) reach this one place.
     try:
         app()
     except TrainyardError as exc:

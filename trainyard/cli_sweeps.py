@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from trainyard.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, console, errors, fail, refuse
-from trainyard.client import Client, SpecRejected, Sweep, TrainyardError
+from trainyard.client import Client, SpecRejected, Sweep
 from trainyard.spec import TERMINAL_STATES, JobState, SpecError, load_spec_file
 
 sweep_app = typer.Typer(help="Parameter sweeps: many jobs from one template.", no_args_is_help=True)
@@ -202,8 +202,6 @@ def sweep_show(
             _plot(client, sweep_id, metric, order, plot)
     except SpecRejected as exc:
         _problems(exc.problems)
-    except TrainyardError as exc:
-        _fail(str(exc))
     if as_json:
         _print_json(data)
     else:
@@ -213,10 +211,7 @@ def sweep_show(
 @sweep_app.command("cancel")
 def sweep_cancel(sweep_id: str) -> None:
     """Cancel a sweep: its queued jobs end now, its running ones are stopped."""
-    try:
-        data = Client().cancel_sweep(sweep_id).data
-    except TrainyardError as exc:
-        _fail(str(exc))
+    data = Client().cancel_sweep(sweep_id).data
     console.print(f"{sweep_id} {data['state']}: {_counts_line(data)}", highlight=False)
 
 
@@ -234,8 +229,6 @@ def sweep_rerun(
         data = Client().rerun_sweep(sweep_id, failed=failed).data
     except SpecRejected as exc:
         _problems(exc.problems)
-    except TrainyardError as exc:
-        _fail(str(exc))
     if as_json:
         _print_json(data)
         return

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from trainyard.cli_output import console, fail, refuse
-from trainyard.client import Client, SpecRejected, TrainyardError
+from trainyard.cli_output import console, refuse
+from trainyard.client import Client, SpecRejected
 
 workspace_app = typer.Typer(help="Workspace settings (admin): webhook targets.", no_args_is_help=True)
 
@@ -46,6 +46,4 @@ def workspace_notify(
             data = client.workspace_notify(name)
     except SpecRejected as exc:
         refuse("invalid workspace settings", exc.problems)
-    except TrainyardError as exc:
-        fail(str(exc))
     _show(data, as_json)

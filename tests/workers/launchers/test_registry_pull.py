@@ -18,10 +18,7 @@ pytestmark = pytest.mark.integration
 SECRET = "REGISTRY_PASSWORD"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[private.PrivateRegistry]:
-    with private.private_registry(tmp_path_factory.mktemp("registry")) as found:
-        yield found
+registry = private.registry  # the module's registry, started once
 
 
 @pytest.fixture(scope="module")
