@@ -8,6 +8,7 @@ for a while (`claim_orphans`), so nothing read by a deposed leader is lost.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 EVENT_BATCH = 2000
 ORPHAN_IDLE_MS = 2000
+# Events the database refused to store (kept for an operator to read; the stream is capped).
+PARKED_STREAM = transport.EVENTS_STREAM + ":parked"
+PARKED_MAXLEN = 10_000
 
 
 class StreamLost(Exception):
@@ -29,6 +33,7 @@ class EventReader:
     def __init__(self, client: redis.Redis, consumer: str, batch: int = EVENT_BATCH):
         self.redis, self.consumer, self.batch = client, consumer, batch
         self.invalid = 0
+        self.parked = 0
 
     def ensure_group(self) -> None:
         try:
@@ -80,6 +85,14 @@ class EventReader:
         if entry_ids:
             self.redis.xack(transport.EVENTS_STREAM, transport.EVENTS_GROUP, *entry_ids)
 
+    def park(self, entry_id: bytes, event: dict[str, Any], reason: str) -> None:
+        """Set aside an event the database refuses, so that it cannot stop every event after it."""
+        self.parked += 1
+        log.error("parking event %s (%s) the database refused: %s", entry_id, event.get("kind"), reason)
+        record = {"entry": entry_id, "error": reason[:2000], "data": json.dumps(event, default=str)}
+        self.redis.xadd(PARKED_STREAM, record, maxlen=PARKED_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        self.ack([entry_id])
+
     def _parsed(self, entries: list[Any]) -> list[tuple[bytes, dict[str, Any]]]:
         """Validate each entry against the wire contract; what fails is logged, counted and acked."""
         good: list[tuple[bytes, dict[str, Any]]] = []
@@ -89,7 +102,10 @@ class EventReader:
                 bad.append(entry_id)  # trimmed away while pending
                 continue
             try:
-                event = wire.parse_event(transport.decode(fields))
+                payload = transport.decode(fields)
+                if b"\\u0000" in fields.get(b"data", b""):
+                    payload = _without_nul(payload)  # PostgreSQL stores no NUL in text
+                event = wire.parse_event(payload)
             except (wire.InvalidMessage, ValueError, KeyError) as exc:
                 self.invalid += 1
                 log.warning("dropping an invalid event %s: %s", entry_id, exc)
@@ -98,3 +114,14 @@ class EventReader:
             good.append((entry_id, event.model_dump()))
         self.ack(bad)
         return good
+
+
+def _without_nul(value: Any) -> Any:
+    """The value with every NUL character in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value

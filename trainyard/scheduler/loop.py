@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from trainyard import transport
@@ -150,10 +150,23 @@ class Scheduler:
         self._tick()
 
     def _consume(self, entries: list[tuple[bytes, dict[str, Any]]]) -> None:
-        """Apply a batch of events in one fenced transaction, then acknowledge it."""
+        """Apply a batch of events in one fenced transaction, then acknowledge it.
+
+        When the database refuses the batch (a value it cannot store), its events are applied
+        one by one and the one it still refuses is parked: one bad event never stops the others.
+        """
         if not entries:
             return
-        self._apply([event for _entry_id, event in entries])
+        try:
+            self._apply([event for _entry_id, event in entries])
+        except (DataError, IntegrityError) as exc:
+            if len(entries) == 1:
+                self.events.park(entries[0][0], entries[0][1], str(exc.orig))
+                return
+            log.warning("the database refused %d events (%s); applying them one by one", len(entries), exc.orig)
+            for entry in entries:
+                self._consume([entry])
+            return
         self.events.ack([entry_id for entry_id, _ in entries])
 
     def _apply(self, events: list[dict[str, Any]]) -> None:
