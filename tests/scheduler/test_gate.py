@@ -3,18 +3,13 @@ once, and its writes commit only under the leader's lease."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.services import private_postgres_database
 from trainyard.db.dependencies import cancel_cascade
-from trainyard.db.engine import make_engine, make_sessionmaker, upgrade
 from trainyard.db.jobs import NewJob, PlannedDependency, cancel_job, create_jobs, load_job_dict
 from trainyard.db.models import Job, JobDependency, SchedulerLease
 from trainyard.scheduler.gate import DependencyGate
@@ -23,20 +18,6 @@ from trainyard.scheduler.snapshot import SnapshotReader
 from trainyard.spec import parse_job_spec
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    """A database of the test's own: one test takes the scheduler lease, which no live cluster may hold."""
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / 'gate.db'}"
-        else:
-            url = stack.enter_context(private_postgres_database())
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
 
 
 def _gate() -> DependencyGate:

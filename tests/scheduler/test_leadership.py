@@ -6,14 +6,11 @@ monotonic reading and the wall clock, so a pause or an expiry is one `advance` a
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from tests.services import private_postgres_database
-from trainyard.db.engine import make_engine, make_sessionmaker, upgrade
 from trainyard.db.models import Job, Node, Part, SchedulerLease
 from trainyard.scheduler.housekeeping import REDISPATCH_AFTER_S, CancelStops, lost_messages
 from trainyard.scheduler.lease import Deposed, LeaderLease, current_leader, fenced_sessions
@@ -37,21 +34,6 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.mono_s += seconds
         self.wall_at += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
-    """A database of the test's own: a cluster's live scheduler elsewhere in the session must not
-    hold the lease these tests take (the shared test database is used by running clusters)."""
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / 'lease.db'}"
-        else:
-            url = stack.enter_context(private_postgres_database())
-        upgrade(url)
-        engine = make_engine(url)
-        yield make_sessionmaker(engine)
-        engine.dispose()
 
 
 def _lease(sessions, name: str, clock: FakeClock) -> LeaderLease:  # type: ignore[no-untyped-def]
