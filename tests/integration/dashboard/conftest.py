@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.clusters import own_cluster
 from tests.services import unavailable
-from trainyard.up import Cluster, start_cluster
+from trainyard.up import Cluster
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless as root on a machine without network (TESTBED.md); Playwright adds --headless itself.
@@ -62,22 +63,10 @@ def _token(cluster: Cluster, role: str, workspace: str) -> str:
 
 @pytest.fixture(scope="package")
 def dash_cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("dashboard-cluster")
-    started = start_cluster(
-        workers=2,
-        slots=4,
-        home=home,
-        extra_env={
-            "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
-            "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
-            "TRAINYARD_ADMIN_TOKEN": "",
-            "TRAINYARD_SECRET_KEY": "",
-        },
-    )
-    try:
+    with own_cluster(
+        tmp_path_factory.mktemp("dashboard-cluster"), redis_server, REDIS_DB, workers=2, slots=4
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture(scope="package")

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import clusters
 from tests.integration.security.conftest import api, create_token, wait_for_state
 from trainyard import transport
 from trainyard.metrics import LOG_LAG_FIELD, LOG_PENDING_FIELD, SchedulerMetrics, read_scheduler_metrics
-from trainyard.up import Cluster, start_cluster
+from trainyard.up import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -30,22 +31,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def own_cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Cluster]:
     """A one-node cluster of this module's own: its counters move only with this module's jobs."""
-    home = tmp_path_factory.mktemp("observability")
-    started = start_cluster(
-        workers=1,
-        slots=2,
-        home=home,
-        extra_env={
-            "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
-            "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
-            "TRAINYARD_ADMIN_TOKEN": "",
-            "TRAINYARD_SECRET_KEY": "",
-        },
-    )
-    try:
+    with clusters.own_cluster(
+        tmp_path_factory.mktemp("observability"), redis_server, REDIS_DB, workers=1, slots=2
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def scrape(cluster: Cluster, token: str) -> Samples:
