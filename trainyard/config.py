@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     notify_backoff_s: float = Field(
         2.0, gt=0, description="seconds before a webhook's second try; doubles each try, at most 300"
     )
+    arm_delete_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds a job deleted through the Batch AI API (/arm) keeps its row, logs and outputs",
+    )
     gpu_quotas: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict,
         description="per-workspace GPU quotas, `team-a=16,team-b=8`",

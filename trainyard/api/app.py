@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from trainyard import __version__, transport
 from trainyard.api import (
+    arm,
     audit,
     dashboard,
     job_metrics,
@@ -72,8 +73,10 @@ def create_app(settings: Settings | None = None, notifier: bool = True) -> FastA
     app.include_router(volumes.router, responses=AUTH_RESPONSES)
     app.include_router(workspaces.router, responses=AUTH_RESPONSES)
     app.add_exception_handler(SpecError, jobs.spec_error_handler)
+    app.include_router(arm.router)  # the Batch AI REST surface: its errors are CloudErrors
     install_error_handlers(app)
     dashboard.install(app)  # the web pages at /ui, on the same tokens (through a session cookie)
+    arm.common.install(app)  # CloudErrors under /arm; last, as it defers to the handlers before it elsewhere
 
     @app.get("/healthz", summary="Liveness (no auth)", response_model=Health)
     def healthz() -> Any:

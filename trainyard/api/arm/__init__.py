@@ -10,6 +10,7 @@ import importlib
 
 from fastapi import APIRouter
 
+from trainyard.api.arm import common as common  # app.py installs its error handlers
 from trainyard.api.arm.common import PREFIX
 
 # Later modules' routes are matched after earlier ones': the most literal paths come first.

@@ -14,8 +14,9 @@
   resource group are accepted; those of the PUT that created the workspace are stored on it
   (db.models.ArmWorkspace) and make up its resource id. Under any other subscription or resource
   group the workspace does not exist (404), and creating it there is 409 Conflict.
-  `workspace_in(session, who, ids)` is the lookup every child resource (experiments, clusters, file
-  servers, jobs) starts from.
+  Routes are templates under `WORKSPACE_PATH` (`GROUP_PATH` for lists); the `workspace_ids` dependency
+  reads their parameters, and `workspace_in(session, who, ids)` is the lookup every child resource
+  (experiments, clusters, file servers, jobs) starts from.
 - Resource ids: `resource_id(ids, ("experiments", name), ("jobs", name))`; bodies:
   `envelope(id, name, type, properties, **extra)`; types are `resource_type("experiments", "jobs")`.
 - Lists: `page_request` (a dependency reading `maxresults` and `$skiptoken`) and `list_result`, which
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
@@ -123,6 +124,20 @@ class WorkspaceIds:
     workspace: str
 
 
+# Route templates (relative to /arm); `workspace_ids` is the dependency that reads their parameters.
+GROUP_PATH = "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/" + PROVIDER
+WORKSPACE_PATH = GROUP_PATH + "/workspaces/{workspace}"
+
+
+def workspace_ids(
+    subscription_id: str = Path(min_length=1, max_length=64),
+    resource_group: str = Path(min_length=1, max_length=90, pattern=RESOURCE_GROUP_PATTERN),
+    workspace: str = Path(min_length=1, max_length=64, pattern=NAME_PATTERN),
+) -> WorkspaceIds:
+    """A dependency: the subscription, resource group and workspace a WORKSPACE_PATH route names."""
+    return WorkspaceIds(subscription_id, resource_group, workspace)
+
+
 def ids_of(row: ArmWorkspace) -> WorkspaceIds:
     return WorkspaceIds(row.subscription_id, row.resource_group, row.name)
 
@@ -167,12 +182,18 @@ def workspace_in(session: Session, who: Principal, ids: WorkspaceIds) -> ArmWork
     """The workspace at these ids, as the caller may see it; else CloudError 404."""
     own_workspace(who, ids.workspace)
     row = session.get(ArmWorkspace, ids.workspace)
-    if row is None or (row.subscription_id.lower(), row.resource_group.lower()) != (
-        ids.subscription_id.lower(),
-        ids.resource_group.lower(),
-    ):
+    if row is None or not lives_at(row, ids):
         raise not_found("workspace", ids.workspace)
     return row
+
+
+def lives_at(row: ArmWorkspace, ids: WorkspaceIds) -> bool:
+    """Whether the workspace is under these ids' subscription and resource group (ARM compares those
+    case-insensitively)."""
+    return (row.subscription_id.lower(), row.resource_group.lower()) == (
+        ids.subscription_id.lower(),
+        ids.resource_group.lower(),
+    )
 
 
 # ---- paging ------------------------------------------------------------------------------------
@@ -252,24 +273,17 @@ def _cloud_error_handler(_request: Request, exc: Exception) -> Response:
     return cloud_error_response(exc)
 
 
-def _validation_handler(request: Request, exc: Exception) -> Response:
-    if not is_arm_path(request):
-        return validation_error_handler(request, exc)
-    assert isinstance(exc, RequestValidationError)
-    problems = exc.errors()
+def _validation_answer(exc: RequestValidationError) -> Response:
     details = [
         {"code": "InvalidParameter", "message": str(p.get("msg", "")), "target": field_target(p.get("loc", ()))}
-        for p in problems
+        for p in exc.errors()
     ]
-    first = details[0] if details else {"message": "invalid request", "target": None}
+    first = details[0]["target"] if details else None
     message = "; ".join(f"{d['target']}: {d['message']}" for d in details) or "invalid request"
-    return cloud_error_response(CloudError(400, "InvalidParameter", message, first["target"], details))
+    return cloud_error_response(CloudError(400, "InvalidParameter", message, first, details))
 
 
-def _http_handler(request: Request, exc: Exception) -> Response:
-    if not is_arm_path(request):
-        return http_error_handler(request, exc)
-    assert isinstance(exc, StarletteHTTPException)
+def _http_answer(request: Request, exc: StarletteHTTPException) -> Response:
     code = ERROR_CODES.get(exc.status_code, "BadRequest" if exc.status_code < 500 else "InternalServerError")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
@@ -277,9 +291,23 @@ def _http_handler(request: Request, exc: Exception) -> Response:
     return cloud_error_response(CloudError(exc.status_code, code, message, headers=dict(exc.headers or {})))
 
 
+Handler = Callable[[Request, Exception], Any]
+
+
 def install(app: FastAPI) -> None:
-    """CloudError answers for every error under /arm; other paths keep trainyard's shapes. Call after
-    `errors.install_error_handlers` (these handlers replace those, and defer to them off /arm)."""
+    """CloudError answers for every error under /arm; other paths keep the handlers installed before
+    (call it last: these replace them, and defer to them off /arm)."""
+    other_validation: Handler = app.exception_handlers.get(RequestValidationError, validation_error_handler)
+    other_http: Handler = app.exception_handlers.get(StarletteHTTPException, http_error_handler)
+
+    def on_validation(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, RequestValidationError)
+        return _validation_answer(exc) if is_arm_path(request) else other_validation(request, exc)
+
+    def on_http(request: Request, exc: Exception) -> Any:
+        assert isinstance(exc, StarletteHTTPException)
+        return _http_answer(request, exc) if is_arm_path(request) else other_http(request, exc)
+
     app.add_exception_handler(CloudError, _cloud_error_handler)
-    app.add_exception_handler(RequestValidationError, _validation_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
