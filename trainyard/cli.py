@@ -149,8 +149,10 @@ def api(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8642,
     log_level: str = "warning",
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this PEM certificate (chain)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the PEM private key of --tls-cert")] = None,
 ) -> None:
-    """Serve the REST API."""
+    """Serve the REST API (HTTPS with --tls-cert and --tls-key, or TRAINYARD_API_TLS_CERT/_KEY)."""
     import uvicorn
 
     from trainyard.api.app import create_app
@@ -159,6 +161,9 @@ def api(
     from trainyard.db.engine import upgrade
 
     settings = load_settings()
+    tls_cert, tls_key = tls_cert or settings.api_tls_cert, tls_key or settings.api_tls_key
+    if (tls_cert is None) != (tls_key is None):
+        _fail("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     upgrade(settings.database_url.get_secret_value())
     application = create_app(settings)
     tune_gc()  # bulk submits: see trainyard/api/runtime.py
@@ -171,6 +176,8 @@ def api(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
 
 

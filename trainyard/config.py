@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         description="encrypts secrets at rest and on their way to the node",
         json_schema_extra=_shown("generated into `TRAINYARD_HOME/secret-key` by `up`"),
     )
+    api_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) `trainyard api` serves HTTPS with (`--tls-cert` overrides it)",
+        json_schema_extra=_shown("none: plain HTTP"),
+    )
+    api_tls_key: Path | None = Field(
+        None,
+        description="PEM private key of that certificate (`--tls-key` overrides it)",
+        json_schema_extra=_shown("none"),
+    )
     heartbeat_period_s: float = Field(HEARTBEAT_PERIOD_S, gt=0, description="seconds between a node's heartbeats")
     node_lost_after_s: float = Field(
         NODE_LOST_AFTER_S, gt=0, description="seconds of heartbeat silence after which a node is lost"
