@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         description="network the docker node provider's containers join",
         json_schema_extra=_shown("the engine's default"),
     )
+    arm_vm_sizes: str | None = Field(
+        None,
+        description="VM sizes Batch AI clusters (/arm) may name: JSON `{size: {cpus, gpus, memory_gib}}`, "
+        "or a file holding it; added to the defaults",
+        json_schema_extra=_shown("common D, F, NC, ND, NV sizes"),
+    )
     flower_basic_auth: SecretStr | None = Field(
         None,
         validation_alias="FLOWER_BASIC_AUTH",
