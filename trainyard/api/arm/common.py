@@ -210,7 +210,7 @@ class PageRequest:
 
 def _decode_skiptoken(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
+        return base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise bad_request("The $skiptoken is not one this service handed out.", "$skiptoken") from None
 

@@ -28,8 +28,9 @@ def upgrade() -> None:
     op.create_index("ix_arm_workspaces_group", "arm_workspaces", ["subscription_id", "resource_group", "name"])
     op.create_table(
         "arm_experiments",
-        sa.Column("workspace", sa.String(64), sa.ForeignKey("arm_workspaces.name", ondelete="CASCADE"),
-                  primary_key=True),  # fmt: skip
+        sa.Column(
+            "workspace", sa.String(64), sa.ForeignKey("arm_workspaces.name", ondelete="CASCADE"), primary_key=True
+        ),
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
     )
