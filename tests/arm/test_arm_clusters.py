@@ -80,15 +80,15 @@ def _put(api: Api, name: str, body: dict[str, Any]) -> Any:
 
 
 def _pool(api: Api, name: str) -> Pool:
-    with api.app.state.sessions() as session:  # type: ignore[attr-defined]
+    with api.app.state.sessions() as session:
         pool = session.get(Pool, name)
-        assert pool is not None
+        assert isinstance(pool, Pool)
         return pool
 
 
 def _nodes(api: Api, pool: str, states: dict[str, str], slots: int = 6) -> None:
     """Register nodes in a pool: node id → state; `busy` is a node that is up with a running part."""
-    with api.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+    with api.app.state.sessions.begin() as session:
         for node_id, state in states.items():
             session.add(Node(id=node_id, pool=pool, address="127.0.0.9", slots=slots, gpus=[0],
                              state="up" if state == "busy" else state, state_detail="setup exited 3"
@@ -226,7 +226,7 @@ def _file_server(disks: int, storage: str = "Standard_LRS") -> dict[str, Any]:
 
 
 def _register_volume(api: Api, name: str, kind: str, **definition: Any) -> None:
-    with api.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+    with api.app.state.sessions.begin() as session:
         session.add(Volume(workspace=WS, name=name, kind=kind, definition=definition, created_by="t",
                            created_at=utcnow()))  # fmt: skip
 
@@ -272,7 +272,7 @@ def test_a_low_priority_cluster_marks_its_pools_work_preemptible(api: Api) -> No
     assert (props["vmPriority"], props["vmSize"]) == ("lowpriority", "Custom_G2")
     settings = _pool(api, "vision.cheap").settings
     assert (settings["preemptible"], settings["slots_per_node"], settings["gpus_per_node"]) == (True, 3, 2)
-    with api.app.state.sessions() as session:  # type: ignore[attr-defined]
+    with api.app.state.sessions() as session:
         cluster = session.get(ArmCluster, (WS, "cheap"))
         assert cluster is not None and cluster.lowpriority
 
