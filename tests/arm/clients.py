@@ -57,12 +57,13 @@ class ArmTarget:
 class ClientFailed(AssertionError):
     """A client process exited non-zero or printed no JSON; the message carries its output."""
 
-    def __init__(self, args: Sequence[str], result: subprocess.CompletedProcess[str]):
+    def __init__(self, args: Sequence[str], result: subprocess.CompletedProcess[str], hide: str = ""):
         self.returncode, self.stdout, self.stderr = result.returncode, result.stdout, result.stderr
-        super().__init__(
+        message = (
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
             f"\n--- stderr\n{result.stderr[-4000:]}"
         )
+        super().__init__(message.replace(hide, "<token>") if hide else message)
 
 
 # -- the test process's half -----------------------------------------------------------------
@@ -126,7 +127,7 @@ def run_client(
     if result.returncode != 0:
         if not check:
             return result
-        raise ClientFailed(command, result)
+        raise ClientFailed(command, result, hide=target.token)
     return last_json(command, result)
 
 
@@ -153,7 +154,7 @@ def run_az(
         command, env=client_env(target, extra), capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if check and result.returncode != 0:
-        raise ClientFailed(command, result)
+        raise ClientFailed(command, result, hide=target.token)
     return result
 
 
