@@ -19,7 +19,7 @@ from trainyard.api.arm.fileservers import nfs_server
 from trainyard.api.arm.sizes import VmSizeTable, family_of
 from trainyard.config import load_settings
 from trainyard.crypto import new_secret_key
-from trainyard.db.arm_clusters import ArmCluster, pool_name
+from trainyard.db.arm_clusters import ArmCluster, forget_workspace, pool_name
 from trainyard.db.models import ArmWorkspace, Node, Part, Pool, Volume, utcnow
 
 ADMIN = "admin-token-for-arm-cluster-tests"
@@ -360,3 +360,23 @@ def test_vm_sizes_come_from_the_defaults_and_the_setting(tmp_path: Path) -> None
         family_of("Standard_D4_v2") == "Standard Dv2 Family"
         and family_of("Standard_ND40rs_v2") == "Standard NDv2 Family"
     )
+
+
+def test_pool_names_are_workspace_dot_cluster_or_shortened_with_a_digest() -> None:
+    assert pool_name("vision", "nc6") == "vision.nc6"
+    long = pool_name("w" * 64, "c" * 64)
+    assert len(long) <= 64 and long.startswith("w") and long != pool_name("w" * 64, "c" * 63)
+    odd = pool_name("_team", "größe")
+    assert len(odd) <= 64 and odd[0].isalnum() and odd.isascii()
+
+
+def test_forgetting_a_workspace_empties_its_clusters_pools(api: Api, tmp_path: Path) -> None:
+    assert _put(api, "kept", _cluster()).status_code == 200
+    _register_volume(api, "fs", "host", path=str(tmp_path))
+    assert api.put(f"{WORKSPACE}/fileServers/fs", params=V, json=_file_server(disks=1)).status_code == 200
+    with api.app.state.sessions.begin() as session:
+        assert forget_workspace(session, WS) == ["vision.kept"]
+    pool = _pool(api, "vision.kept")
+    assert (pool.max_nodes, pool.settings["target"]) == (0, 0)
+    assert api.get(f"{WORKSPACE}/clusters", params=V).json()["value"] == []
+    assert api.get(f"{WORKSPACE}/fileServers", params=V).json()["value"] == []

@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from trainyard.db.models import Base, UTCDateTime, utcnow
+from trainyard.db.models import Base, Pool, UTCDateTime, utcnow
 
 POOL_NAME_MAX = 64
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DIGEST_CHARS = 10
+# A pool's settings its setup and volume routes own (api.pools.OTHER_SETTINGS): a deleted cluster drops them.
+POOL_PART_SETTINGS = ("setup", "volumes")
 
 
 class ArmCluster(Base):
@@ -80,4 +82,35 @@ def cluster_of_pool(session: Session, pool: str) -> ArmCluster | None:
     return session.scalars(select(ArmCluster).where(ArmCluster.pool == pool)).first()
 
 
-__all__ = ["ArmCluster", "ArmFileServer", "cluster_named", "cluster_of_pool", "pool_name"]
+def empty_pool(session: Session, pool_name: str) -> None:
+    """Scale a deleted cluster's pool to 0: the autoscaler stops its nodes, their jobs end cancelled (as on
+    Azure). Its setup task (with encrypted secrets) and volumes go; the row stays, as pools are cheap."""
+    pool = session.get(Pool, pool_name)
+    if pool is None:
+        return
+    settings = {k: v for k, v in (pool.settings or {}).items() if k not in POOL_PART_SETTINGS}
+    settings.update({"target": 0, "autoscale": False, "deallocation": "terminate"})
+    pool.min_nodes, pool.max_nodes, pool.settings = 0, 0, settings
+
+
+def forget_workspace(session: Session, workspace: str) -> list[str]:
+    """A workspace being deleted: empty its clusters' pools and forget its clusters and file servers.
+    Returns the pools emptied. (The rows would cascade with the workspace; the pools would not shrink.)"""
+    clusters = list(session.scalars(select(ArmCluster).where(ArmCluster.workspace == workspace)))
+    for cluster in clusters:
+        empty_pool(session, cluster.pool)
+        session.delete(cluster)
+    for server in session.scalars(select(ArmFileServer).where(ArmFileServer.workspace == workspace)):
+        session.delete(server)
+    return [cluster.pool for cluster in clusters]
+
+
+__all__ = [
+    "ArmCluster",
+    "ArmFileServer",
+    "cluster_named",
+    "cluster_of_pool",
+    "empty_pool",
+    "forget_workspace",
+    "pool_name",
+]

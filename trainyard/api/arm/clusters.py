@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trainyard.api.arm.common import (
@@ -59,7 +60,7 @@ from trainyard.api.pools import OTHER_SETTINGS, PoolScale, PoolSetup, PoolVolume
 from trainyard.batchai_cluster import PoolTranslation, batchai_cluster_to_pool
 from trainyard.config import secret
 from trainyard.crypto import encrypt_secrets
-from trainyard.db.arm_clusters import ArmCluster, ArmFileServer, cluster_of_pool, pool_name
+from trainyard.db.arm_clusters import ArmCluster, ArmFileServer, cluster_of_pool, empty_pool, pool_name
 from trainyard.db.models import ArmWorkspace, Event, Node, Part, Pool, Volume, utcnow
 from trainyard.spec import NodeState, SpecError
 
@@ -383,6 +384,13 @@ def create_cluster(
     _version: str = Depends(api_version),
     who: Principal = require("admin"),
 ) -> Any:
+    try:
+        return _create(request, cluster_name, body, ids, who)
+    except IntegrityError:  # a concurrent PUT of the same cluster won the key: replace what it made
+        return _create(request, cluster_name, body, ids, who)
+
+
+def _create(request: Request, cluster_name: str, body: dict[str, Any], ids: WorkspaceIds, who: Principal) -> Any:
     with request.app.state.sessions.begin() as session:
         workspace_in(session, who, ids)
         cluster = session.get(ArmCluster, (ids.workspace, cluster_name))
@@ -494,11 +502,7 @@ def delete_cluster(
         cluster = session.get(ArmCluster, (ids.workspace, cluster_name))
         if cluster is None:
             return Response(status_code=204)
-        pool = session.get(Pool, cluster.pool)
-        if pool is not None:  # the autoscaler stops its nodes; their jobs end cancelled, as on Azure
-            settings = {k: v for k, v in (pool.settings or {}).items() if k not in OTHER_SETTINGS}
-            settings.update({"target": 0, "autoscale": False, "deallocation": "terminate"})
-            pool.min_nodes, pool.max_nodes, pool.settings = 0, 0, settings
+        empty_pool(session, cluster.pool)
         session.delete(cluster)
         detail = {"workspace": ids.workspace, "cluster": cluster_name, "pool": cluster.pool}
         session.add(Event(at=utcnow(), kind="arm_cluster_deleted", actor=who.name, detail=detail))
