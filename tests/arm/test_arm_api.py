@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ from fastapi import FastAPI
 
 from trainyard import logstore
 from trainyard.api.app import create_app
-from trainyard.api.arm import links
+from trainyard.api.arm import links, purge
 from trainyard.api.auth import new_token, token_hash
 from trainyard.config import load_settings
-from trainyard.db.models import ApiToken, Attempt, Job, Node, Part, utcnow
+from trainyard.db.models import ApiToken, ArmJobPurge, Attempt, Job, Node, Part, utcnow
 
 ADMIN = "arm-test-admin-token"
 SECRET = "s" * 44
@@ -280,3 +281,23 @@ def test_an_output_directory_the_job_does_not_declare_is_not_found(api: Api) -> 
         f"{WS}/w1/experiments/e1/jobs/j1/listOutputFiles{Q}&outputdirectoryid=stdouterr&linkexpiryinminutes=1"
     )
     assert short.status_code == 400 and _error(short)["target"] == "linkexpiryinminutes"
+
+
+def test_a_deleted_job_keeps_its_logs_for_the_retention_time_then_is_purged(api: Api) -> None:
+    _workspace(api)
+    assert api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200
+    job_id = _running_with_logs(api, b"kept for a while")
+    assert api.delete(f"{WS}/w1/experiments/e1/jobs/j1{Q}").status_code == 200
+    sessions, storage = api.app.state.sessions, api.app.state.storage
+    with sessions.begin() as session:  # the node reports the cancelled part ended
+        job = session.get(Job, job_id)
+        assert job is not None and job.cancel_requested
+        job.state, job.ended_at = "cancelled", utcnow()
+    assert purge.purge_once(sessions, storage) == 0  # within TRAINYARD_ARM_DELETE_RETENTION_S (1 h)
+    assert list(storage.list(f"logs/{job_id}/"))
+    with sessions.begin() as session:
+        session.get(ArmJobPurge, job_id).purge_after = utcnow() - timedelta(seconds=1)
+    assert purge.purge_once(sessions, storage) == 1
+    assert not list(storage.list(f"logs/{job_id}/"))
+    with sessions() as session:
+        assert session.get(Job, job_id) is None and session.get(ArmJobPurge, job_id) is None

@@ -24,6 +24,7 @@ from trainyard.api import (
     volumes,
     workspaces,
 )
+from trainyard.api.arm.purge import Purger
 from trainyard.api.errors import AUTH_RESPONSES, install_error_handlers
 from trainyard.api.notifier import Notifier, NotifierSettings
 from trainyard.api.schemas import Health
@@ -35,22 +36,26 @@ from trainyard.storage_adapters import open_storage
 
 
 def create_app(settings: Settings | None = None, notifier: bool = True) -> FastAPI:
-    """The app; with `notifier`, a thread that sends the webhook outbox runs while it serves."""
+    """The app; with `notifier`, threads that send the webhook outbox and purge jobs deleted through /arm
+    run while it serves."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sender = None
+        sender = purger = None
         if notifier:
             tries = NotifierSettings(max_tries=settings.notify_max_tries,
                                      backoff=Backoff(settings.notify_backoff_s, 300.0))  # fmt: skip
             sender = Notifier(app.state.sessions, secret(settings.secret_key), tries)
             sender.start()
+            purger = Purger(app.state.sessions, app.state.storage)  # jobs deleted through /arm, once retained
+            purger.start()
         try:
             yield
         finally:
-            if sender is not None:
-                sender.stop()
+            for thread in (sender, purger):
+                if thread is not None:
+                    thread.stop()
 
     app = FastAPI(
         title="trainyard",

@@ -16,7 +16,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from trainyard.db.jobs import cancel_job
-from trainyard.db.models import ArmExperiment, ArmJob, ArmJobPurge, ArmWorkspace, Job, utcnow
+from trainyard.db.models import (
+    ArmExperiment,
+    ArmJob,
+    ArmJobPurge,
+    ArmWorkspace,
+    Attempt,
+    Job,
+    JobDependency,
+    MetricPoint,
+    Part,
+    utcnow,
+)
 from trainyard.spec import JobState
 
 
@@ -118,6 +129,11 @@ def due_purges(session: Session, now: datetime, limit: int) -> list[str]:
 
 
 def forget_purged(session: Session, job_ids: Sequence[str]) -> None:
-    """Remove the jobs' rows (attempts, parts and events go with them) and their purge entries."""
+    """Remove the jobs' rows, their attempts, parts, metric points and dependency edges, and their purge
+    entries; the audit trail (events) and webhook deliveries stay."""
+    session.execute(delete(Part).where(Part.job_id.in_(job_ids)))
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id.in_(job_ids)))
+    session.execute(delete(JobDependency).where(JobDependency.job_id.in_(job_ids)))
+    session.execute(delete(Attempt).where(Attempt.job_id.in_(job_ids)))
     session.execute(delete(Job).where(Job.id.in_(job_ids)))
     session.execute(delete(ArmJobPurge).where(ArmJobPurge.job_id.in_(job_ids)))
