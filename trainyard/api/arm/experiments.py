@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from trainyard import retrying
+from trainyard import retrying, transport
 from trainyard.api.arm.common import (
     NAME_PATTERN,
     WORKSPACE_PATH,
@@ -103,6 +103,7 @@ def delete_experiment(
     with request.app.state.sessions.begin() as session:
         experiment_in(session, who, ids, name)
         arm.delete_experiment(session, ids.workspace, name, retention_s, who.name)
+    transport.wake_scheduler(request.app.state.redis)  # the cancels
     return Response(status_code=200)
 
 

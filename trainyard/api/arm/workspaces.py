@@ -1,5 +1,6 @@
 """Batch AI workspaces: create (PUT, answered done: 200 with provisioningState succeeded), update tags
-(PATCH), get, delete (its experiments and jobs with it), and list by subscription or resource group.
+(PATCH), get, delete (its experiments, jobs, clusters and file servers with it), and list by
+subscription or resource group.
 
 Writing a workspace takes an admin token (workspaces are trainyard's tenancy boundary); reading one,
 a viewer's. A workspace-scoped token sees only its own.
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from trainyard import retrying
+from trainyard import retrying, transport
 from trainyard.api.arm.common import (
     PROVIDER,
     RESOURCE_GROUP_PATTERN,
@@ -36,6 +37,7 @@ from trainyard.api.arm.common import (
 )
 from trainyard.api.auth import Principal, require
 from trainyard.db import arm
+from trainyard.db.arm_clusters import forget_workspace
 from trainyard.db.models import ArmWorkspace
 
 router = APIRouter(dependencies=[Depends(api_version)])
@@ -132,7 +134,9 @@ def delete_workspace(
     retention_s = request.app.state.settings.arm_delete_retention_s
     with request.app.state.sessions.begin() as session:
         workspace_in(session, who, ids)
+        forget_workspace(session, ids.workspace)  # its clusters' pools shrink to nothing, as Azure freed the VMs
         arm.delete_workspace(session, ids.workspace, retention_s, who.name)
+    transport.wake_scheduler(request.app.state.redis)  # the cancels and the pools' new sizes
     return Response(status_code=200)
 
 
