@@ -16,6 +16,9 @@ declare -A REQUIREMENTS=(
 )
 
 mkdir -p "$DEST"
+# Several test sessions may start at once: one installs, the others wait and then find it done.
+exec 9>"$DEST/.lock"
+flock 9
 for name in sdk7 sdk2 azcli; do
   venv="$DEST/$name"
   constraints="scripts/arm-clients/$name.txt"

@@ -89,9 +89,19 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("arm-tls"))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the client venvs before any /arm test runs (`make test` did; a bare pytest may not have).
+
+    Here rather than in a fixture: on a fresh machine the install takes minutes, more than a test's timeout.
+    """
+    here = Path(__file__).parent
+    if any(item.path.is_relative_to(here) for item in session.items):
+        ensure_clients()
+
+
 @pytest.fixture(scope="session")
 def arm_clients() -> Path:
-    """The pinned client venvs (sdk7, sdk2, azcli), installed on first use if `make test` did not."""
+    """The pinned client venvs (sdk7, sdk2, azcli); a no-op check once installed."""
     return ensure_clients()
 
 
