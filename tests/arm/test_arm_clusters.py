@@ -128,6 +128,11 @@ def test_get_counts_the_pools_registered_nodes_by_batch_ai_state(api: Api) -> No
     assert props["nodeStateCounts"] == {"idleNodeCount": 1, "runningNodeCount": 1, "preparingNodeCount": 1,
                                         "unusableNodeCount": 1, "leavingNodeCount": 1}  # fmt: skip
     assert props["currentNodeCount"] == 5 and props["allocationState"] == "resizing"  # one is leaving
+    logins = api.post(f"{WORKSPACE}/clusters/counted/listRemoteLoginInformation", params={**V, "maxresults": 4})
+    assert [n["nodeId"] for n in logins.json()["value"]] == ["n-bad", "n-busy", "n-drain", "n-idle"]
+    assert logins.json()["value"][0] == {"nodeId": "n-bad", "ipAddress": "127.0.0.9", "port": 22}
+    rest = api.post(logins.json()["nextLink"]).json()
+    assert [n["nodeId"] for n in rest["value"]] == ["n-prep"] and "nextLink" not in rest  # not lost, not removed
     assert props["errors"] == [{"code": "NodeSetupFailed", "message": "setup exited 3",
                                 "details": [{"name": "nodeId", "value": "n-bad"}]}]  # fmt: skip
 
@@ -269,7 +274,7 @@ def test_node_setup_mounts_file_servers_and_registered_volumes_and_keeps_secrets
 
 def test_a_low_priority_cluster_marks_its_pools_work_preemptible(api: Api) -> None:
     props = _put(api, "cheap", _cluster("custom_g2", vmPriority="lowpriority")).json()["properties"]
-    assert (props["vmPriority"], props["vmSize"]) == ("lowpriority", "Custom_G2")
+    assert (props["vmPriority"], props["vmSize"]) == ("lowpriority", "custom_g2")  # as given
     settings = _pool(api, "vision.cheap").settings
     assert (settings["preemptible"], settings["slots_per_node"], settings["gpus_per_node"]) == (True, 3, 2)
     with api.app.state.sessions() as session:

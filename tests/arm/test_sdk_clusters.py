@@ -39,6 +39,7 @@ got, deadline = created, time.time() + 180
 while time.time() < deadline and (got.node_state_counts.idle_node_count or 0) < 1:
     time.sleep(1)
     got = client.clusters.get(rg, ws, "manual")
+logins = [n.as_dict() for n in client.clusters.list_remote_login_information(rg, ws, "manual")]
 auto = models.ScaleSettings(auto_scale=models.AutoScaleSettings(minimum_node_count=0, maximum_node_count=2,
                                                                initial_node_count=0))
 autoscaled = client.clusters.begin_create(rg, ws, "auto", models.ClusterCreateParameters(
@@ -65,8 +66,8 @@ try:
     refused = None
 except Exception as exc:
     refused = [getattr(exc, "status_code", None), exc.error.code, exc.error.target]
-emit({"created": created.as_dict(), "got": got.as_dict(), "auto": autoscaled.as_dict(), "updated": updated.as_dict(),
-      "pages": pages, "shrunk": shrunk.as_dict(), "missing": missing, "refused": refused})
+emit({"created": created.as_dict(), "got": got.as_dict(), "logins": logins, "auto": autoscaled.as_dict(),
+      "updated": updated.as_dict(), "pages": pages, "shrunk": shrunk.as_dict(), "missing": missing, "refused": refused})
 """
 
 SDK2_CLUSTERS = """
@@ -144,6 +145,7 @@ def test_sdk7_creates_manual_and_autoscale_clusters_sees_the_node_resizes_lists_
     got = out["got"]  # the node the autoscaler started registered and is idle
     assert got["current_node_count"] == 1 and got["node_state_counts"]["idle_node_count"] == 1, got
     assert got["allocation_state"] == "steady"
+    assert [login["port"] for login in out["logins"]] == [22] and out["logins"][0]["ip_address"].startswith("127.")
     auto = out["auto"]
     assert auto["vm_priority"] == "lowpriority"
     assert auto["scale_settings"]["auto_scale"] == {"minimum_node_count": 0, "maximum_node_count": 2,

@@ -53,7 +53,7 @@ from trainyard.api.arm.common import (
     workspace_ids,
     workspace_in,
 )
-from trainyard.api.arm.operations import MAX_CLUSTERS, vm_sizes
+from trainyard.api.arm.operations import GONE_NODE_STATES, MAX_CLUSTERS, vm_sizes
 from trainyard.api.arm.sizes import VmSize
 from trainyard.api.auth import Principal, require
 from trainyard.api.pools import OTHER_SETTINGS, PoolScale, PoolSetup, PoolVolumes
@@ -414,7 +414,8 @@ def _create(request: Request, cluster_name: str, body: dict[str, Any], ids: Work
         if cluster is None:
             cluster = ArmCluster(workspace=ids.workspace, name=cluster_name, pool=pool_id, created_at=now)
             session.add(cluster)
-        cluster.vm_size, cluster.vm_priority = prepared.size.name, prepared.priority
+        # As the client spelled it (sizes match case-insensitively), as Azure echoed it.
+        cluster.vm_size, cluster.vm_priority = str(prepared.props["vmSize"]).strip(), prepared.priority
         cluster.properties, cluster.scaled_at = public_properties(prepared.props), now
         session.add(Event(at=now, kind="arm_cluster_created", actor=who.name,
                           detail={"workspace": ids.workspace, "cluster": cluster_name, "pool": pool_id,
@@ -507,6 +508,27 @@ def delete_cluster(
         detail = {"workspace": ids.workspace, "cluster": cluster_name, "pool": cluster.pool}
         session.add(Event(at=utcnow(), kind="arm_cluster_deleted", actor=who.name, detail=detail))
     return Response(status_code=200)
+
+
+@router.post(WORKSPACE_PATH + "/clusters/{cluster_name}/listRemoteLoginInformation",
+             summary="The nodes of a cluster and the addresses their workers registered")  # fmt: skip
+def list_remote_login_information(
+    request: Request,
+    cluster_name: str = ClusterName,
+    ids: WorkspaceIds = Depends(workspace_ids),
+    _version: str = Depends(api_version),
+    page: PageRequest = Depends(page_request),
+    who: Principal = require("viewer"),
+) -> Any:
+    with request.app.state.sessions() as session:
+        cluster = _cluster(session, who, ids, cluster_name)
+        query = select(Node.id, Node.address).where(Node.pool == cluster.pool, Node.state.not_in(GONE_NODE_STATES))
+        if page.after is not None:
+            query = query.where(Node.id > page.after)
+        nodes = list(session.execute(query.order_by(Node.id).limit(page.limit + 1)).tuples())
+    # As for a job's nodes: the address each worker registered, and the SSH port Batch AI named (22).
+    return list_result(request, page, nodes, lambda node: node[0],
+                       lambda node: {"nodeId": node[0], "ipAddress": node[1], "port": 22})  # fmt: skip
 
 
 @router.get(WORKSPACE_PATH + "/clusters", summary="The clusters of a workspace (paged: nextLink)")
