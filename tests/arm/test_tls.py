@@ -13,7 +13,7 @@ import pytest
 from tests.arm.clients import ArmTarget, run_client
 from tests.arm.conftest import TlsFiles
 from trainyard.client import Client
-from trainyard.up import Cluster
+from trainyard.up import Cluster, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,23 @@ def test_the_trainyard_sdk_trusts_the_ca_named_by_ssl_cert_file(
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files.ca))
     with Client(api_url=arm_cluster.api_url, token=arm_cluster.admin_token) as client:
         assert isinstance(client.jobs(), list)
+
+
+def test_trainyard_api_serves_https_with_tls_cert_and_tls_key(tmp_path: Path, tls_files: TlsFiles) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "trainyard", "api", "--port", str(port),
+               "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key)]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(tmp_path), "TRAINYARD_ADMIN_TOKEN": "tls-test-token"}
+    with (tmp_path / "api.log").open("wb") as log:
+        api = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for_port(port, timeout_s=60), (tmp_path / "api.log").read_text()
+        trusting_our_ca = ssl.create_default_context(cafile=tls_files.ca)
+        answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trusting_our_ca)
+        assert answer.is_success and answer.url.scheme == "https"
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
 
 
 def test_api_refuses_a_certificate_without_its_key(tmp_path: Path, tls_files: TlsFiles) -> None:
