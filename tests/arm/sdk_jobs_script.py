@@ -128,7 +128,13 @@ def mode_jobs(batch: Batch, args: dict[str, Any]) -> dict[str, Any]:
     listed, pages = batch.list_names(2)
     first = batch.files(names[0])
     status, head = fetch(first["stdout.txt"].download_url, "bytes=0-15")
+    outputs: dict[str, Any] = {}
+    if args.get("output_id"):  # a declared output directory of the first job: its files, each one's bytes
+        listed_files = batch.files(names[0], args["output_id"])
+        outputs = {n: fetch(f.download_url)[1].decode(errors="replace") if f.download_url else "(directory)"
+                   for n, f in listed_files.items()}  # fmt: skip
     return {
+        "outputs": outputs,
         "states": {n: j.execution_state for n, j in jobs.items()},
         "exit_codes": {n: (j.execution_info.exit_code if j.execution_info else None) for n, j in jobs.items()},
         "tool_types": {n: j.tool_type for n, j in jobs.items()},

@@ -5,6 +5,8 @@ range through its download link, terminate and delete, and the recipes' bulk par
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,26 @@ def test_example_job_files_run_to_succeeded_and_page_through_the_sdk(
     assert result["stdout_status"] == 206 and result["stdout"].startswith(result["stdout_head"])
     assert "task 0 of trainyard" in result["stdout"]
     assert list((tmp_path / "outputs").rglob("report.txt")), "io-env-secrets wrote no report"
+
+
+def _importable(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
+
+
+def test_the_two_node_pytorch_example_runs_and_its_model_output_is_listed_and_downloaded(
+    arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    if not _importable("torch"):
+        pytest.skip("torch is missing")
+    doc = on_local_disk(json.loads((EXAMPLES / "pytorch-gloo.json").read_text()), arm_target, "frameworks", tmp_path)
+    args = {"workspace": "frameworks", "experiment": "pytorch", "jobs": {"pt": doc}, "output_id": "MODEL"}
+    result = _run("sdk7", "jobs", args, arm_target, tmp_path)
+    assert result["states"] == {"pt": "succeeded"}, result["stderr"]
+    files = {name: body for name, body in result["outputs"].items() if body != "(directory)"}
+    assert files, result["outputs"]
+    for name, body in files.items():  # each link gives the bytes the job wrote
+        on_disk = [p.read_bytes().decode(errors="replace") for p in (tmp_path / "outputs").rglob(name)]
+        assert body in on_disk, name
 
 
 def test_a_recipe_job_file_runs_through_the_sdk(arm_target: ArmTarget, tmp_path: Path) -> None:
