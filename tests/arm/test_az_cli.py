@@ -104,6 +104,15 @@ def test_az_registers_trainyard_as_a_cloud_from_its_arm_endpoint_and_logs_in_wit
     assert cloud["endpoints"]["resourceManager"] == f"{arm_target.base_url}/"
 
 
+def test_az_login_takes_the_token_as_federated_token_too(arm_target: ArmTarget, tmp_path: Path) -> None:
+    az_login(arm_target, tmp_path, arm_target.token)
+    login = ["login", "--service-principal", "-u", "ci", "--federated-token", arm_target.token, "--tenant", "trainyard"]
+    accounts = json.loads(run_az(arm_target, *login, "-o", "json", config_dir=tmp_path).stdout)
+    assert [(a["id"], a["user"]["name"]) for a in accounts] == [(SUBSCRIPTION_ID, "ci")]
+    workspaces = run_az(arm_target, "batchai", "workspace", "list", "-o", "json", config_dir=tmp_path).stdout
+    assert isinstance(json.loads(workspaces), list)
+
+
 def test_az_login_refuses_a_secret_that_is_no_trainyard_token(arm_target: ArmTarget, tmp_path: Path) -> None:
     with pytest.raises(ClientFailed, match="not a valid trainyard token"):
         az_login(arm_target, tmp_path, "not-a-trainyard-token")

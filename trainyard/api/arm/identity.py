@@ -7,8 +7,9 @@ subscriptions on `resource_manager`. trainyard serves both, under /arm:
   <api-url>/arm/` alone registers it (login endpoint `<api-url>/arm/identity`, audience `<api-url>/arm/`).
 - An OAuth 2.0 authority at `/identity/{tenant}` (OIDC discovery and a token endpoint) granting only
   `client_credentials`: `az login --service-principal -u <any name> -p <trainyard token> --tenant trainyard`
-  hands the token over as client secret and gets the same token back as access token. Nothing new is
-  minted: what reaches the Batch AI routes is the trainyard token, checked there as always.
+  hands the token over as client secret (`--federated-token <token>`: as client assertion) and gets the
+  same token back as access token. Nothing new is minted: what reaches the Batch AI routes is the
+  trainyard token, checked there as always.
 - `GET /subscriptions[/{id}]`: the one subscription azure-cli then selects (trainyard takes any id).
 
 MSAL checks an authority it does not know with login.microsoftonline.com unless told not to:
@@ -93,7 +94,8 @@ async def token(request: Request, tenant: str = Path(pattern=TENANT_PATTERN)) ->
     form = {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
     if form.get("grant_type") != "client_credentials":
         return _oauth_error(400, "unsupported_grant_type", "only client_credentials: the secret is a trainyard token")
-    secret = form.get("client_secret", "")
+    # `az login --service-principal -p TOKEN` posts it as client_secret, `--federated-token TOKEN` as client_assertion.
+    secret = form.get("client_secret") or form.get("client_assertion") or ""
     if not secret or principal_for_token(request, secret) is None:
         return _oauth_error(401, "invalid_client", "the client secret is not a valid trainyard token")
     return JSONResponse(
