@@ -7,6 +7,7 @@ A manual cluster's node is started for real by the scheduler's autoscaler (local
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,56 @@ def test_operations_and_usages_through_either_sdk(venv: str, arm_target: ArmTarg
     dedicated = usages["Total Cluster Dedicated Regional vCPUs"]
     assert dedicated[1] >= 8  # the suite's cluster registers two nodes of 4 slots each
     assert usages["Standard NC Family Cluster LowPriority vCPUs"][0] >= 0 and "Clusters" in usages
+
+
+def test_az_batchai_clusters_with_a_file_server_mount_resize_autoscale_usage_and_delete(
+    arm_target: ArmTarget, arm_cluster: Cluster, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """az's own file-server create and --nfs call file_servers.get, which its SDK (7.0.0) lacks, and its
+    `cluster auto-scale` calls update() the 2.0.0 way: those fail inside az on Azure too. So the file server
+    is made over HTTPS here, the cluster names it in a --config-file (as Batch AI's docs did), and only
+    `cluster resize` changes the scale."""
+    from tests.arm.test_az_cli import Az, az_login
+
+    az = Az(arm_target, tmp_path / "azure-config")
+    az_login(arm_target, az.config_dir, arm_target.token)
+    ws, group = _workspace(), arm_target.resource_group
+    where = ("-g", group, "-w", ws)
+    az("batchai", "workspace", "create", "-g", group, "-n", ws, "-l", "eastus")
+    _register_host_volume(arm_cluster, tls_files, ws, "share", tmp_path / "nfs")
+    server_id = (f"/subscriptions/{arm_target.subscription_id}/resourceGroups/{group}/providers/Microsoft.BatchAI"
+                 f"/workspaces/{ws}/fileServers/share")  # fmt: skip
+    disks = {"diskSizeInGB": 10, "diskCount": 1, "storageAccountType": "Standard_LRS"}
+    ssh = {"userAccountSettings": {"adminUserName": "ops"}}
+    server = {"properties": {"vmSize": "Standard_D2_v2", "sshConfiguration": ssh, "dataDisks": disks}}
+    headers = {"Authorization": f"Bearer {arm_cluster.admin_token}"}
+    with httpx.Client(base_url=arm_cluster.api_url, headers=headers, verify=str(tls_files.ca), timeout=30) as http:
+        made = http.put(f"/arm{server_id}", params={"api-version": "2018-05-01"}, json=server)
+        assert made.status_code == 200, made.text
+    assert [s["mountSettings"]["mountPoint"] for s in az("batchai", "file-server", "list", *where)] == [
+        str(tmp_path / "nfs")
+    ]
+    config = tmp_path / "cluster.json"
+    config.write_text(json.dumps({"properties": {
+        "vmSize": "Standard_NC6", "vmPriority": "lowpriority",
+        "scaleSettings": {"autoScale": {"minimumNodeCount": 0, "maximumNodeCount": 2}},
+        "nodeSetup": {"setupTask": {"commandLine": "echo ready", "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/nfs"},
+                      "mountVolumes": {"fileServers": [{"fileServer": {"id": server_id}, "relativeMountPath": "nfs"}]}},
+    }}))  # fmt: skip
+    cluster = az("batchai", "cluster", "create", *where, "-n", "gpus", "-f", str(config), "-u", "ops", "-p", "Pw-1")
+    assert cluster["provisioningState"] == "succeeded" and cluster["vmSize"] == "Standard_NC6"
+    assert cluster["scaleSettings"]["autoScale"]["maximumNodeCount"] == 2 and cluster["vmPriority"] == "lowpriority"
+    assert cluster["nodeSetup"]["mountVolumes"]["fileServers"][0]["relativeMountPath"] == "nfs"
+    with httpx.Client(base_url=arm_cluster.api_url, headers=headers, verify=str(tls_files.ca), timeout=30) as http:
+        pools = {p["name"]: p for p in http.get("/v1/pools").json()["pools"]}
+    settings = pools[f"{ws}.gpus"]["settings"]
+    assert settings["volumes"][0]["path"] == str(tmp_path / "nfs") and settings["setup"]["command"] == "echo ready"
+    resized = az("batchai", "cluster", "resize", *where, "-n", "gpus", "-t", "0")
+    assert resized["scaleSettings"]["manual"]["targetNodeCount"] == 0
+    assert az("batchai", "cluster", "show", *where, "-n", "gpus")["currentNodeCount"] == 0
+    assert [c["name"] for c in az("batchai", "cluster", "list", *where)] == ["gpus"]
+    assert az("batchai", "cluster", "node", "list", *where, "-c", "gpus") == []
+    usages = {u["name"]["value"]: u["currentValue"] for u in az("batchai", "list-usages", "-l", "eastus")}
+    assert usages["Clusters"] >= 1
+    az.text("batchai", "cluster", "delete", *where, "-n", "gpus", "-y")
+    assert az("batchai", "cluster", "list", *where) == []
