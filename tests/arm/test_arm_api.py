@@ -3,6 +3,7 @@ their field target, workspace scoping, 409s, paging, and signed download links w
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +18,10 @@ from fastapi import FastAPI
 
 from trainyard import logstore
 from trainyard.api.app import create_app
-from trainyard.api.arm import links, purge
+from trainyard.api.arm import job_view, links, purge
 from trainyard.api.auth import new_token, token_hash
 from trainyard.config import load_settings
-from trainyard.db.models import ApiToken, ArmJobPurge, Attempt, Job, Node, Part, utcnow
+from trainyard.db.models import ApiToken, ArmJobPurge, Attempt, Job, Node, Part, Volume, utcnow
 
 ADMIN = "arm-test-admin-token"
 SECRET = "s" * 44
@@ -301,3 +302,27 @@ def test_a_deleted_job_keeps_its_logs_for_the_retention_time_then_is_purged(api:
     assert not list(storage.list(f"logs/{job_id}/"))
     with sessions() as session:
         assert session.get(Job, job_id) is None and session.get(ArmJobPurge, job_id) is None
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "data" / "batchai-recipes"
+# The recipes' storage (`<AZURE_BATCHAI_STORAGE_ACCOUNT>` shares and containers), as volumes of the workspace.
+RECIPE_VOLUMES = {"logs": ("host", "/srv/batchai/logs"), "scripts": ("host", "/srv/batchai/scripts"),
+                  "data": ("blob", "az://data"), "external": ("host", "/srv/batchai/external")}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.json")))
+def test_every_official_recipe_job_file_is_created_with_its_mounts_on_the_workspaces_volumes(
+    api: Api, recipe: str
+) -> None:
+    _workspace(api)
+    with api.app.state.sessions.begin() as session:
+        for name, (kind, where) in RECIPE_VOLUMES.items():
+            definition = {"path": where} if kind == "host" else {"uri": where}
+            session.add(Volume(workspace="w1", name=name, kind=kind, definition=definition))
+    doc = json.loads((RECIPES / recipe).read_text())
+    doc.pop("$schema", None)
+    doc["properties"]["cluster"] = JOB["properties"]["cluster"]
+    created = api.put(f"{WS}/w1/experiments/e1/jobs/recipe{Q}", json={"properties": doc["properties"]})
+    assert created.status_code == 200, created.text
+    tool = next(k for k in doc["properties"] if k.endswith("Settings") and k != "containerSettings")
+    assert created.json()["properties"]["toolType"] == job_view.TOOL_TYPES[tool]

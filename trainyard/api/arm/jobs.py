@@ -10,6 +10,7 @@ job every GPU of its VMs: the job asks for the GPUs of its pool's nodes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trainyard import transport
+from trainyard.api.arm.clusters import UNKNOWN_FIELD, mount_targets
 from trainyard.api.arm.common import (
     NAME_PATTERN,
     CloudError,
@@ -44,6 +46,8 @@ from trainyard.db.models import ArmJob, Attempt, Job, Node, Pool, utcnow
 from trainyard.spec import JobState, SpecError
 
 router = APIRouter(dependencies=[Depends(api_version)])
+
+_CLI_HINT = re.compile(r": pass --volume KEY=TARGET.*$", re.DOTALL)
 
 JOBS_PATH = EXPERIMENT_PATH + "/jobs"
 JOB_PATH = JOBS_PATH + "/{job}"
@@ -72,14 +76,26 @@ def _shown(session: Session, ids: WorkspaceIds, row: ArmJob, job: Job) -> dict[s
     return job_body(ids, row, job, _attempts(session, job.id))
 
 
-def _refused(exc: SpecError) -> CloudError:
-    """A translation or spec problem as CloudError 400, each problem's field under `properties`."""
+def _refused(problems: list[dict[str, str]], workspace: str) -> CloudError:
+    """Translation or spec problems as CloudError 400, each problem's field under `properties`."""
+    hint = (f": register a volume of that name (the share, container or relativeMountPath) in workspace "
+            f"{workspace} (POST /v1/volumes, `trainyard volume create`), or mount a file server of it")  # fmt: skip
     details = [
-        {"code": "InvalidParameter", "message": p.get("reason", ""), "target": _target(p.get("field", ""))}
-        for p in exc.problems
+        {
+            "code": "InvalidParameter",
+            "message": _CLI_HINT.sub(hint, p.get("reason", "")),
+            "target": _target(p.get("field", "")),
+        }
+        for p in problems
     ]
     message = "; ".join(f"{d['target']}: {d['message']}" for d in details) or "invalid job"
     return CloudError(400, "InvalidParameter", message, details[0]["target"] if details else None, details)
+
+
+def _unknown_fields(warnings: list[str]) -> list[dict[str, str]]:
+    """A job file's unknown fields are warnings; in a request they are refused, as every bad field is."""
+    return [{"field": text.split(": ", 1)[0], "reason": text.split(": ", 1)[1]}
+            for text in warnings if UNKNOWN_FIELD in text and ": " in text]  # fmt: skip
 
 
 def _target(field: str) -> str:
@@ -111,16 +127,20 @@ def _new_job(
 ) -> NewJob:
     with request.app.state.sessions() as session:
         pool, gpus = _pool_and_gpus(session, ids.workspace, properties)
+        # The job's mountVolumes take their storage as a cluster's do: registered volumes, file servers.
+        volumes = mount_targets(session, ids.workspace, {"nodeSetup": {"mountVolumes": properties.get("mountVolumes")}})
     try:
-        spec, _warnings = batchai_to_spec({"properties": properties}, name=name, pool=pool, gpus=gpus)
+        spec, warnings = batchai_to_spec({"properties": properties}, name=name, pool=pool, gpus=gpus, volumes=volumes)
+        if unknown := _unknown_fields(warnings):
+            raise _refused(unknown, ids.workspace)
         spec = {**spec, "workspace": ids.workspace, "experiment": experiment}
         new = validate_spec(request, spec, who)
     except SpecError as exc:
-        raise _refused(exc) from None
+        raise _refused(exc.problems + _unknown_fields(exc.warnings), ids.workspace) from None
     with request.app.state.sessions() as session:
         problems = unfit_problems(session, [new], False, request.app.state.settings.gpu_quotas)
     if problems:
-        raise _refused(SpecError(problems))
+        raise _refused(problems, ids.workspace)
     return new
 
 
