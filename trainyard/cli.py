@@ -88,9 +88,14 @@ def up(
     port: Annotated[int, typer.Option(help="API port")] = 8642,
     flower: Annotated[bool, typer.Option(help="also start Flower (with generated basic-auth credentials)")] = False,
     flower_port: Annotated[int, typer.Option(help="Flower's port, with --flower")] = 5555,
+    tls_cert: Annotated[Path | None, typer.Option(help="the API serves HTTPS with this PEM certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the PEM private key of --tls-cert")] = None,
 ) -> None:
     """Run everything on this machine, in the foreground, until Ctrl-C."""
     from trainyard.up import start_cluster
+
+    if (tls_cert is None) != (tls_key is None):
+        _fail("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
 
     stopping, started = False, False
 
@@ -105,7 +110,12 @@ def up(
     signal.signal(signal.SIGINT, _stop)
     try:
         cluster = start_cluster(
-            workers=workers, slots=slots, gpus=gpus, port=port, flower_port=flower_port if flower else None
+            workers=workers,
+            slots=slots,
+            gpus=gpus,
+            port=port,
+            flower_port=flower_port if flower else None,
+            tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         )
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILURE) from None

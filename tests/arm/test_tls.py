@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -67,6 +69,26 @@ def test_trainyard_api_serves_https_with_tls_cert_and_tls_key(tmp_path: Path, tl
     finally:
         api.terminate()
         api.wait(timeout=30)
+
+
+def test_trainyard_up_with_tls_cert_and_tls_key_writes_an_https_api_url(tmp_path: Path, tls_files: TlsFiles) -> None:
+    command = [sys.executable, "-m", "trainyard", "up", "--workers", "0", "--port", str(free_port()),
+               "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key)]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "TRAINYARD_HOME": str(tmp_path)}
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        token_file = tmp_path / "admin-token"  # written last, once the API answers
+        deadline = time.monotonic() + 60
+        while not token_file.exists() and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        api_url = (tmp_path / "api-url").read_text().strip()
+        assert api_url.startswith("https://127.0.0.1:"), (tmp_path / "up.log").read_text()
+        trusting_our_ca = ssl.create_default_context(cafile=tls_files.ca)
+        assert httpx.get(f"{api_url}/healthz", verify=trusting_our_ca).is_success
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
 
 
 def test_api_refuses_a_certificate_without_its_key(tmp_path: Path, tls_files: TlsFiles) -> None:
