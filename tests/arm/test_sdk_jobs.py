@@ -95,7 +95,7 @@ def test_the_two_node_pytorch_example_runs_and_its_model_output_is_listed_and_do
         assert body in on_disk, name
 
 
-def test_a_recipe_job_file_runs_through_the_sdk(arm_target: ArmTarget, tmp_path: Path) -> None:
+def test_a_recipe_job_file_with_a_local_command_runs_through_the_sdk(arm_target: ArmTarget, tmp_path: Path) -> None:
     recipe = json.loads((RECIPES / "Keras__Keras-GPU__job_tensorflow.json").read_text())
     props = recipe["properties"]
     tool = next(key for key in props if key.endswith("Settings") and key != "containerSettings")
