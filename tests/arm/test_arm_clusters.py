@@ -20,7 +20,7 @@ from trainyard.api.arm.sizes import VmSizeTable, family_of
 from trainyard.config import load_settings
 from trainyard.crypto import new_secret_key
 from trainyard.db.arm_clusters import ArmCluster, forget_workspace, pool_name
-from trainyard.db.models import ArmWorkspace, Node, Part, Pool, Volume, utcnow
+from trainyard.db.models import ArmWorkspace, Job, Node, Part, Pool, Volume, utcnow
 
 ADMIN = "admin-token-for-arm-cluster-tests"
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -144,6 +144,13 @@ def test_an_autoscale_cluster_autoscales_its_pool_between_min_and_max(api: Api) 
     pool = _pool(api, "vision.auto")
     assert (pool.min_nodes, pool.max_nodes, pool.settings["autoscale"], pool.settings["target"]) == (0, 3, True, None)
     assert (pool.settings["slots_per_node"], pool.settings["gpus_per_node"]) == (2, 0)
+    with api.app.state.sessions.begin() as session:  # a queued gang of 2: the pool grows to it
+        session.add(Job(id="gang", name="gang", pool="vision.auto", state="queued", nodes=2, cpus=1.0, gpus=0,
+                        spec={}, spec_digest="d", seq=1))  # fmt: skip
+    assert api.get(f"{WORKSPACE}/clusters/auto", params=V).json()["properties"]["allocationState"] == "resizing"
+    _nodes(api, "vision.auto", {"a1": "up", "a2": "up"}, slots=2)
+    props = api.get(f"{WORKSPACE}/clusters/auto", params=V).json()["properties"]
+    assert (props["allocationState"], props["currentNodeCount"]) == ("steady", 2)
 
 
 def test_patch_changes_the_scale_and_what_shrinking_does(api: Api) -> None:

@@ -24,6 +24,7 @@ deleting clusters needs an admin token (pools are the operator's); reading needs
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ from trainyard.batchai_cluster import PoolTranslation, batchai_cluster_to_pool
 from trainyard.config import secret
 from trainyard.crypto import encrypt_secrets
 from trainyard.db.arm_clusters import ArmCluster, ArmFileServer, cluster_of_pool, empty_pool, pool_name
-from trainyard.db.models import ArmWorkspace, Event, Node, Part, Pool, Volume, utcnow
-from trainyard.spec import NodeState, SpecError
+from trainyard.db.models import ArmWorkspace, Event, Job, Node, Part, Pool, Volume, utcnow
+from trainyard.spec import JobState, NodeState, SpecError
 
 router = APIRouter()
 
@@ -72,6 +73,7 @@ DEALLOCATION_OPTION = {"requeue": "requeue", "terminate": "terminate", "wait": "
 ECHOED = ("virtualMachineConfiguration", "nodeSetup", "userAccountSettings", "subnet")
 _HINT = re.compile(r": pass --volume KEY=TARGET.*$", re.DOTALL)
 UNKNOWN_FIELD = "not a field of Batch AI"
+DEMAND_STATES = tuple(state.value for state in JobState if not state.is_terminal())
 COUNTED_STATES = {"idle", "running", "preparing", "unusable", "leaving"}
 
 
@@ -87,10 +89,36 @@ class PoolNodes:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(sorted(COUNTED_STATES), 0))
     errors: list[dict[str, Any]] = field(default_factory=list)
+    demand: Demand = field(default_factory=lambda: Demand())
 
     @property
     def current(self) -> int:
         return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a pool's queued and running jobs ask for, as the autoscaler sizes it (scheduler/autoscale.py)."""
+
+    cpus: float = 0.0
+    gpus: int = 0
+    largest_gang: int = 0
+
+    def nodes(self, settings: dict[str, Any]) -> int:
+        slots, gpus = max(1, int(settings.get("slots_per_node", 2))), int(settings.get("gpus_per_node", 0))
+        by_cpus = math.ceil(self.cpus / slots - 1e-9) if self.cpus > 0 else 0
+        by_gpus = math.ceil(self.gpus / gpus) if gpus and self.gpus else 0
+        return max(by_cpus, by_gpus, self.largest_gang)
+
+
+def _demands(session: Session, pools: list[str]) -> dict[str, Demand]:
+    rows = session.execute(
+        select(Job.pool, func.sum(Job.nodes * Job.cpus), func.sum(Job.nodes * Job.gpus), func.max(Job.nodes))
+        .where(Job.pool.in_(pools), Job.state.in_(DEMAND_STATES), Job.cancel_requested.is_(False),
+               Job.waiting_on == 0)
+        .group_by(Job.pool)
+    )  # fmt: skip
+    return {pool: Demand(float(cpus or 0), int(gpus or 0), int(gang or 0)) for pool, cpus, gpus, gang in rows}
 
 
 def pool_nodes(session: Session, pools: list[str]) -> dict[str, PoolNodes]:
@@ -99,6 +127,8 @@ def pool_nodes(session: Session, pools: list[str]) -> dict[str, PoolNodes]:
     found: dict[str, PoolNodes] = defaultdict(PoolNodes)
     if not pools:
         return found
+    for pool, demand in _demands(session, pools).items():
+        found[pool].demand = demand
     busy = set(session.scalars(
         select(Part.node_id).join(Node, Node.id == Part.node_id).where(Part.active.is_(True), Node.pool.in_(pools))
     ))  # fmt: skip
@@ -134,14 +164,18 @@ def scale_settings(pool: Pool | None, stored: dict[str, Any]) -> dict[str, Any]:
     return {"manual": {"targetNodeCount": int(settings.get("target") or 0), "nodeDeallocationOption": option}}
 
 
-def _allocation(scale: dict[str, Any], nodes: PoolNodes) -> str:
+def _allocation(scale: dict[str, Any], nodes: PoolNodes, settings: dict[str, Any]) -> str:
+    """resizing while nodes leave, or the count is not what the size asks: the manual target; for autoscale,
+    within the bounds and not below what the queued and running jobs need (idle nodes above it are
+    removed only after the pool's idle timeout, and show as leaving then)."""
     current = nodes.current
     if nodes.counts["leaving"]:
         return "resizing"
     if "manual" in scale:
         return "steady" if current == scale["manual"]["targetNodeCount"] else "resizing"
-    auto = scale["autoScale"]
-    return "steady" if auto["minimumNodeCount"] <= current <= auto["maximumNodeCount"] else "resizing"
+    low, high = scale["autoScale"]["minimumNodeCount"], scale["autoScale"]["maximumNodeCount"]
+    wanted = max(low, min(high, nodes.demand.nodes(settings)))
+    return "steady" if low <= current <= high and current >= wanted else "resizing"
 
 
 def cluster_body(ids: WorkspaceIds, cluster: ArmCluster, pool: Pool | None, nodes: PoolNodes) -> dict[str, Any]:
@@ -152,7 +186,7 @@ def cluster_body(ids: WorkspaceIds, cluster: ArmCluster, pool: Pool | None, node
         "creationTime": arm_time(cluster.created_at),
         "provisioningState": "succeeded",
         "provisioningStateTransitionTime": arm_time(cluster.created_at),
-        "allocationState": _allocation(scale, nodes),
+        "allocationState": _allocation(scale, nodes, dict(pool.settings or {}) if pool is not None else {}),
         "allocationStateTransitionTime": arm_time(cluster.scaled_at),
         "errors": nodes.errors or None,
         "currentNodeCount": nodes.current,
