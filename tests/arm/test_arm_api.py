@@ -326,3 +326,24 @@ def test_every_official_recipe_job_file_is_created_with_its_mounts_on_the_worksp
     assert created.status_code == 200, created.text
     tool = next(k for k in doc["properties"] if k.endswith("Settings") and k != "containerSettings")
     assert created.json()["properties"]["toolType"] == job_view.TOOL_TYPES[tool]
+
+
+def test_racing_puts_of_one_job_name_make_one_job(api: Api) -> None:
+    _workspace(api)
+    bodies = [JOB if i % 2 == 0 else {"properties": {**JOB["properties"], "nodeCount": 2}} for i in range(8)]
+    answers: list[httpx.Response] = []
+
+    def put(body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=str(api.base_url), headers=dict(api.headers), timeout=60) as http:
+            answers.append(http.put(f"{WS}/w1/experiments/e1/jobs/raced{Q}", json=body))
+
+    threads = [threading.Thread(target=put, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 4 + [409] * 4, [a.text for a in answers]  # one body won the name; the other is 409
+    assert len({a.json()["properties"]["creationTime"] for a in answers if a.status_code == 200}) == 1
+    with api.app.state.sessions() as session:
+        assert session.query(Job).count() == 1
