@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trainyard import transport
-from trainyard.api.arm.clusters import UNKNOWN_FIELD, mount_targets
+from trainyard.api.arm.cluster_bodies import mount_targets
 from trainyard.api.arm.common import (
     NAME_PATTERN,
     CloudError,
@@ -47,6 +47,8 @@ from trainyard.spec import JobState, SpecError
 
 router = APIRouter(dependencies=[Depends(api_version)])
 
+# What the translator's warning about a field it does not know says (batchai._Reader.unknown).
+UNKNOWN_FIELD = "not a field of Batch AI"
 _CLI_HINT = re.compile(r": pass --volume KEY=TARGET.*$", re.DOTALL)
 
 JOBS_PATH = EXPERIMENT_PATH + "/jobs"
