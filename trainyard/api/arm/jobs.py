@@ -252,5 +252,9 @@ def list_jobs(
     with request.app.state.sessions() as session:
         experiment_in(session, who, ids, experiment)
         rows = arm.arm_jobs(session, ids.workspace, experiment, page.after, page.limit + 1)
+        attempts: dict[str, list[Attempt]] = {}
+        query = select(Attempt).where(Attempt.job_id.in_([job.id for _row, job in rows])).order_by(Attempt.number)
+        for attempt in session.scalars(query):  # one query for the page, not one per job
+            attempts.setdefault(attempt.job_id, []).append(attempt)
         return list_result(request, page, rows, lambda pair: pair[0].name,
-                           lambda pair: _shown(session, ids, pair[0], pair[1]))  # fmt: skip
+                           lambda pair: job_body(ids, pair[0], pair[1], attempts.get(pair[1].id, [])))  # fmt: skip
