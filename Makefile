@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dashboard demo test test-netns test-deploy images services lint typecheck bench clean
+.PHONY: install dashboard demo test test-netns test-deploy images services arm-clients lint typecheck bench clean
 
 install: $(STAMP) dashboard
 
@@ -30,7 +30,12 @@ services:
 images:
 	nice -n 10 bash scripts/build-images.sh
 
-test: install services images
+# The Batch AI clients (azure-mgmt-batchai 7.0.0 and 2.0.0, azure-cli) the /arm tests drive, each in
+# its own pinned venv; skipped when installed (`services` runs it too, like every install-*.sh).
+arm-clients:
+	nice -n 10 bash scripts/install-arm-clients.sh
+
+test: install services images arm-clients
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Only docker-compose.yml run for real with podman-compose (also part of `make test`): needs root.

@@ -88,9 +88,14 @@ def up(
     port: Annotated[int, typer.Option(help="API port")] = 8642,
     flower: Annotated[bool, typer.Option(help="also start Flower (with generated basic-auth credentials)")] = False,
     flower_port: Annotated[int, typer.Option(help="Flower's port, with --flower")] = 5555,
+    tls_cert: Annotated[Path | None, typer.Option(help="the API serves HTTPS with this PEM certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the PEM private key of --tls-cert")] = None,
 ) -> None:
     """Run everything on this machine, in the foreground, until Ctrl-C."""
     from trainyard.up import start_cluster
+
+    if (tls_cert is None) != (tls_key is None):
+        _fail("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
 
     stopping, started = False, False
 
@@ -105,7 +110,12 @@ def up(
     signal.signal(signal.SIGINT, _stop)
     try:
         cluster = start_cluster(
-            workers=workers, slots=slots, gpus=gpus, port=port, flower_port=flower_port if flower else None
+            workers=workers,
+            slots=slots,
+            gpus=gpus,
+            port=port,
+            flower_port=flower_port if flower else None,
+            tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         )
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILURE) from None
@@ -149,8 +159,10 @@ def api(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8642,
     log_level: str = "warning",
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this PEM certificate (chain)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the PEM private key of --tls-cert")] = None,
 ) -> None:
-    """Serve the REST API."""
+    """Serve the REST API (HTTPS with --tls-cert and --tls-key, or TRAINYARD_API_TLS_CERT/_KEY)."""
     import uvicorn
 
     from trainyard.api.app import create_app
@@ -159,6 +171,9 @@ def api(
     from trainyard.db.engine import upgrade
 
     settings = load_settings()
+    tls_cert, tls_key = tls_cert or settings.api_tls_cert, tls_key or settings.api_tls_key
+    if (tls_cert is None) != (tls_key is None):
+        _fail("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     upgrade(settings.database_url.get_secret_value())
     application = create_app(settings)
     tune_gc()  # bulk submits: see trainyard/api/runtime.py
@@ -171,6 +186,8 @@ def api(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
 
 

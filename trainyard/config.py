@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         description="encrypts secrets at rest and on their way to the node",
         json_schema_extra=_shown("generated into `TRAINYARD_HOME/secret-key` by `up`"),
     )
+    api_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) `trainyard api` serves HTTPS with (`--tls-cert` overrides it)",
+        json_schema_extra=_shown("none: plain HTTP"),
+    )
+    api_tls_key: Path | None = Field(
+        None,
+        description="PEM private key of that certificate (`--tls-key` overrides it)",
+        json_schema_extra=_shown("none"),
+    )
     heartbeat_period_s: float = Field(HEARTBEAT_PERIOD_S, gt=0, description="seconds between a node's heartbeats")
     node_lost_after_s: float = Field(
         NODE_LOST_AFTER_S, gt=0, description="seconds of heartbeat silence after which a node is lost"
@@ -118,6 +128,11 @@ class Settings(BaseSettings):
     notify_backoff_s: float = Field(
         2.0, gt=0, description="seconds before a webhook's second try; doubles each try, at most 300"
     )
+    arm_delete_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds a job deleted through the Batch AI API (/arm) keeps its row, logs and outputs",
+    )
     gpu_quotas: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=dict,
         description="per-workspace GPU quotas, `team-a=16,team-b=8`",
@@ -146,6 +161,12 @@ class Settings(BaseSettings):
         None,
         description="network the docker node provider's containers join",
         json_schema_extra=_shown("the engine's default"),
+    )
+    arm_vm_sizes: str | None = Field(
+        None,
+        description="VM sizes Batch AI clusters (/arm) may name: JSON `{size: {cpus, gpus, memory_gib}}`, "
+        "or a file holding it; added to the defaults",
+        json_schema_extra=_shown("common D, F, NC, ND, NV sizes"),
     )
     flower_basic_auth: SecretStr | None = Field(
         None,

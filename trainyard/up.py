@@ -169,13 +169,19 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> tu
     return name, process
 
 
+def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    return (cert, key) if cert is not None and key is not None else None
+
+
 def _wait_ready(api_url: str, cluster: Cluster) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if cluster.dead():
             raise RuntimeError(f"{', '.join(cluster.dead())} exited; see {cluster.home / 'logs'}")
         try:
-            if httpx.get(f"{api_url}/healthz", timeout=1).status_code == 200:
+            # Only "is our own child on loopback up yet": no token is sent, so the certificate of
+            # an https API (often issued by a private CA this process does not trust) is not checked.
+            if httpx.get(f"{api_url}/healthz", timeout=1, verify=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -218,8 +224,12 @@ def start_cluster(
     home: Path | None = None,
     extra_env: dict[str, str] | None = None,
     flower_port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Cluster:
     """Start Redis (unless TRAINYARD_REDIS_URL is set), API, scheduler and `workers` nodes.
+
+    With `tls` (certificate file, key file), or TRAINYARD_API_TLS_CERT/_KEY set, the API serves
+    HTTPS and `api_url` is https (clients then need to trust the certificate's issuer).
 
     `home` and `extra_env` override TRAINYARD_HOME and other variables of this process's
     environment for the started services (tests and benchmarks run several clusters).
@@ -254,7 +264,10 @@ def start_cluster(
     try:
         upgrade(database_url)
         port = port or free_port()
-        api_url = f"http://127.0.0.1:{port}"
+        tls = tls or _tls_files(settings.api_tls_cert, settings.api_tls_key)
+        if tls is not None:
+            env.update(TRAINYARD_API_TLS_CERT=str(tls[0]), TRAINYARD_API_TLS_KEY=str(tls[1]))
+        api_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         env["TRAINYARD_API_URL"] = api_url
         logs = home / "logs"
         cluster.processes.append(_spawn("api", ["api", "--port", str(port)], env, logs))

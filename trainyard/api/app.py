@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from trainyard import __version__, transport
 from trainyard.api import (
+    arm,
     audit,
     dashboard,
     job_metrics,
@@ -23,6 +24,7 @@ from trainyard.api import (
     volumes,
     workspaces,
 )
+from trainyard.api.arm.purge import Purger
 from trainyard.api.errors import AUTH_RESPONSES, install_error_handlers
 from trainyard.api.notifier import Notifier, NotifierSettings
 from trainyard.api.schemas import Health
@@ -34,22 +36,26 @@ from trainyard.storage_adapters import open_storage
 
 
 def create_app(settings: Settings | None = None, notifier: bool = True) -> FastAPI:
-    """The app; with `notifier`, a thread that sends the webhook outbox runs while it serves."""
+    """The app; with `notifier`, threads that send the webhook outbox and purge jobs deleted through /arm
+    run while it serves."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sender = None
+        sender = purger = None
         if notifier:
             tries = NotifierSettings(max_tries=settings.notify_max_tries,
                                      backoff=Backoff(settings.notify_backoff_s, 300.0))  # fmt: skip
             sender = Notifier(app.state.sessions, secret(settings.secret_key), tries)
             sender.start()
+            purger = Purger(app.state.sessions, app.state.storage)  # jobs deleted through /arm, once retained
+            purger.start()
         try:
             yield
         finally:
-            if sender is not None:
-                sender.stop()
+            for thread in (sender, purger):
+                if thread is not None:
+                    thread.stop()
 
     app = FastAPI(
         title="trainyard",
@@ -72,8 +78,12 @@ def create_app(settings: Settings | None = None, notifier: bool = True) -> FastA
     app.include_router(volumes.router, responses=AUTH_RESPONSES)
     app.include_router(workspaces.router, responses=AUTH_RESPONSES)
     app.add_exception_handler(SpecError, jobs.spec_error_handler)
+    # The Batch AI REST surface: its schema is Batch AI's 2018-05-01 specification, not this OpenAPI
+    # document (whose walk checks trainyard's own auth contract); its errors are CloudErrors.
+    app.include_router(arm.router, include_in_schema=False)
     install_error_handlers(app)
     dashboard.install(app)  # the web pages at /ui, on the same tokens (through a session cookie)
+    arm.common.install(app)  # CloudErrors under /arm; last, as it defers to the handlers before it elsewhere
 
     @app.get("/healthz", summary="Liveness (no auth)", response_model=Health)
     def healthz() -> Any:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -382,3 +394,63 @@ class WorkspaceSettings(Base):
     notify: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     signing_key_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ArmWorkspace(Base):
+    """A Batch AI workspace (PUT /arm/…/workspaces/{name}): its name is the `workspace` of trainyard's
+    jobs, tokens and volumes, so it is unique on its own; the subscription and resource group of the PUT
+    that created it are kept to build its resource id."""
+
+    __tablename__ = "arm_workspaces"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    resource_group: Mapped[str] = mapped_column(String(90))
+    location: Mapped[str] = mapped_column(String(64), default="")
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_arm_workspaces_group", "subscription_id", "resource_group", "name"),)
+
+
+class ArmExperiment(Base):
+    """A Batch AI experiment of a workspace: the `experiment` of the trainyard jobs created in it."""
+
+    __tablename__ = "arm_experiments"
+
+    workspace: Mapped[str] = mapped_column(ForeignKey("arm_workspaces.name", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ArmJob(Base):
+    """A Batch AI job name of an experiment and the trainyard job it created. The primary key makes a job
+    name unique within its experiment; `body_digest` (SHA-256 of the canonical JobCreateParameters) tells
+    a repeated PUT (the same job) from a different one (409)."""
+
+    __tablename__ = "arm_jobs"
+
+    workspace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    body_digest: Mapped[str] = mapped_column(String(64))
+    # The JobCreateParameters' properties as given (GET echoes what the client set: cluster, tool settings…).
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workspace", "experiment"], ["arm_experiments.workspace", "arm_experiments.name"], ondelete="CASCADE"
+        ),
+    )
+
+
+class ArmJobPurge(Base):
+    """A trainyard job deleted through /arm: cancelled at once, its row, logs and outputs removed by the
+    housekeeping step once `purge_after` (TRAINYARD_ARM_DELETE_RETENTION_S after the DELETE) has passed."""
+
+    __tablename__ = "arm_job_purges"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    purge_after: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,147 @@
+"""Batch AI jobs through Azure's own SDKs (azure-mgmt-batchai 7.0.0 and 2.0.0) on a real cluster: the
+example and recipe job files run to `succeeded`, lists page, a running job's stdout.txt is read by
+range through its download link, terminate and delete, and the recipes' bulk parameter sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.arm.clients import ArmTarget, run_client
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "sdk_jobs_script.py"
+EXAMPLES = HERE.parents[1] / "examples" / "batchai"
+RECIPES = HERE.parents[1] / "tests" / "data" / "batchai-recipes"
+FLAVORS = ("sdk7", "sdk2")
+# Example files that run on the test cluster's plain CPU nodes (the others need MPI, torch or an image).
+PLAIN_EXAMPLES = ("custom-toolkit.json", "io-env-secrets.json")
+
+
+def cluster_id(target: ArmTarget, workspace: str, pool: str = "default") -> str:
+    """A cluster id naming the trainyard pool the test cluster's nodes are in."""
+    return (f"/subscriptions/{target.subscription_id}/resourceGroups/{target.resource_group}"
+            f"/providers/Microsoft.BatchAI/workspaces/{workspace}/clusters/{pool}")  # fmt: skip
+
+
+def on_local_disk(doc: dict[str, Any], target: ArmTarget, workspace: str, tmp_path: Path) -> dict[str, Any]:
+    """A job file with its cluster the test pool and its Azure inputs and outputs on this machine's disk."""
+    doc = json.loads(json.dumps(doc))
+    doc.pop("$schema", None)
+    props = doc["properties"]
+    props["cluster"] = {"id": cluster_id(target, workspace)}
+    for ref in props.get("inputDirectories", []):
+        ref["path"] = f"file://{EXAMPLES / ref['path'].rsplit('/', 1)[-1]}/"
+    for ref in props.get("outputDirectories", []):
+        ref["pathPrefix"] = f"file://{tmp_path / 'outputs'}"
+    return doc
+
+
+def _run(flavor: str, mode: str, args: dict[str, Any], target: ArmTarget, tmp_path: Path) -> Any:
+    args_file = tmp_path / f"{flavor}-{mode}.json"
+    args_file.write_text(json.dumps(args))
+    return run_client(flavor, SCRIPT, flavor, mode, str(args_file), target=target, timeout_s=420)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_example_job_files_run_to_succeeded_and_page_through_the_sdk(
+    flavor: str, arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    workspace = f"examples-{flavor}"
+    jobs = {
+        Path(name).stem.replace("-", "_"): on_local_disk(
+            json.loads((EXAMPLES / name).read_text()), arm_target, workspace, tmp_path
+        )
+        for name in PLAIN_EXAMPLES
+    }
+    result = _run(
+        flavor, "jobs", {"workspace": workspace, "experiment": "examples", "jobs": jobs}, arm_target, tmp_path
+    )
+    assert result["states"] == dict.fromkeys(jobs, "succeeded"), result["stderr"]
+    assert result["exit_codes"] == dict.fromkeys(jobs, 0) and set(result["tool_types"].values()) == {"custom"}
+    assert result["listed"] == sorted(jobs)
+    if flavor == "sdk7":
+        assert result["pages"] == 1 + (len(jobs) - 1) // 2  # maxresults=2: nextLink followed
+    assert result["files"] == ["stderr.txt", "stdout.txt"]
+    assert result["stdout_status"] == 206 and result["stdout"].startswith(result["stdout_head"])
+    assert "task 0 of trainyard" in result["stdout"]
+    assert list((tmp_path / "outputs").rglob("report.txt")), "io-env-secrets wrote no report"
+
+
+def _importable(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
+
+
+def test_the_two_node_pytorch_example_runs_and_its_model_output_is_listed_and_downloaded(
+    arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    if not _importable("torch"):
+        pytest.skip("torch is missing")
+    doc = on_local_disk(json.loads((EXAMPLES / "pytorch-gloo.json").read_text()), arm_target, "frameworks", tmp_path)
+    args = {"workspace": "frameworks", "experiment": "pytorch", "jobs": {"pt": doc}, "output_id": "MODEL"}
+    result = _run("sdk7", "jobs", args, arm_target, tmp_path)
+    assert result["states"] == {"pt": "succeeded"}, result["stderr"]
+    files = {name: body for name, body in result["outputs"].items() if body != "(directory)"}
+    assert files, result["outputs"]
+    for name, body in files.items():  # each link gives the bytes the job wrote
+        on_disk = [p.read_bytes().decode(errors="replace") for p in (tmp_path / "outputs").rglob(name)]
+        assert body in on_disk, name
+
+
+def test_a_recipe_job_file_with_a_local_command_runs_through_the_sdk(arm_target: ArmTarget, tmp_path: Path) -> None:
+    recipe = json.loads((RECIPES / "Keras__Keras-GPU__job_tensorflow.json").read_text())
+    props = recipe["properties"]
+    tool = next(key for key in props if key.endswith("Settings") and key != "containerSettings")
+    # The recipe's script and data are on Azure storage: the same file, with a command that needs none.
+    props.pop("containerSettings", None)
+    props.pop("inputDirectories", None)
+    props.pop("outputDirectories", None)
+    props.pop("mountVolumes", None)
+    for key in [k for k in props if k.endswith("Settings") and k != "containerSettings"]:
+        props.pop(key)
+    props["customToolkitSettings"] = {"commandLine": f"echo recipe {tool} ran"}
+    doc = on_local_disk(recipe, arm_target, "recipes", tmp_path)
+    result = _run(
+        "sdk7", "jobs", {"workspace": "recipes", "experiment": "keras", "jobs": {"keras": doc}}, arm_target, tmp_path
+    )
+    assert result["states"] == {"keras": "succeeded"}, result["stderr"]
+    assert f"recipe {tool} ran" in result["stdout"]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_a_running_jobs_stdout_is_read_by_range_then_it_is_terminated_and_deleted(
+    flavor: str, arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    workspace = f"live-{flavor}"
+    job = {"properties": {
+        "cluster": {"id": cluster_id(arm_target, workspace)},
+        "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_JOB_MOUNT_ROOT/logs",
+        "customToolkitSettings": {"commandLine": "for i in $(seq 0 600); do echo tick $i; sleep 0.5; done"},
+    }}  # fmt: skip
+    args = {"workspace": workspace, "experiment": "live", "name": "ticker", "job": job}
+    result = _run(flavor, "live", args, arm_target, tmp_path)
+    assert result["running"] == "running" and result["while_running"] == "running"
+    assert "tick 3" in result["seen"]
+    assert result["range_status"] == 206 and result["range"] == "tick 1"
+    assert result["after_terminate"] == "failed" and result["deleted"]
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_the_recipes_bulk_parameter_sweep_creates_and_runs_every_job(
+    flavor: str, arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    workspace = f"sweep-{flavor}"
+    rates = [0.1, 0.01, 0.001, 0.0001]
+    args = {"workspace": workspace, "experiment": "sweep", "cluster_id": cluster_id(arm_target, workspace),
+            "learning_rates": rates}  # fmt: skip
+    result = _run(flavor, "sweep", args, arm_target, tmp_path)
+    assert set(result["states"].values()) == {"succeeded"}, result
+    assert sorted(result["stdout"].values()) == sorted(f"training with lr={r}" for r in rates)
