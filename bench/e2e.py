@@ -12,11 +12,16 @@ processes x K threads). It prints JSON lines (see harness.py):
   places them in arrival order, so its figure is the pairs the arrival order inverts).
 - dispatch_with_5000_queued_s: every slot busy, 5,000 low jobs queued, one high job; seconds from
   the moment a slot frees (the ending job's own clock) to the high job's process start (goal <= 2 s).
+- cpu_ms_per_job: CPU time (user + system, the process itself; its jobs' own processes not counted)
+  each service spent per job during the throughput rounds: trainyard's api, scheduler, nodes and
+  Redis, and the bare Celery workers and Redis during theirs. On a shared machine wall-clock jobs/s
+  move with the neighbours' load; CPU per job does not, so it says where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -27,11 +32,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bare_celery
+import psutil
 import redis
 from harness import REPO_ROOT, TERMINAL_STATES, JobCounter, emit, note, percentile, private_cluster
 
@@ -77,6 +83,37 @@ def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def throughput_timeout_s(jobs: int) -> float:
     return max(120.0, jobs / 10)
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of named processes, summed over measured intervals."""
+
+    def __init__(self, processes: dict[str, int]):
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.seconds: dict[str, float] = dict.fromkeys(self.processes, 0.0)
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for name, process in self.processes.items():
+            try:
+                times = process.cpu_times()
+                out[name] = times.user + times.system
+            except psutil.Error:
+                out[name] = 0.0
+        return out
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        before = self._now()
+        try:
+            yield
+        finally:
+            after = self._now()
+            for name in self.processes:
+                self.seconds[name] += max(0.0, after[name] - before[name])
+
+    def ms_per_job(self, jobs: int) -> dict[str, float]:
+        return {name: round(1000 * seconds / max(1, jobs), 2) for name, seconds in self.seconds.items()}
 
 
 # -- trainyard ---------------------------------------------------------------------------------
@@ -259,8 +296,10 @@ class BareCeleryRunner:
 
 
 @contextmanager
-def bare_workers(redis_url: str, workers: int, threads: int, log_dir: Path) -> Iterator[None]:
-    """Start `workers` bare Celery worker processes (threads pool, `threads` each); stop them after."""
+def bare_workers(redis_url: str, workers: int, threads: int, log_dir: Path) -> Iterator[dict[str, int]]:
+    """Start `workers` bare Celery worker processes (threads pool, `threads` each); stop them after.
+
+    Yields their pids by name (bare1, bare2, ...)."""
     env = dict(os.environ, BENCH_REDIS_URL=redis_url)
     processes = []
     for index in range(workers):
@@ -295,7 +334,7 @@ def bare_workers(redis_url: str, workers: int, threads: int, log_dir: Path) -> I
                 )
             )
     try:
-        yield
+        yield {f"bare{index + 1}": process.pid for index, process in enumerate(processes)}
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -321,6 +360,8 @@ class Results:
     inversion_pairs_fifo: int = 0
     priority_jobs: int = 0
     deep_dispatch_s: float = float("nan")
+    ours_cpu_ms: dict[str, float] = field(default_factory=dict)  # per job, per process
+    bare_cpu_ms: dict[str, float] = field(default_factory=dict)
 
 
 def warm_up(runner: TrainyardRunner | BareCeleryRunner, opts: Options) -> None:
@@ -329,13 +370,19 @@ def warm_up(runner: TrainyardRunner | BareCeleryRunner, opts: Options) -> None:
 
 
 def throughput_rounds(
-    ours: TrainyardRunner, bare: BareCeleryRunner, opts: Options
+    ours: TrainyardRunner,
+    bare: BareCeleryRunner,
+    opts: Options,
+    ours_cpu: CpuMeter | None = None,
+    bare_cpu: CpuMeter | None = None,
 ) -> tuple[list[Throughput], list[Throughput]]:
     """Alternate the two runners so that load from elsewhere on the machine hits both alike."""
     ours_runs, bare_runs = [], []
     for round_index in range(opts.rounds):
-        ours_runs.append(ours.throughput(opts.jobs, ["/bin/true"]))
-        bare_runs.append(bare.throughput(opts.jobs, ["/bin/true"]))
+        with ours_cpu.measuring() if ours_cpu else contextlib.nullcontext():
+            ours_runs.append(ours.throughput(opts.jobs, ["/bin/true"]))
+        with bare_cpu.measuring() if bare_cpu else contextlib.nullcontext():
+            bare_runs.append(bare.throughput(opts.jobs, ["/bin/true"]))
         note(
             f"round {round_index + 1}: trainyard {ours_runs[-1].per_s:.0f} jobs/s, "
             f"bare Celery {bare_runs[-1].per_s:.0f} jobs/s"
@@ -396,6 +443,16 @@ def report(results: Results, opts: Options) -> None:
     )
     emit("dispatch_with_5000_queued_s", results.deep_dispatch_s, "s", "<= 2 s", queued=opts.deep_queue)
     lags = results.log_lags_s
+    if results.ours_cpu_ms:
+        emit(
+            "cpu_ms_per_job",
+            sum(results.ours_cpu_ms.values()),
+            "ms",
+            "",  # where the time goes; the goal is the throughput ratio
+            baseline=sum(results.bare_cpu_ms.values()) or None,
+            per_process=results.ours_cpu_ms,
+            baseline_per_process=results.bare_cpu_ms,
+        )
     emit(
         "log_lag_p99",
         percentile(lags, 99),
@@ -413,11 +470,16 @@ def measure(cluster: Any, bare_dir: Path, opts: Options) -> Results:
     ours = TrainyardRunner(cluster)
     bare = BareCeleryRunner(redis_url, bare_dir)
     try:
-        with bare_workers(redis_url, opts.workers, opts.slots, home / "logs"):
+        with bare_workers(redis_url, opts.workers, opts.slots, home / "logs") as bare_pids:
             note(f"up: {opts.workers} nodes x {opts.slots} slots, and as many bare Celery threads; warming up")
             warm_up(ours, opts)
             warm_up(bare, opts)
-            ours_runs, bare_runs = throughput_rounds(ours, bare, opts)
+            services = {name: process.pid for name, process in cluster.processes}
+            ours_cpu = CpuMeter(services)
+            bare_cpu = CpuMeter({**bare_pids, **{k: v for k, v in services.items() if k == "redis"}})
+            ours_runs, bare_runs = throughput_rounds(ours, bare, opts, ours_cpu, bare_cpu)
+            jobs_timed = opts.jobs * opts.rounds
+            note(f"CPU ms/job: trainyard {ours_cpu.ms_per_job(jobs_timed)}; bare {bare_cpu.ms_per_job(jobs_timed)}")
             note(f"idle latency: {opts.latency_samples} single submits each")
             ours_ms, bare_ms = latency_samples(ours, bare, opts.latency_samples)
             note(f"log lag: a job printing every {LOG_LINE_PERIOD_S} s for {opts.log_seconds:.0f} s")
@@ -430,7 +492,10 @@ def measure(cluster: Any, bare_dir: Path, opts: Options) -> Results:
     finally:
         ours.close()
         bare.close()
-    return Results(ours_runs, bare_runs, ours_ms, bare_ms, lags, inversions, fifo, jobs, deep_s)
+    return Results(
+        ours_runs, bare_runs, ours_ms, bare_ms, lags, inversions, fifo, jobs, deep_s,
+        ours_cpu.ms_per_job(jobs_timed), bare_cpu.ms_per_job(jobs_timed),
+    )  # fmt: skip
 
 
 def run(opts: Options) -> None:

@@ -75,7 +75,7 @@ def stored_targets(session: Session, refs: Iterable[tuple[str, str]]) -> dict[tu
         for start in range(0, len(ids), CHUNK):
             rows = session.execute(
                 select(model.id, model.workspace, model.name).where(model.id.in_(ids[start : start + CHUNK]))
-            ).tuples()
+            )
             found.update({(kind, i): (w, n) for i, w, n in rows})
     return found
 
@@ -130,7 +130,7 @@ def cancel_cascade(session: Session, job_id: str) -> int:
                 .join(Job, Job.id == JobDependency.job_id)
                 .where(JobDependency.target_id.in_(ids), JobDependency.status == WAITING,
                        Job.state == JobState.QUEUED.value)
-            ).tuples()  # fmt: skip
+            )  # fmt: skip
             for dependant, kind, on in rows:
                 impossible = cascades(on) if kind == "job" else on == "succeeded"
                 if impossible and dependant not in seen:
@@ -147,7 +147,7 @@ def waiting_reasons(session: Session, job_ids: Sequence[str]) -> dict[str, str]:
             select(JobDependency.job_id, JobDependency.target_kind, JobDependency.target_id, JobDependency.on)
             .where(JobDependency.job_id.in_(job_ids[start : start + CHUNK]), JobDependency.status == WAITING)
             .order_by(JobDependency.id)
-        ).tuples()  # fmt: skip
+        )  # fmt: skip
         for job_id, kind, target_id, on in rows:
             edges.setdefault(job_id, []).append(Edge(kind, target_id, on))
     targets = stored_targets(session, {(e.kind, e.target_id) for es in edges.values() for e in es})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from trainyard.db.engine import rowcount
@@ -23,6 +23,13 @@ from trainyard.spec import TERMINAL_STATES, JobState, NotifyTarget, state_values
 CHUNK = 500
 _UNENDED = tuple(state.value for state in JobState if state not in TERMINAL_STATES)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# Built once: the scheduler runs them in every transaction that ends jobs.
+_ENDED_OF = select(Job.id, Job.workspace, Job.state, Job.notify, Job.sweep_id).where(
+    Job.id.in_(bindparam("ids", expanding=True)), Job.state.in_(state_values(TERMINAL_STATES))
+)
+_WORKSPACE_NOTIFY = select(WorkspaceSettings.workspace, WorkspaceSettings.notify).where(
+    WorkspaceSettings.workspace.in_(bindparam("names", expanding=True))
+)
 
 
 def _targets(stored: list[dict[str, Any]] | None) -> list[NotifyTarget]:
@@ -30,10 +37,7 @@ def _targets(stored: list[dict[str, Any]] | None) -> list[NotifyTarget]:
 
 
 def _workspace_targets(session: Session, workspaces: Iterable[str]) -> dict[str, list[NotifyTarget]]:
-    names = sorted(set(workspaces))
-    rows = session.execute(
-        select(WorkspaceSettings.workspace, WorkspaceSettings.notify).where(WorkspaceSettings.workspace.in_(names))
-    ).tuples()
+    rows = session.execute(_WORKSPACE_NOTIFY, {"names": sorted(set(workspaces))})
     return {name: _targets(notify) for name, notify in rows}
 
 
@@ -58,10 +62,9 @@ def record_job_ends(session: Session, job_ids: Iterable[str], now: datetime) -> 
     rows: list[dict[str, Any]] = []
     sweep_ids: set[str] = set()
     for start in range(0, len(ids), CHUNK):
-        ended = session.execute(
-            select(Job.id, Job.workspace, Job.state, Job.notify, Job.sweep_id)
-            .where(Job.id.in_(ids[start : start + CHUNK]), Job.state.in_(state_values(TERMINAL_STATES)))
-        ).tuples().all()  # fmt: skip
+        ended = session.execute(_ENDED_OF, {"ids": ids[start : start + CHUNK]}).all()
+        if not ended:
+            continue
         by_workspace = _workspace_targets(session, (w for _, w, _, _, _ in ended))
         for job_id, workspace, state, notify, sweep_id in ended:
             targets = _targets(notify) + ([] if sweep_id else by_workspace.get(workspace, []))

@@ -25,7 +25,7 @@ def state_counts(session: Session, sweep_ids: Sequence[str]) -> dict[str, dict[s
     if not sweep_ids:
         return counts
     query = select(Job.sweep_id, Job.state, func.count()).where(Job.sweep_id.in_(sweep_ids))
-    rows = session.execute(query.group_by(Job.sweep_id, Job.state)).tuples()
+    rows = session.execute(query.group_by(Job.sweep_id, Job.state))
     for sweep_id, state, count in rows:
         counts[str(sweep_id)][state] = int(count)
     return counts
@@ -93,7 +93,7 @@ def leaderboard(session: Session, sweep_id: str, metric: str, order: str, limit:
         .where(Job.sweep_id == sweep_id, Job.metrics.is_not(None), value.is_not(None), Job.superseded_by.is_(None))
         .order_by(ranked, Job.seq)
         .limit(limit)
-    ).tuples()
+    )
     return [
         {"rank": rank, "job_id": job_id, "name": name, "state": state, "params": params or {}, "value": score,
          "metrics": metrics or {}, "step": step}

@@ -229,7 +229,7 @@ def rerun_points(session: Session, sweep_id: str, failed_only: bool, actor: str 
         select(Job.id, Job.state, Job.params)
         .where(Job.sweep_id == sweep_id, Job.state.in_(states), Job.superseded_by.is_(None))
         .order_by(Job.seq)
-    ).tuples().all()  # fmt: skip
+    ).all()  # fmt: skip
     if not rows:
         return []
     sweep, first = _claim_ids(session, sweep_id, len(rows), open_only=False)
@@ -282,14 +282,14 @@ def sweep_limits(session: Session, sweep_ids: Iterable[str]) -> tuple[dict[str, 
     for chunk in _chunks(wanted, 500):
         rows = session.execute(
             select(Sweep.id, Sweep.max_concurrency).where(Sweep.id.in_(chunk), Sweep.max_concurrency.is_not(None))
-        ).tuples()
+        )
         limits.update({sweep_id: int(limit) for sweep_id, limit in rows if limit is not None})
     running: dict[str, int] = {}
     for chunk in _chunks(list(limits), 500):
         counted = session.execute(
             select(Job.sweep_id, func.count()).where(Job.sweep_id.in_(chunk), Job.state.in_(ACTIVE))
             .group_by(Job.sweep_id)
-        ).tuples()  # fmt: skip
+        )  # fmt: skip
         running.update({str(sweep_id): int(count) for sweep_id, count in counted})
     return limits, running
 
@@ -308,7 +308,7 @@ def fill_specs(session: Session, jobs: Iterable[Job]) -> None:
     if not compact:
         return
     ids = list({job.sweep_id for job in compact if job.sweep_id is not None})
-    rows = session.execute(select(Sweep.id, Sweep.template, Sweep.secrets_enc).where(Sweep.id.in_(ids))).tuples()
+    rows = session.execute(select(Sweep.id, Sweep.template, Sweep.secrets_enc).where(Sweep.id.in_(ids)))
     templates = {sweep_id: (template, secrets_enc) for sweep_id, template, secrets_enc in rows}
     for job in compact:
         found = templates.get(str(job.sweep_id))

@@ -255,7 +255,7 @@ def _busy_nodes(session: Session, pool: str) -> dict[str, int]:
 
 def _end_attempts_on(session: Session, node_id: str, reason: str, effects: Effects) -> None:
     query = select(Part.job_id, Part.attempt).where(Part.node_id == node_id, Part.active.is_(True))
-    attempts = set(session.execute(query).tuples())
+    attempts = set(session.execute(query))
     for job_id, attempt in sorted(attempts):
         outcomes.teardown_attempt(session, job_id, attempt, reason, utcnow(), effects)
 

@@ -60,13 +60,15 @@ class ClaimWriter:
 
     def insert_attempts(self, session: Session, placements: list[Placement], attempts: dict[str, int]) -> None:
         now = utcnow()
-        session.execute(
-            insert(Attempt),
+        # Core inserts (executemany), not the ORM's bulk path: nothing here needs the identity map.
+        connection = session.connection()
+        connection.execute(
+            insert(Attempt.__table__),  # type: ignore[arg-type]
             [{"job_id": p.job_id, "number": attempts[p.job_id], "state": AttemptState.SCHEDULED.value,
               "created_at": now} for p in placements],
         )  # fmt: skip
-        session.execute(
-            insert(Part),
+        connection.execute(
+            insert(Part.__table__),  # type: ignore[arg-type]
             [{"job_id": p.job_id, "attempt": attempts[p.job_id], "rank": part.rank, "node_id": part.node_id,
               "gpus": part.gpus, "cpus": part.cpus, "active": True, "state": PartState.SCHEDULED.value}
              for p in placements for part in p.parts],

@@ -70,6 +70,21 @@ def task_summary(message: dict[str, Any]) -> str:
     return repr({key: message[key] for key in keys if key in message})
 
 
+_parts = Part.__table__
+
+
+def _stamp_where(*unstamped: Any) -> Any:
+    return (
+        update(_parts)  # type: ignore[arg-type]
+        .where(_parts.c.job_id == bindparam("jid"), _parts.c.attempt == bindparam("num"), *unstamped)
+        .values(dispatched_at=bindparam("now"))
+    )
+
+
+_STAMP = _stamp_where(_parts.c.dispatched_at.is_(None))  # built once: every pass stamps
+_RESTAMP = _stamp_where(_parts.c.state == PartState.SCHEDULED.value)
+
+
 @dataclass
 class Outgoing:
     """Part messages built inside a transaction, to publish once it has committed."""
@@ -105,12 +120,12 @@ class Dispatcher:
         fill_specs(session, jobs.values())  # sweep jobs are stored compact: render their spec
         parts = session.scalars(select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))).all()
         node_ids = {part.node_id for part in parts}
-        addresses = dict(session.execute(select(Node.id, Node.address).where(Node.id.in_(node_ids))).tuples().all())
+        addresses = dict(session.execute(select(Node.id, Node.address).where(Node.id.in_(node_ids))).all())
         pool_volumes = {
             name: list((settings or {}).get("volumes") or [])
             for name, settings in session.execute(
                 select(Pool.name, Pool.settings).where(Pool.name.in_({job.pool for job in jobs.values()}))
-            ).tuples()
+            )
         }
         by_attempt: dict[tuple[str, int], list[Part]] = {}
         for part in parts:
@@ -145,14 +160,9 @@ class Dispatcher:
         send stamps it once. Until stamped, a new leader re-sends them (`reconcile`)."""
         if not attempts:
             return
-        table = Part.__table__
-        unstamped = table.c.dispatched_at.is_(None) if not resend else table.c.state == PartState.SCHEDULED.value
-        session.connection().execute(
-            update(table)  # type: ignore[arg-type]
-            .where(table.c.job_id == bindparam("jid"), table.c.attempt == bindparam("num"), unstamped)
-            .values(dispatched_at=utcnow()),
-            [{"jid": job_id, "num": attempt} for job_id, attempt in attempts],
-        )
+        now = utcnow()
+        rows = [{"jid": job_id, "num": attempt, "now": now} for job_id, attempt in attempts]
+        session.connection().execute(_RESTAMP if resend else _STAMP, rows)
 
     def _publish(self, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Send the part messages in one pipelined batch (kombu's Producer.batch).
@@ -174,14 +184,10 @@ class Dispatcher:
     def reconcile(self, sessions: sessionmaker[Session]) -> None:
         """Re-send parts that were placed but never marked dispatched (a scheduler died in between)."""
         with sessions.begin() as session:
-            rows = (
-                session.execute(
-                    select(Part.job_id, Part.attempt).where(Part.active.is_(True), Part.dispatched_at.is_(None))
-                )
-                .tuples()
-                .all()
-            )
-            self.send_parts(session, list(set(rows)))
+            rows = session.execute(
+                select(Part.job_id, Part.attempt).where(Part.active.is_(True), Part.dispatched_at.is_(None))
+            ).all()
+            self.send_parts(session, list({(job_id, attempt) for job_id, attempt in rows}))
 
     def send_stop(self, node_id: str, job_id: str, attempt: int, reason: str, grace_s: float = 10.0) -> None:
         payload = {"kind": "stop", "job_id": job_id, "attempt": attempt, "reason": reason, "grace_s": grace_s}

@@ -4,6 +4,11 @@ Entries are acknowledged only after the transaction that applied them committed.
 scheduler read but never acknowledged (it died, or was deposed and its transaction rolled back)
 stays pending under its consumer name; the leader claims such entries once they have been idle
 for a while (`claim_orphans`), so nothing read by a deposed leader is lost.
+
+An acknowledgement travels with the next read, in one round trip (`ack` only notes the ids).
+A scheduler that dies in between leaves that batch pending, and whoever claims it applies it a
+second time: compare-and-set turns every write of it into a no-op or a counted stale write,
+as for any event delivered twice (the nodes' outbox may send one twice too).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class EventReader:
         self.redis, self.consumer, self.batch = client, consumer, batch
         self.invalid = 0
         self.parked = 0
+        self._unacked: list[bytes] = []  # applied and committed; acknowledged with the next read
 
     def ensure_group(self) -> None:
         try:
@@ -43,19 +49,29 @@ class EventReader:
                 raise
 
     def read(self, *, pending: bool = False, block_ms: int | None = None) -> list[tuple[bytes, dict[str, Any]]]:
-        """New entries (or, with pending=True, those this consumer read before and never acked)."""
+        """New entries (or, with pending=True, those this consumer read before and never acked).
+
+        What `ack` noted is acknowledged first, in the same round trip."""
+        acked = self._unacked
+        pipe = self.redis.pipeline(transaction=False)
+        if acked:
+            pipe.xack(transport.EVENTS_STREAM, transport.EVENTS_GROUP, *acked)
+        pipe.xreadgroup(
+            transport.EVENTS_GROUP,
+            self.consumer,
+            {transport.EVENTS_STREAM: "0" if pending else ">"},
+            count=self.batch,
+            block=None if pending else block_ms,
+        )
         try:
-            reply: Any = self.redis.xreadgroup(
-                transport.EVENTS_GROUP,
-                self.consumer,
-                {transport.EVENTS_STREAM: "0" if pending else ">"},
-                count=self.batch,
-                block=None if pending else block_ms,
-            )
+            replies: list[Any] = pipe.execute()
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
+                self._unacked = []  # the group is gone, and what it had pending with it
                 raise StreamLost(str(exc)) from None
             raise
+        self._unacked = []
+        reply = replies[-1]
         entries = reply[0][1] if reply else []
         return self._parsed(entries)
 
@@ -64,6 +80,7 @@ class EventReader:
         claimed: list[Any] = []
         start = "0-0"
         try:
+            self.flush_acks()
             while True:
                 reply: Any = self.redis.xautoclaim(
                     transport.EVENTS_STREAM, transport.EVENTS_GROUP, self.consumer, min_idle_ms,
@@ -75,6 +92,7 @@ class EventReader:
                     break
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
+                self._unacked = []
                 raise StreamLost(str(exc)) from None
             raise
         if claimed:
@@ -82,8 +100,14 @@ class EventReader:
         return self._parsed(claimed)
 
     def ack(self, entry_ids: list[bytes]) -> None:
-        if entry_ids:
-            self.redis.xack(transport.EVENTS_STREAM, transport.EVENTS_GROUP, *entry_ids)
+        """Note entries as applied (their transaction committed): acknowledged with the next read."""
+        self._unacked.extend(entry_ids)
+
+    def flush_acks(self) -> None:
+        """Acknowledge what `ack` noted now (before claiming, and at shutdown)."""
+        if self._unacked:
+            self.redis.xack(transport.EVENTS_STREAM, transport.EVENTS_GROUP, *self._unacked)
+            self._unacked = []
 
     def park(self, entry_id: bytes, event: dict[str, Any], reason: str) -> None:
         """Set aside an event the database refuses, so that it cannot stop every event after it."""

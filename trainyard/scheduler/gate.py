@@ -31,6 +31,9 @@ from trainyard.spec import TERMINAL_STATES, AttemptReason, JobState, state_value
 ROUNDS_PER_PASS = 64
 TARGETS_PER_ROUND = 2_000
 _TERMINAL = state_values(TERMINAL_STATES)
+_ENDED_WITH_DEPENDANTS = (
+    select(Job.id, Job.state).where(Job.state.in_(_TERMINAL), Job.dependants_waiting > 0).limit(TARGETS_PER_ROUND)
+)
 _jobs: Table = Job.__table__  # type: ignore[assignment]
 _edges: Table = JobDependency.__table__  # type: ignore[assignment]
 
@@ -77,11 +80,7 @@ class DependencyGate:
         return result
 
     def _ended_jobs(self, session: Session) -> list[_Target]:
-        rows = session.execute(
-            select(Job.id, Job.state)
-            .where(Job.state.in_(_TERMINAL), Job.dependants_waiting > 0)
-            .limit(TARGETS_PER_ROUND)
-        ).tuples()
+        rows = session.execute(_ENDED_WITH_DEPENDANTS)  # every pass runs it: built once
         return [_Target("job", job_id, state=state) for job_id, state in rows]
 
     def _sweeps(self, session: Session, only: set[str] | None) -> list[_Target]:
@@ -100,7 +99,7 @@ class DependencyGate:
             select(JobDependency.id, JobDependency.job_id, JobDependency.target_kind, JobDependency.target_id,
                    JobDependency.on)
             .where(JobDependency.target_id.in_([t.target_id for t in targets]), JobDependency.status == WAITING)
-        ).tuples()  # fmt: skip
+        )  # fmt: skip
         met: Counter[str] = Counter()
         failed: dict[str, tuple[str, str, str]] = {}  # dependant → the edge that failed it
         resolved: list[dict[str, object]] = []
@@ -139,7 +138,7 @@ class DependencyGate:
             return []
         queued = session.execute(
             select(Job.id, Job.attempt).where(Job.id.in_(list(failed)), Job.state == JobState.QUEUED.value)
-        ).tuples().all()  # fmt: skip
+        ).all()  # fmt: skip
         if not queued:
             return []
         session.connection().execute(
@@ -166,7 +165,7 @@ class DependencyGate:
         rows = session.execute(
             select(JobDependency.id, JobDependency.target_kind, JobDependency.target_id)
             .where(JobDependency.job_id.in_(ended), JobDependency.status == WAITING)
-        ).tuples().all()  # fmt: skip
+        ).all()  # fmt: skip
         if not rows:
             return
         self._mark(session, [{"eid": edge_id, "status": "void"} for edge_id, _, _ in rows], now)
@@ -182,7 +181,7 @@ class DependencyGate:
             [{"jid": job_id, "n": n} for job_id, n in met.items()],
         )  # fmt: skip
         ids = list(met)
-        still = dict(session.execute(select(Job.id, Job.waiting_on).where(Job.id.in_(ids))).tuples().all())
+        still = dict(session.execute(select(Job.id, Job.waiting_on).where(Job.id.in_(ids))).all())
         waiting = [job_id for job_id in ids if still.get(job_id, 0) > 0]
         result.released += sum(1 for job_id in ids if still.get(job_id, 0) == 0)
         reasons = waiting_reasons(session, waiting)

@@ -77,7 +77,7 @@ def lost_messages(
         select(Part.job_id, Part.attempt, Part.rank, Part.node_id, Part.dispatched_at).where(
             Part.active.is_(True), Part.state == PartState.SCHEDULED.value, Part.dispatched_at < cutoff
         )
-    ).tuples()
+    )
     resend: set[tuple[str, int]] = set()
     for job_id, attempt, rank, node_id, dispatched_at in rows:
         seen_at, running = node_running.get(node_id, (None, set()))

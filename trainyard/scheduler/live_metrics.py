@@ -118,7 +118,7 @@ def sweep_series(session: Session, sweep_id: str, metric: str) -> tuple[dict[str
         select(Job.id, Job.attempt, Job.state, Job.cancel_requested).where(
             Job.sweep_id == sweep_id, Job.superseded_by.is_(None)
         )
-    ).tuples()
+    )
     attempt_of: dict[str, int] = {}
     running: set[str] = set()
     for job_id, attempt, state, cancel_requested in current:
@@ -130,7 +130,7 @@ def sweep_series(session: Session, sweep_id: str, metric: str) -> tuple[dict[str
         select(MetricPoint.job_id, MetricPoint.attempt, MetricPoint.step, MetricPoint.values)
         .where(MetricPoint.sweep_id == sweep_id)
         .order_by(MetricPoint.id)
-    ).tuples()
+    )
     for job_id, attempt, step, values in points:
         value = (values or {}).get(metric)
         if attempt_of.get(job_id) != attempt or step is None or not isinstance(value, (int, float)):
@@ -146,7 +146,7 @@ def sweep_series(session: Session, sweep_id: str, metric: str) -> tuple[dict[str
 def stop_points(session: Session, job_ids: Iterable[str], sweep_id: str, now: datetime) -> list[str]:
     """Flag points for the cancel path with reason early_stopped; compare-and-set on their attempt and state."""
     stopped = []
-    for job_id, attempt in session.execute(select(Job.id, Job.attempt).where(Job.id.in_(list(job_ids)))).tuples():
+    for job_id, attempt in session.execute(select(Job.id, Job.attempt).where(Job.id.in_(list(job_ids)))):
         changed = rowcount(
             session.execute(
                 update(Job)
@@ -182,9 +182,7 @@ class EarlyStopper:
         rules: dict[str, Any] = dict(
             session.execute(
                 select(Sweep.id, Sweep.early_stopping).where(Sweep.id.in_(due), Sweep.early_stopping.is_not(None))
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         stopped: list[str] = []
         for sweep_id in due:

@@ -86,6 +86,10 @@ class Scheduler:
                 self.run_once()
         finally:
             try:
+                self.events.flush_acks()  # what this scheduler applied is not applied again by the next
+            except redis.RedisError as exc:
+                log.warning("could not acknowledge the last events: %s", exc)
+            try:
                 self.lease.release()
             except Exception as exc:  # the database may be gone at shutdown: the lease then expires
                 log.warning("could not release the scheduler lease: %s", exc)
@@ -150,7 +154,7 @@ class Scheduler:
         self._tick()
 
     def _consume(self, entries: list[tuple[bytes, dict[str, Any]]]) -> None:
-        """Apply a batch of events in one fenced transaction, then acknowledge it.
+        """Apply a batch of events in one fenced transaction, then acknowledge it (with the next read).
 
         When the database refuses the batch (a value it cannot store), its events are applied
         one by one and the one it still refuses is parked: one bad event never stops the others.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import BindParameter, bindparam, select, update
+from sqlalchemy.orm import Session, load_only
 
 from trainyard.db import notifications
 from trainyard.db.engine import rowcount
@@ -80,20 +80,32 @@ class _Loaded:
     attempts: dict[tuple[str, int], Attempt]
 
 
+# The job columns that applying part events reads: not the spec, params and other JSON a job
+# carries (a column left out is loaded on first use, so reading one more stays correct).
+_JOB_COLUMNS = load_only(
+    Job.id, Job.state, Job.attempt, Job.submitted_at, Job.cancel_requested, Job.end_reason, Job.max_retries,
+    Job.retries_used, Job.retry_rules, Job.retries_by_rule, Job.secrets_enc, Job.sweep_id,
+)  # fmt: skip
+# Built once (these run on every batch of part events). populate_existing: rows changed by a Core
+# UPDATE earlier in this transaction are re-read.
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_FRESH = {"populate_existing": True}
+_PARTS_OF = select(Part).where(Part.job_id.in_(_IDS)).execution_options(**_FRESH)
+_JOBS_OF = select(Job).options(_JOB_COLUMNS).where(Job.id.in_(_IDS)).execution_options(**_FRESH)
+_ATTEMPTS_OF = select(Attempt).where(Attempt.job_id.in_(_IDS)).execution_options(**_FRESH)
+
+
 def _load(session: Session, keys: set[tuple[str, int]]) -> _Loaded:
     job_ids = sorted({job_id for job_id, _ in keys})
     loaded = _Loaded({}, {}, {}, {})
     for start in range(0, len(job_ids), 500):
-        chunk = job_ids[start : start + 500]
-        # populate_existing: rows changed by a Core UPDATE earlier in this transaction are re-read.
-        fresh = {"populate_existing": True}
-        for part in session.scalars(select(Part).where(Part.job_id.in_(chunk)).execution_options(**fresh)):
+        ids = {"ids": job_ids[start : start + 500]}
+        for part in session.scalars(_PARTS_OF, ids):
             if (part.job_id, part.attempt) in keys:
                 loaded.parts[(part.job_id, part.attempt, part.rank)] = part
                 loaded.by_attempt.setdefault((part.job_id, part.attempt), []).append(part)
-        jobs = session.scalars(select(Job).where(Job.id.in_(chunk)).execution_options(**fresh))
-        loaded.jobs.update({job.id: job for job in jobs})
-        for row in session.scalars(select(Attempt).where(Attempt.job_id.in_(chunk)).execution_options(**fresh)):
+        loaded.jobs.update({job.id: job for job in session.scalars(_JOBS_OF, ids)})
+        for row in session.scalars(_ATTEMPTS_OF, ids):
             if (row.job_id, row.number) in keys:
                 loaded.attempts[(row.job_id, row.number)] = row
     return loaded

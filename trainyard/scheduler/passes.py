@@ -112,7 +112,7 @@ class PassRunner:
         if not result.placements:
             return []
         placed_ids = [p.job_id for p in result.placements]
-        attempts = dict(session.execute(select(Job.id, Job.attempt).where(Job.id.in_(placed_ids))).tuples().all())
+        attempts = dict(session.execute(select(Job.id, Job.attempt).where(Job.id.in_(placed_ids))).all())
         placements = result.placements
         if batch_claim:
             self.writer.claim_batch(session, placements, attempts)  # raises ClaimRace: the transaction rolls back
@@ -132,7 +132,7 @@ class PassRunner:
             select(Part.node_id, Part.job_id, Part.attempt).where(
                 Part.active.is_(True), Part.job_id.in_([job_id for job_id, _ in fresh])
             )
-        ).tuples()
+        )
         wanted = set(fresh)
         stops = [(node_id, job_id, attempt, "preempted", grace_s) for node_id, job_id, attempt in rows
                  if (job_id, attempt) in wanted]  # fmt: skip

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from trainyard.db.models import Attempt, Job, Node, Part, utcnow
@@ -37,6 +37,24 @@ _QUEUED_COLUMNS = (
     Job.memory_bytes, Job.max_wall_clock_s, Job.preemptible, Job.sweep_id, Job.submitted_at,
     Job.host_paths,
 )  # fmt: skip
+# The statements every pass runs, built once.
+_READY = (
+    Job.state == JobState.QUEUED.value,
+    Job.waiting_on == 0,  # jobs waiting on dependencies stay out of sight until the gate releases them
+    Job.cancel_requested.is_(False),
+    or_(Job.not_before.is_(None), Job.not_before <= bindparam("now")),
+)
+_TOP_QUEUED = select(*_QUEUED_COLUMNS).where(*_READY).order_by(Job.priority.desc(), Job.seq).limit(bindparam("window"))
+_OLDEST_QUEUED = select(*_QUEUED_COLUMNS).where(*_READY).order_by(Job.seq).limit(bindparam("window"))
+_ACTIVE_PARTS = (
+    select(Part.job_id, Part.attempt, Part.node_id, Part.cpus, Part.gpus, Job.memory_bytes, Job.priority,
+           Job.preemptible, Job.max_wall_clock_s, Job.workspace, Job.sweep_id, Job.cancel_requested,
+           Attempt.started_at, Attempt.created_at, Part.state)
+    .join(Job, Job.id == Part.job_id)
+    .join(Attempt, (Attempt.job_id == Part.job_id) & (Attempt.number == Part.attempt))
+    .where(Part.active.is_(True))
+)  # fmt: skip
+_LISTED_NODES = select(Node).where(Node.state.in_((*SERVING_NODE_STATES, *UNREADY_NODE_STATES)))
 
 
 def _epoch_s(value: datetime | None) -> float | None:
@@ -56,16 +74,7 @@ class SnapshotReader:
     unready: dict[str, dict[str, int]] = field(default_factory=dict)  # pool → state → nodes, last snapshot
 
     def _active_parts(self, session: Session) -> list[tuple[Any, ...]]:
-        return list(
-            session.execute(
-                select(Part.job_id, Part.attempt, Part.node_id, Part.cpus, Part.gpus, Job.memory_bytes, Job.priority,
-                       Job.preemptible, Job.max_wall_clock_s, Job.workspace, Job.sweep_id, Job.cancel_requested,
-                       Attempt.started_at, Attempt.created_at, Part.state)
-                .join(Job, Job.id == Part.job_id)
-                .join(Attempt, (Attempt.job_id == Part.job_id) & (Attempt.number == Part.attempt))
-                .where(Part.active.is_(True))
-            ).tuples()
-        )  # fmt: skip
+        return list(session.execute(_ACTIVE_PARTS))
 
     def _node_views(self, session: Session, parts: list[tuple[Any, ...]]) -> list[NodeView]:
         used_cpus: dict[str, float] = defaultdict(float)
@@ -77,7 +86,7 @@ class SnapshotReader:
             used_memory[node_id] += memory or 0
         views = []
         self.unready = {}
-        for node in session.scalars(select(Node).where(Node.state.in_((*SERVING_NODE_STATES, *UNREADY_NODE_STATES)))):
+        for node in session.scalars(_LISTED_NODES):
             if node.state in UNREADY_NODE_STATES:
                 counts = self.unready.setdefault(node.pool, {})
                 counts[node.state] = counts.get(node.state, 0) + 1
@@ -117,20 +126,11 @@ class SnapshotReader:
         return list(by_attempt.values())
 
     def _queued_views(self, session: Session, window: int = QUEUE_WINDOW) -> list[JobView]:
-        now = utcnow()
-        ready = (
-            Job.state == JobState.QUEUED.value,
-            Job.waiting_on == 0,  # jobs waiting on dependencies stay out of sight until the gate releases them
-            Job.cancel_requested.is_(False),
-            or_(Job.not_before.is_(None), Job.not_before <= now),
-        )
-        top = session.execute(
-            select(*_QUEUED_COLUMNS).where(*ready).order_by(Job.priority.desc(), Job.seq).limit(window)
-        ).tuples()
-        rows = {r[0]: r for r in top}
+        params = {"now": utcnow(), "window": window}
+        rows = {r[0]: r for r in session.execute(_TOP_QUEUED, params)}
         if window == QUEUE_WINDOW and len(rows) >= QUEUE_WINDOW:
-            oldest = session.execute(select(*_QUEUED_COLUMNS).where(*ready).order_by(Job.seq).limit(OLDEST_WINDOW))
-            rows.update({r[0]: r for r in oldest.tuples()})
+            oldest = session.execute(_OLDEST_QUEUED, {**params, "window": OLDEST_WINDOW})
+            rows.update({r[0]: r for r in oldest})
         return [
             JobView(
                 id=r[0],
@@ -161,7 +161,7 @@ class SnapshotReader:
             select(Job.workspace, Job.nodes, Job.cpus, Job.gpus, Attempt.started_at, Attempt.ended_at)
             .join(Job, Job.id == Attempt.job_id)
             .where(Attempt.started_at.is_not(None), or_(Attempt.ended_at.is_(None), Attempt.ended_at >= since))
-        ).tuples()  # fmt: skip
+        )  # fmt: skip
         window_start_s = now_s - USAGE_WINDOW_S
         for workspace, nodes, cpus, gpus, started_at, ended_at in rows:
             start_s = max(window_start_s, _epoch_s(started_at) or now_s)

@@ -354,7 +354,7 @@ class NodeAgent:
         run.running = running
         with self._lock:
             self._active[run.key] = run
-        pumps = [run.logs.pump(running.stdout_fd, "stdout"), run.logs.pump(running.stderr_fd, "stderr")]
+        pumps = [run.logs.pump_pipes(running.stdout_fd, running.stderr_fd)]
         exit_code = run.launcher.wait(running)
         for pump in pumps:
             pump.join(PUMP_DRAIN_TIMEOUT_S)

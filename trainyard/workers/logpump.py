@@ -6,6 +6,10 @@ files named by the offset they start at; a file is deleted once every byte of it
 so the node-wide budget (`SpoolBudget`) frees as uploads catch up. When the budget or the disk is
 exhausted, output is dropped and the stream later says so in a marker line. Memory stays bounded:
 pipes are read in 1 MiB chunks and segments uploaded at most 4 MiB at a time.
+
+A part that prints nothing costs no disk and no thread: the spool directory (with the metadata
+that lets a later worker ship it) is made, and the shipper started, when the first byte arrives,
+before that byte is written. Both pipes of a part are read by one thread (`pump_pipes`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import selectors
 import shutil
 import threading
 from collections.abc import Callable
@@ -76,11 +81,19 @@ class SpoolBudget:
 class SpooledStream:
     """One stream of one part: appended to spool files, shipped to storage from a byte offset."""
 
-    def __init__(self, storage: Storage, spool_dir: Path, key_args: tuple[str, int, int, str], budget: SpoolBudget):
+    def __init__(
+        self,
+        storage: Storage,
+        spool_dir: Path,
+        key_args: tuple[str, int, int, str],
+        budget: SpoolBudget,
+        on_first_file: Callable[[], None] | None = None,
+    ):
         self.storage, self.spool_dir, self.budget = storage, spool_dir, budget
         self._key_args = key_args
         self.name = key_args[3]
-        spool_dir.mkdir(parents=True, exist_ok=True)
+        # Called before the stream's first spool file is made (PartLogs makes the directory then).
+        self._on_first_file = on_first_file or (lambda: spool_dir.mkdir(parents=True, exist_ok=True))
         self.written = 0  # stream offset of the next byte accepted
         self.uploaded = 0  # every byte before this offset is in the store
         self.dropped_total = 0
@@ -155,6 +168,7 @@ class SpooledStream:
         """All or nothing: a write the disk refuses half-way is cut back (ENOSPC keeps the worker up)."""
         try:
             if self._fd is None:
+                self._on_first_file()
                 path = self.spool_dir / f"{self.name}.{self.written:016d}.spool"
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._files.append((self.written, path))
@@ -288,16 +302,33 @@ class PartLogs:
         self._notice_part = (job_id, attempt, rank)
         self.part = {"job_id": job_id, "attempt": attempt, "rank": rank}
         budget = budget or SpoolBudget(spool_max_bytes())
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        if not recovering:
-            (spool_dir / META_FILE).write_text(json.dumps(self.part))
-        make = SpooledStream.recovered if recovering else SpooledStream
-        self.streams = {name: make(storage, spool_dir, (job_id, attempt, rank, name), budget) for name in STREAMS}
         self._closing = threading.Event()
         self._wake = threading.Event()
         self._shipped = threading.Event()
         self._on_shipped: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self._spool_lock = threading.Lock()  # making the spool and starting the shipper happen once
+        self._shipper: threading.Thread | None = None
+        if recovering:
+            self.streams = {name: SpooledStream.recovered(storage, spool_dir, (job_id, attempt, rank, name), budget)
+                            for name in STREAMS}  # fmt: skip
+            self._start_shipper()
+        else:
+            self.streams = {name: SpooledStream(storage, spool_dir, (job_id, attempt, rank, name), budget,
+                                                on_first_file=self._make_spool) for name in STREAMS}  # fmt: skip
+
+    def _make_spool(self) -> None:
+        """Before the first spool file: the directory and its metadata (a later worker ships it by
+        them if this one dies), then the shipper. Runs under the appending stream's lock."""
+        with self._spool_lock:
+            if self._shipper is not None:
+                return
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            (self.spool_dir / META_FILE).write_text(json.dumps(self.part))
+            self._start_shipper()
+
+    def _start_shipper(self) -> None:
+        job_id, _attempt, rank = self._notice_part
         self._shipper = threading.Thread(target=self._ship_loop, name=f"logs-{job_id}-{rank}", daemon=True)
         self._shipper.start()
 
@@ -329,6 +360,35 @@ class PartLogs:
                 os.close(fd)
 
         thread = threading.Thread(target=read_loop, name=f"pump-{stream}", daemon=True)
+        thread.start()
+        return thread
+
+    def pump_pipes(self, stdout_fd: int, stderr_fd: int) -> threading.Thread:
+        """Read both pipes of a part to EOF into stdout and stderr, in one thread."""
+        targets = {stdout_fd: self.streams["stdout"], stderr_fd: self.streams["stderr"]}
+        for fd in targets:
+            with contextlib.suppress(OSError):  # as in pump
+                fcntl.fcntl(fd, F_SETPIPE_SZ, READ_CHUNK_BYTES)
+
+        def read_loop() -> None:
+            selector = selectors.DefaultSelector()
+            try:
+                for fd in targets:
+                    selector.register(fd, selectors.EVENT_READ)
+                while selector.get_map():
+                    for key, _events in selector.select():
+                        chunk = os.read(key.fd, READ_CHUNK_BYTES)
+                        if chunk:
+                            targets[key.fd].append(chunk)
+                        else:  # EOF: the writer side closed
+                            selector.unregister(key.fd)
+            finally:
+                selector.close()
+                for fd in targets:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+        thread = threading.Thread(target=read_loop, name="pump", daemon=True)
         thread.start()
         return thread
 
@@ -377,9 +437,13 @@ class PartLogs:
         `notify_when_shipped` says when it is done.
         """
         for stream in self.streams.values():
-            stream.close()
+            stream.close()  # no byte is spooled after this, so no shipper can start after it either
         self._closing.set()
         self._wake.set()
+        with self._spool_lock:
+            nothing_spooled = self._shipper is None
+        if nothing_spooled:  # the part printed nothing: nothing to ship, no spool to remove
+            self._done()
         return self._shipped.wait(wait_s)
 
     def notify_when_shipped(self, callback: Callable[[], None]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,30 +207,57 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class _MetricsTailer:
-    """Sends what rank 0's `trainyard.report` appended, every period, as `metrics` events."""
+    """Sends what rank 0's `trainyard.report` appended as `metrics` events; polled by `_TailerThread`."""
 
-    def __init__(self, run: PartRun, path: Path, publish: Publish, period_s: float):
-        self.key, self.tail, self.publish, self.period_s = run.key, MetricsTail(path), publish, period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"metrics-{run.key[0]}", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self.send()
+    def __init__(self, run: PartRun, path: Path, publish: Publish, poller: _TailerThread):
+        self.key, self.tail, self.publish, self.poller = run.key, MetricsTail(path), publish, poller
+        self._lock = threading.Lock()  # one read at a time: the poller's and the final one keep their order
+        poller.add(self)
 
     def send(self) -> None:
-        start, end, points = self.tail.read()
-        if points:
-            job_id, attempt, rank = self.key
-            self.publish({"kind": "metrics", "job_id": job_id, "attempt": attempt, "rank": rank,
-                          "offset": start, "end": end, "points": points})  # fmt: skip
+        with self._lock:
+            start, end, points = self.tail.read()
+            if points:
+                job_id, attempt, rank = self.key
+                self.publish({"kind": "metrics", "job_id": job_id, "attempt": attempt, "rank": rank,
+                              "offset": start, "end": end, "points": points})  # fmt: skip
 
     def close(self) -> None:
         """Stop, then send the rest: it goes out before the exit report (the outbox keeps the order)."""
-        self._stop.set()
-        self._thread.join(self.period_s + 5.0)
+        self.poller.remove(self)
         self.send()
+
+
+class _TailerThread:
+    """One thread per node reads every running part's metrics file each period (not a thread per part)."""
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self._tailers: dict[int, _MetricsTailer] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, tailer: _MetricsTailer) -> None:
+        with self._lock:
+            self._tailers[id(tailer)] = tailer
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="metrics-tail", daemon=True)
+                self._thread.start()
+
+    def remove(self, tailer: _MetricsTailer) -> None:
+        with self._lock:
+            self._tailers.pop(id(tailer), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            with self._lock:
+                tailers = list(self._tailers.values())
+            for tailer in tailers:
+                try:
+                    tailer.send()
+                except Exception:  # one part's unreadable file must not stop the others' metrics
+                    log.warning("metrics of part %s could not be read", tailer.key, exc_info=True)
 
 
 class Metrics(Hook):
@@ -237,10 +265,11 @@ class Metrics(Hook):
 
     def __init__(self, publish: Publish | None = None, period_s: float = TAIL_PERIOD_S):
         self.publish, self.period_s = publish, period_s
+        self._poller = _TailerThread(period_s)  # started with the first part that reports
 
     def started(self, run: PartRun) -> None:
         if self.publish is not None and run.ctx is not None and run.key[2] == 0:
-            run.metrics_tailer = _MetricsTailer(run, metrics_file(run.ctx.workdir), self.publish, self.period_s)
+            run.metrics_tailer = _MetricsTailer(run, metrics_file(run.ctx.workdir), self.publish, self._poller)
 
     def ended(self, run: PartRun) -> None:
         assert run.ctx is not None
@@ -250,7 +279,7 @@ class Metrics(Hook):
     def closed(self, run: PartRun) -> None:
         self._stop_tailer(run)
         if run.ctx is not None and not run.start_failed:
-            shutil.rmtree(run.ctx.workdir, ignore_errors=True)
+            staging.remove_tree(run.ctx.workdir)
 
     @staticmethod
     def _stop_tailer(run: PartRun) -> None:
@@ -292,7 +321,7 @@ class PartRunner:
         self.steps.started(run)
         assert run.running is not None and run.launcher is not None
         launcher = run.launcher
-        pumps = [run.logs.pump(run.running.stdout_fd, "stdout"), run.logs.pump(run.running.stderr_fd, "stderr")]
+        pumps = [run.logs.pump_pipes(run.running.stdout_fd, run.running.stderr_fd)]
         run.exit_code = launcher.wait(run.running)
         for pump in pumps:
             pump.join(PUMP_DRAIN_TIMEOUT_S)
