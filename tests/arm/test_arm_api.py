@@ -197,6 +197,23 @@ def test_terminate_then_delete_cancels_and_forgets_the_job(api: Api) -> None:
     assert api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200  # the name is free again
 
 
+def test_deleting_what_is_not_there_answers_204_and_another_workspaces_resources_are_left_alone(api: Api) -> None:
+    _workspace(api, "w1")
+    _workspace(api, "w2")
+    assert api.put(f"{WS}/w2/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200
+    missing = [f"{WS}/gone", f"{WS}/w1/experiments/gone", f"{WS}/w1/experiments/e1/jobs/gone",
+               f"{WS}/gone/experiments/e1/jobs/j1", f"{WS}/w1/clusters/gone", f"{WS}/w1/fileServers/gone",
+               f"{WS}/gone/clusters/c1", f"{WS}/gone/fileServers/f1"]  # fmt: skip
+    for url in missing:
+        answer = api.delete(url + Q)
+        assert (answer.status_code, answer.content) == (204, b""), url
+    scoped = _token(api, "admin", "w1")  # w2's resources exist; to w1's token they are as absent
+    for url in (f"{WS}/w2", f"{WS}/w2/experiments/e1", f"{WS}/w2/experiments/e1/jobs/j1"):
+        assert api.delete(url + Q, headers=scoped).status_code == 204, url
+    assert api.get(f"{WS}/w2/experiments/e1/jobs/j1{Q}").json()["properties"]["executionState"] == "queued"
+    assert api.delete(f"{WS}/w1/experiments/e1/jobs/j1{Q}", headers={"Authorization": ""}).status_code == 401
+
+
 def test_deleting_an_experiment_retires_its_jobs(api: Api) -> None:
     _workspace(api)
     assert api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200

@@ -289,6 +289,20 @@ def test_a_low_priority_cluster_marks_its_pools_work_preemptible(api: Api) -> No
         assert cluster is not None and cluster.lowpriority
 
 
+def test_jobs_on_a_low_priority_cluster_are_submitted_preemptible_and_a_dedicated_clusters_are_not(api: Api) -> None:
+    assert _put(api, "cheap", _cluster("custom_g2", vmPriority="lowpriority")).status_code == 200
+    assert _put(api, "steady", _cluster("custom_g2")).status_code == 200
+    assert api.put(f"{WORKSPACE}/experiments/e1", params=V).status_code == 200
+    for cluster in ("cheap", "steady"):
+        job = {"properties": {"cluster": {"id": f"{WORKSPACE}/clusters/{cluster}"}, "nodeCount": 1,
+                              "customToolkitSettings": {"commandLine": "echo hi"}}}  # fmt: skip
+        created = api.put(f"{WORKSPACE}/experiments/e1/jobs/on-{cluster}", params=V, json=job)
+        assert created.status_code == 200, created.text
+    with api.app.state.sessions() as session:
+        jobs = {job.name: (job.pool, job.preemptible) for job in session.query(Job)}
+    assert jobs == {"on-cheap": ("vision.cheap", True), "on-steady": ("vision.steady", False)}
+
+
 def test_file_servers_are_registered_host_volumes(api: Api, tmp_path: Path) -> None:
     body = _file_server(disks=2, storage="Premium_LRS")
     url = f"{WORKSPACE}/fileServers/shared"
