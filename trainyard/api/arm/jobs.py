@@ -5,7 +5,9 @@ A PUT of a name taken with the same body answers the same job (200); with anothe
 name is unique within its experiment by the arm_jobs primary key, so two racing PUTs cannot both
 create. The job's cluster is the pool of that Batch AI cluster (arm_clusters) when the workspace has
 one of that name, else the trainyard pool named after the cluster id's last segment. Batch AI gave a
-job every GPU of its VMs: the job asks for the GPUs of its pool's nodes.
+job every GPU of its VMs: the job asks for the GPUs of its pool's nodes. A job on a low-priority
+cluster (or a pool whose settings say `preemptible`) is preemptible, as low-priority VMs could be taken.
+A DELETE of a job that is not there (nor its experiment or workspace) answers 204.
 """
 
 from __future__ import annotations
