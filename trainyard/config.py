@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         description="network the docker node provider's containers join",
         json_schema_extra=_shown("the engine's default"),
     )
+    arm_readable_paths: str | None = Field(
+        None,
+        description="directories of the API's machine (comma-separated) whose files the Batch AI API (/arm) "
+        "lists for output directories on host volumes and file servers; none by default",
+        json_schema_extra=_shown("none"),
+    )
     arm_vm_sizes: str | None = Field(
         None,
         description="VM sizes Batch AI clusters (/arm) may name: JSON `{size: {cpus, gpus, memory_gib}}`, "

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.arm.clients import ArmTarget, ensure_clients
+from tests.workers.launchers import components
 from trainyard.up import Cluster, start_cluster
 
 # The cluster's own database number on the session's private Redis (others use 1 to 10).
@@ -107,21 +108,19 @@ def arm_clients() -> Path:
 
 @pytest.fixture(scope="session")
 def arm_cluster(tmp_path_factory: pytest.TempPathFactory, redis_server: str, tls_files: TlsFiles) -> Iterator[Cluster]:
-    """One real cluster (SQLite, API over HTTPS, scheduler, two nodes) for the whole /arm suite."""
+    """One real cluster (SQLite, API over HTTPS, scheduler, two nodes) for the whole /arm suite; its nodes
+    have the container engine when there is one (as the launcher tests' cluster: Podman's Docker API)."""
     home = tmp_path_factory.mktemp("arm-cluster")
-    started = start_cluster(
-        workers=2,
-        slots=4,
-        home=home,
-        extra_env={
-            "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
-            "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
-            "TRAINYARD_ADMIN_TOKEN": "",
-            "TRAINYARD_SECRET_KEY": "",
-            "TRAINYARD_PREEMPT_GRACE_S": "5",
-        },
-        tls=(tls_files.cert, tls_files.key),
-    )
+    extra_env = {
+        "TRAINYARD_DATABASE_URL": f"sqlite:///{home / 'trainyard.db'}",
+        "TRAINYARD_REDIS_URL": redis_server.rsplit("/", 1)[0] + f"/{REDIS_DB}",
+        "TRAINYARD_ADMIN_TOKEN": "",
+        "TRAINYARD_SECRET_KEY": "",
+        "TRAINYARD_PREEMPT_GRACE_S": "5",
+    }
+    if docker_url := components.cluster_docker_url():
+        extra_env["TRAINYARD_DOCKER_URL"] = docker_url
+    started = start_cluster(workers=2, slots=4, home=home, extra_env=extra_env, tls=(tls_files.cert, tls_files.key))
     try:
         yield started
     finally:

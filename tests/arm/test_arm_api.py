@@ -197,6 +197,23 @@ def test_terminate_then_delete_cancels_and_forgets_the_job(api: Api) -> None:
     assert api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200  # the name is free again
 
 
+def test_deleting_what_is_not_there_answers_204_and_another_workspaces_resources_are_left_alone(api: Api) -> None:
+    _workspace(api, "w1")
+    _workspace(api, "w2")
+    assert api.put(f"{WS}/w2/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200
+    missing = [f"{WS}/gone", f"{WS}/w1/experiments/gone", f"{WS}/w1/experiments/e1/jobs/gone",
+               f"{WS}/gone/experiments/e1/jobs/j1", f"{WS}/w1/clusters/gone", f"{WS}/w1/fileServers/gone",
+               f"{WS}/gone/clusters/c1", f"{WS}/gone/fileServers/f1"]  # fmt: skip
+    for url in missing:
+        answer = api.delete(url + Q)
+        assert (answer.status_code, answer.content) == (204, b""), url
+    scoped = _token(api, "admin", "w1")  # w2's resources exist; to w1's token they are as absent
+    for url in (f"{WS}/w2", f"{WS}/w2/experiments/e1", f"{WS}/w2/experiments/e1/jobs/j1"):
+        assert api.delete(url + Q, headers=scoped).status_code == 204, url
+    assert api.get(f"{WS}/w2/experiments/e1/jobs/j1{Q}").json()["properties"]["executionState"] == "queued"
+    assert api.delete(f"{WS}/w1/experiments/e1/jobs/j1{Q}", headers={"Authorization": ""}).status_code == 401
+
+
 def test_deleting_an_experiment_retires_its_jobs(api: Api) -> None:
     _workspace(api)
     assert api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json=JOB).status_code == 200
@@ -282,6 +299,55 @@ def test_an_output_directory_the_job_does_not_declare_is_not_found(api: Api) -> 
         f"{WS}/w1/experiments/e1/jobs/j1/listOutputFiles{Q}&outputdirectoryid=stdouterr&linkexpiryinminutes=1"
     )
     assert short.status_code == 400 and _error(short)["target"] == "linkexpiryinminutes"
+
+
+def test_output_directories_on_mounts_are_listed_where_the_api_reads_their_storage_else_it_says_why(
+    api: Api, tmp_path: Path
+) -> None:
+    _workspace(api)
+    nfs, store = tmp_path / "nfs", tmp_path / "store"
+    with api.app.state.sessions.begin() as session:
+        session.add(Volume(workspace="w1", name="share", kind="host", definition={"path": str(nfs)}))
+        session.add(Volume(workspace="w1", name="bucket", kind="sync", definition={"uri": f"file://{store}"}))
+        session.add(Volume(workspace="w1", name="far", kind="host", definition={"path": "/srv/only-on-nodes"}))
+    share = "https://acct.file.core.windows.net/"
+    props = {**JOB["properties"], "mountVolumes": {
+        "azureFileShares": [{"accountName": "acct", "azureFileUrl": share + "share", "relativeMountPath": "afs"},
+                            {"accountName": "acct", "azureFileUrl": share + "far", "relativeMountPath": "far"}],
+        "azureBlobFileSystems": [{"accountName": "acct", "containerName": "bucket", "relativeMountPath": "blobs"}],
+    }, "outputDirectories": [
+        {"id": "NFS", "pathPrefix": "$AZ_BATCHAI_JOB_MOUNT_ROOT/afs/out"},
+        {"id": "BLOB", "pathPrefix": "${AZ_BATCHAI_JOB_MOUNT_ROOT}/blobs", "pathSuffix": "m"},
+        {"id": "FAR", "pathPrefix": "$AZ_BATCHAI_JOB_MOUNT_ROOT/far"},
+    ]}  # fmt: skip
+    created = api.put(f"{WS}/w1/experiments/e1/jobs/j1{Q}", json={"properties": props})
+    assert created.status_code == 200, created.text
+    (nfs / "out" / "j1" / "sub").mkdir(parents=True)
+    (nfs / "out" / "j1" / "model.bin").write_bytes(b"weights")
+    (nfs / "out" / "j1" / "sub" / "x.txt").write_bytes(b"x")
+    (nfs / "out" / "j1" / "leak").symlink_to("/etc/hostname")  # a link out of the readable directory
+    (store / "j1" / "m").mkdir(parents=True)
+    (store / "j1" / "m" / "a.txt").write_bytes(b"synced")
+    url = f"{WS}/w1/experiments/e1/jobs/j1/listOutputFiles{Q}&outputdirectoryid="
+    settings = api.app.state.settings
+    api.app.state.settings = settings.model_copy(update={"arm_readable_paths": str(nfs)})
+
+    listed = api.post(url + "NFS")
+    assert listed.status_code == 200, listed.text
+    files = {f["name"]: f for f in listed.json()["value"]}
+    assert set(files) == {"model.bin", "sub"} and files["sub"]["fileType"] == "directory"
+    assert api.get(files["model.bin"]["downloadUrl"], headers={"Authorization": ""}).content == b"weights"
+    inside = api.post(url + "NFS&directory=sub").json()["value"]
+    assert [f["name"] for f in inside] == ["x.txt"]
+    for output_id, why in (("BLOB", str(store)), ("FAR", "/srv/only-on-nodes/j1")):  # not readable here
+        refused = api.post(url + output_id)
+        assert refused.status_code == 400 and _error(refused)["code"] == "OutputDirectoryNotReadable", refused.text
+        assert why in _error(refused)["message"] and "TRAINYARD_ARM_READABLE_PATHS" in _error(refused)["message"]
+
+    api.app.state.settings = settings.model_copy(update={"arm_readable_paths": f"{nfs},{store}"})
+    synced = api.post(url + "BLOB").json()["value"]
+    assert [f["name"] for f in synced] == ["a.txt"]
+    assert api.get(synced[0]["downloadUrl"], headers={"Authorization": ""}).content == b"synced"
 
 
 def test_a_deleted_job_keeps_its_logs_for_the_retention_time_then_is_purged(api: Api) -> None:

@@ -279,6 +279,33 @@ def test_node_setup_mounts_file_servers_and_registered_volumes_and_keeps_secrets
     assert again.status_code == 200 and "setup" not in _pool(api, "vision.setup").settings
 
 
+def test_an_output_directory_on_a_cluster_mount_of_a_file_server_is_listed_when_the_api_may_read_it(
+    api: Api, tmp_path: Path
+) -> None:
+    _register_volume(api, "nfsdata", "host", path=str(tmp_path / "nfs"))
+    assert api.put(f"{WORKSPACE}/fileServers/nfsdata", params=V, json=_file_server(disks=1)).status_code == 200
+    server = (
+        f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.BatchAI/workspaces/{WS}/fileServers/nfsdata"
+    )
+    setup = {"mountVolumes": {"fileServers": [{"fileServer": {"id": server}, "relativeMountPath": "nfs"}]}}
+    assert _put(api, "mounted", _cluster(nodeSetup=setup)).status_code == 200
+    assert api.put(f"{WORKSPACE}/experiments/e1", params=V).status_code == 200
+    output = {"id": "OUT", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/nfs/runs"}  # the cluster's mount: the pool's volume
+    job = {"properties": {"cluster": {"id": f"{WORKSPACE}/clusters/mounted"}, "nodeCount": 1,
+                          "customToolkitSettings": {"commandLine": "true"}, "outputDirectories": [output]}}  # fmt: skip
+    assert api.put(f"{WORKSPACE}/experiments/e1/jobs/j1", params=V, json=job).status_code == 200, "created"
+    (tmp_path / "nfs" / "runs" / "j1").mkdir(parents=True)
+    (tmp_path / "nfs" / "runs" / "j1" / "result.json").write_text("{}")
+    url = f"{WORKSPACE}/experiments/e1/jobs/j1/listOutputFiles"
+    refused = api.post(url, params={**V, "outputdirectoryid": "OUT"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "OutputDirectoryNotReadable"
+    assert f"{tmp_path / 'nfs'}/runs/j1" in refused.json()["error"]["message"]
+    settings = api.app.state.settings
+    api.app.state.settings = settings.model_copy(update={"arm_readable_paths": str(tmp_path / "nfs")})
+    listed = api.post(url, params={**V, "outputdirectoryid": "OUT"})
+    assert [f["name"] for f in listed.json()["value"]] == ["result.json"], listed.text
+
+
 def test_a_low_priority_cluster_marks_its_pools_work_preemptible(api: Api) -> None:
     props = _put(api, "cheap", _cluster("custom_g2", vmPriority="lowpriority")).json()["properties"]
     assert (props["vmPriority"], props["vmSize"]) == ("lowpriority", "custom_g2")  # as given
@@ -287,6 +314,20 @@ def test_a_low_priority_cluster_marks_its_pools_work_preemptible(api: Api) -> No
     with api.app.state.sessions() as session:
         cluster = session.get(ArmCluster, (WS, "cheap"))
         assert cluster is not None and cluster.lowpriority
+
+
+def test_jobs_on_a_low_priority_cluster_are_submitted_preemptible_and_a_dedicated_clusters_are_not(api: Api) -> None:
+    assert _put(api, "cheap", _cluster("custom_g2", vmPriority="lowpriority")).status_code == 200
+    assert _put(api, "steady", _cluster("custom_g2")).status_code == 200
+    assert api.put(f"{WORKSPACE}/experiments/e1", params=V).status_code == 200
+    for cluster in ("cheap", "steady"):
+        job = {"properties": {"cluster": {"id": f"{WORKSPACE}/clusters/{cluster}"}, "nodeCount": 1,
+                              "customToolkitSettings": {"commandLine": "echo hi"}}}  # fmt: skip
+        created = api.put(f"{WORKSPACE}/experiments/e1/jobs/on-{cluster}", params=V, json=job)
+        assert created.status_code == 200, created.text
+    with api.app.state.sessions() as session:
+        jobs = {job.name: (job.pool, job.preemptible) for job in session.query(Job)}
+    assert jobs == {"on-cheap": ("vision.cheap", True), "on-steady": ("vision.steady", False)}
 
 
 def test_file_servers_are_registered_host_volumes(api: Api, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Batch AI jobs through Azure's own SDKs (azure-mgmt-batchai 7.0.0 and 2.0.0) on a real cluster: the
-example and recipe job files run to `succeeded`, lists page, a running job's stdout.txt is read by
-range through its download link, terminate and delete, and the recipes' bulk parameter sweep."""
+"""Batch AI jobs through Azure's own SDKs (azure-mgmt-batchai 7.0.0 and 2.0.0) on a real cluster: every
+example job file (examples/batchai/*.json) and a recipe job file run to `succeeded`, lists page, a
+running job's stdout.txt is read by range through its download link, terminate and delete, deletes of
+what is not there end their pollers, and the recipes' bulk parameter sweep."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from tests.arm.clients import ArmTarget, run_client
+from tests.services import in_ci
+from tests.workers.launchers import components
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +24,10 @@ SCRIPT = HERE / "sdk_jobs_script.py"
 EXAMPLES = HERE.parents[1] / "examples" / "batchai"
 RECIPES = HERE.parents[1] / "tests" / "data" / "batchai-recipes"
 FLAVORS = ("sdk7", "sdk2")
-# Example files that run on the test cluster's plain CPU nodes (the others need MPI, torch or an image).
+# Example files that run on the test cluster's plain CPU nodes; each of the others has a test of its own
+# (MPI, torch, a container engine), and every file of the folder is one of these.
 PLAIN_EXAMPLES = ("custom-toolkit.json", "io-env-secrets.json")
+OWN_TESTS = ("horovod-2node.json", "pytorch-gloo.json", "container.json")
 
 
 def cluster_id(target: ArmTarget, workspace: str, pool: str = "default") -> str:
@@ -93,6 +98,85 @@ def test_the_two_node_pytorch_example_runs_and_its_model_output_is_listed_and_do
     for name, body in files.items():  # each link gives the bytes the job wrote
         on_disk = [p.read_bytes().decode(errors="replace") for p in (tmp_path / "outputs").rglob(name)]
         assert body in on_disk, name
+
+
+def test_the_two_node_horovod_example_runs_as_an_mpi_gang_and_its_model_output_is_listed(
+    arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    if not _importable("mpi4py"):  # as tests/integration/test_batchai_jobs.py: CI must have it
+        if in_ci():
+            pytest.fail("mpi4py is missing (scripts/install-mpi.sh)")
+        pytest.skip("mpi4py is missing")
+    doc = on_local_disk(json.loads((EXAMPLES / "horovod-2node.json").read_text()), arm_target, "mpi", tmp_path)
+    args = {"workspace": "mpi", "experiment": "horovod", "jobs": {"hvd": doc}, "output_id": "MODEL"}
+    result = _run("sdk7", "jobs", args, arm_target, tmp_path)
+    assert result["states"] == {"hvd": "succeeded"}, result["stderr"]
+    assert result["tool_types"] == {"hvd": "horovod"}
+    files = {name: body for name, body in result["outputs"].items() if body != "(directory)"}
+    assert files, result["outputs"]
+    for name, body in files.items():
+        assert body in [p.read_text(errors="replace") for p in (tmp_path / "outputs").rglob(name)], name
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_the_container_example_runs_in_its_image_on_the_clusters_engine(
+    flavor: str, arm_target: ArmTarget, tmp_path: Path
+) -> None:
+    components.docker_url()  # skips (fails in CI) without an engine; the cluster's nodes were given it
+    doc = on_local_disk(json.loads((EXAMPLES / "container.json").read_text()), arm_target, f"ctr-{flavor}", tmp_path)
+    # No registry is reachable here: the same job file on the locally built test image (busybox: no python).
+    props = doc["properties"]
+    props["containerSettings"]["imageSourceRegistry"]["image"] = components.TEST_IMAGE
+    props["customToolkitSettings"]["commandLine"] = 'echo "task $AZ_BATCHAI_TASK_INDEX in $(cat /etc/hostname)"'
+    args = {"workspace": f"ctr-{flavor}", "experiment": "container", "jobs": {"ctr": doc}}
+    result = _run(flavor, "jobs", args, arm_target, tmp_path)
+    assert result["states"] == {"ctr": "succeeded"}, result["stderr"]
+    assert result["stdout"].startswith("task 0 in "), result["stdout"]
+
+
+def test_every_example_job_file_has_a_test_here() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.json")) == sorted(PLAIN_EXAMPLES + OWN_TESTS)
+
+
+DELETE_MISSING = """
+import sys
+from clients import emit, sdk2_client, sdk7_client, target_from_env
+
+flavor, ws = sys.argv[1:3]
+target = target_from_env()
+client = sdk7_client() if flavor == "sdk7" else sdk2_client()
+rg = target.resource_group
+if flavor == "sdk7":
+    from azure.mgmt.batchai.models import WorkspaceCreateParameters
+    client.workspaces.begin_create(rg, ws, WorkspaceCreateParameters(location="eastus")).result()
+    client.experiments.begin_create(rg, ws, "exp").result()
+else:
+    client.workspaces.create(rg, ws, "eastus").result()
+    client.experiments.create(rg, ws, "exp").result()
+ended = {}
+deletes = [
+    ("workspace", client.workspaces, ("nowhere",)),
+    ("experiment", client.experiments, (ws, "nothing")),
+    ("job", client.jobs, (ws, "exp", "nobody")),
+    ("job of a missing experiment", client.jobs, (ws, "nothing", "nobody")),
+    ("cluster", client.clusters, (ws, "nothing")),
+]
+if flavor == "sdk2":  # 7.0.0 has no file server delete (create, get and list only)
+    deletes.append(("file server", client.file_servers, (ws, "nothing")))
+for kind, group, args in deletes:
+    poller = (group.begin_delete if flavor == "sdk7" else group.delete)(rg, *args)
+    poller.result(timeout=30) if flavor == "sdk2" else poller.result()
+    ended[kind] = [poller.done(), str(poller.status()).lower()]
+emit(ended)
+"""
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_deleting_what_is_not_there_ends_every_delete_poller(flavor: str, arm_target: ArmTarget) -> None:
+    ended = run_client(flavor, None, flavor, f"deletes-{flavor}", target=arm_target, code=DELETE_MISSING)
+    kinds = {"workspace", "experiment", "job", "job of a missing experiment", "cluster"}
+    assert set(ended) == kinds | ({"file server"} if flavor == "sdk2" else set())
+    assert all(done and status == "succeeded" for done, status in ended.values()), ended
 
 
 def test_a_recipe_job_file_with_a_local_command_runs_through_the_sdk(arm_target: ArmTarget, tmp_path: Path) -> None:

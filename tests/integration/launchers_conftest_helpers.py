@@ -6,7 +6,6 @@ that declare GPUs, a container engine when there is one), started once per modul
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +24,14 @@ SLOTS_PER_NODE = 4
 
 def launcher_cluster(home: Path) -> Cluster:
     """Everything of `trainyard up` with its own Redis (TRAINYARD_REDIS_URL unset: embedded)."""
-    engine = f"unix://{components.PODMAN_SOCKET}"
     extra_env = {
         "TRAINYARD_REDIS_URL": "",
         "TRAINYARD_DATABASE_URL": "",
         "TRAINYARD_ADMIN_TOKEN": "",
         "TRAINYARD_SECRET_KEY": "",
     }
-    url = os.environ.get("TRAINYARD_TEST_DOCKER_URL") or os.environ.get("DOCKER_HOST")
-    if url or components.engine_answers(engine):
-        extra_env["TRAINYARD_DOCKER_URL"] = url or engine
+    if url := components.cluster_docker_url():
+        extra_env["TRAINYARD_DOCKER_URL"] = url
     return start_cluster(workers=2, slots=SLOTS_PER_NODE, gpus=GPUS_PER_NODE, home=home, extra_env=extra_env)
 
 

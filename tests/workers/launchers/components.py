@@ -74,6 +74,15 @@ def docker_url() -> str:
     return f"unix://{PODMAN_SOCKET}"
 
 
+def cluster_docker_url() -> str | None:
+    """What a test cluster's nodes get as TRAINYARD_DOCKER_URL: the configured engine, or the Podman
+    service when it answers; None when there is none (container jobs then fail; their tests call
+    docker_url() first, which skips or fails them)."""
+    url = os.environ.get("TRAINYARD_TEST_DOCKER_URL") or os.environ.get("DOCKER_HOST")
+    engine = f"unix://{PODMAN_SOCKET}"
+    return url or (engine if engine_answers(engine) else None)
+
+
 def engine_answers(url: str) -> bool:
     try:
         import importlib

@@ -35,12 +35,14 @@ from trainyard.api.arm.cluster_bodies import (
 from trainyard.api.arm.cluster_state import cluster_body, pool_nodes, render
 from trainyard.api.arm.common import (
     NAME_PATTERN,
+    NOTHING_DELETED,
     WORKSPACE_PATH,
     PageRequest,
     WorkspaceIds,
     api_version,
     bad_request,
     conflict,
+    found_or_none,
     list_result,
     not_found,
     page_request,
@@ -183,10 +185,9 @@ def delete_cluster(
     who: Principal = require("admin"),
 ) -> Response:
     with request.app.state.sessions.begin() as session:
-        workspace_in(session, who, ids)
-        cluster = session.get(ArmCluster, (ids.workspace, cluster_name))
+        cluster = found_or_none(lambda: _cluster(session, who, ids, cluster_name))
         if cluster is None:
-            return Response(status_code=204)
+            return Response(status_code=NOTHING_DELETED)
         empty_pool(session, cluster.pool)
         session.delete(cluster)
         detail = {"workspace": ids.workspace, "cluster": cluster_name, "pool": cluster.pool}

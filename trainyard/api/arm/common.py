@@ -17,6 +17,10 @@
   Routes are templates under `WORKSPACE_PATH` (`GROUP_PATH` for lists); the `workspace_ids` dependency
   reads their parameters, and `workspace_in(session, who, ids)` is the lookup every child resource
   (experiments, clusters, file servers, jobs) starts from.
+- Deletes: `found_or_none(lambda: ...lookup...)` is None where the lookup answers 404 (the resource,
+  or a parent of it, is not there, or not the caller's to see): the route then answers 204
+  (`NOTHING_DELETED`), ARM's "nothing to delete", so every SDK's delete poller ends, and a workspace-
+  scoped token learns nothing of another workspace (its resources are 204 as well).
 - Resource ids: `resource_id(ids, ("experiments", name), ("jobs", name))`; bodies:
   `envelope(id, name, type, properties, **extra)`; types are `resource_type("experiments", "jobs")`.
 - Lists: `page_request` (a dependency reading `maxresults` and `$skiptoken`) and `list_result`, which
@@ -91,6 +95,19 @@ class CloudError(Exception):
 
 def not_found(kind: str, name: str) -> CloudError:
     return CloudError(404, ERROR_CODES[404], f"The {kind} '{name}' was not found.")
+
+
+NOTHING_DELETED = 204
+
+
+def found_or_none(find: Callable[[], T]) -> T | None:
+    """What `find` returns, or None where it raises CloudError 404 (a DELETE then answers NOTHING_DELETED)."""
+    try:
+        return find()
+    except CloudError as exc:
+        if exc.status != 404:
+            raise
+        return None
 
 
 def conflict(message: str, target: str | None = None) -> CloudError:

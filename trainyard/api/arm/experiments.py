@@ -16,12 +16,14 @@ from sqlalchemy.orm import Session
 from trainyard import retrying, transport
 from trainyard.api.arm.common import (
     NAME_PATTERN,
+    NOTHING_DELETED,
     WORKSPACE_PATH,
     PageRequest,
     WorkspaceIds,
     api_version,
     arm_time,
     envelope,
+    found_or_none,
     list_result,
     not_found,
     page_request,
@@ -101,7 +103,8 @@ def delete_experiment(
 ) -> Response:
     retention_s = request.app.state.settings.arm_delete_retention_s
     with request.app.state.sessions.begin() as session:
-        experiment_in(session, who, ids, name)
+        if found_or_none(lambda: experiment_in(session, who, ids, name)) is None:
+            return Response(status_code=NOTHING_DELETED)
         arm.delete_experiment(session, ids.workspace, name, retention_s, who.name)
     transport.wake_scheduler(request.app.state.redis)  # the cancels
     return Response(status_code=200)

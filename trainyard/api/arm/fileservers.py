@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from trainyard.api.arm.common import (
     NAME_PATTERN,
+    NOTHING_DELETED,
     WORKSPACE_PATH,
     CloudError,
     PageRequest,
@@ -31,6 +32,7 @@ from trainyard.api.arm.common import (
     arm_time,
     bad_request,
     field_target,
+    found_or_none,
     list_result,
     not_found,
     page_request,
@@ -212,10 +214,9 @@ def delete_file_server(
     who: Principal = require("user"),
 ) -> Response:
     with request.app.state.sessions.begin() as session:
-        workspace_in(session, who, ids)
-        server = session.get(ArmFileServer, (ids.workspace, file_server_name))
+        server = found_or_none(lambda: _visible(session, who, ids, file_server_name))
         if server is None:
-            return Response(status_code=204)
+            return Response(status_code=NOTHING_DELETED)
         session.delete(server)
         session.add(Event(at=utcnow(), kind="arm_file_server_deleted", actor=who.name,
                           detail={"workspace": ids.workspace, "name": file_server_name}))  # fmt: skip

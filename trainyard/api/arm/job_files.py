@@ -1,7 +1,8 @@
 """A Batch AI job's files and nodes: `POST …/jobs/{job}/listOutputFiles` and `…/listRemoteLoginInformation`.
 
 Output directories are the job's declared `outputDirectories` (by `id`: the files its parts' manifests
-list, once a part has ended) and the pseudo-directory `stdouterr`: the job's live logs, `stdout.txt`
+list, once a part has ended; one on a mount is listed from the mount's storage, see mount_outputs.py)
+and the pseudo-directory `stdouterr`: the job's live logs, `stdout.txt`
 and `stderr.txt` of rank 0 of its latest attempt (`stdout-<rank>.txt` for the other ranks), there
 while it runs. Every file comes with a signed `downloadUrl` (links.py) that expires after
 `linkexpiryinminutes`.
@@ -35,6 +36,7 @@ from trainyard.api.arm.common import (
 from trainyard.api.arm.experiments import experiment_name
 from trainyard.api.arm.jobs import JOB_PATH, job_in, job_name
 from trainyard.api.arm.links import FileRef, link_url, signing_secret
+from trainyard.api.arm.mount_outputs import mount_output, mount_output_files
 from trainyard.api.auth import Principal, require
 from trainyard.db.models import Attempt, Job, Node, Part
 from trainyard.storage_adapters import Storage, StorageError
@@ -143,6 +145,11 @@ def list_output_files(
                 items = _log_files(session, storage, job) if directory in ("", ".") else []
             elif _declared_output(job, outputdirectoryid):
                 items = _in_directory(_manifest_files(storage, job, outputdirectoryid), posixpath.normpath(directory))
+            elif (on_mount := mount_output(job, outputdirectoryid)) is not None:
+                settings = request.app.state.settings
+                files = mount_output_files(session, job, outputdirectoryid, on_mount, settings.arm_readable_paths,
+                                           settings.storage_url)  # fmt: skip
+                items = _in_directory(files, posixpath.normpath(directory))
             else:
                 raise not_found("output directory", outputdirectoryid)
         except StorageError as exc:

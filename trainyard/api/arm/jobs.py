@@ -5,7 +5,9 @@ A PUT of a name taken with the same body answers the same job (200); with anothe
 name is unique within its experiment by the arm_jobs primary key, so two racing PUTs cannot both
 create. The job's cluster is the pool of that Batch AI cluster (arm_clusters) when the workspace has
 one of that name, else the trainyard pool named after the cluster id's last segment. Batch AI gave a
-job every GPU of its VMs: the job asks for the GPUs of its pool's nodes.
+job every GPU of its VMs: the job asks for the GPUs of its pool's nodes. A job on a low-priority
+cluster (or a pool whose settings say `preemptible`) is preemptible, as low-priority VMs could be taken.
+A DELETE of a job that is not there (nor its experiment or workspace) answers 204.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from trainyard import transport
 from trainyard.api.arm.cluster_bodies import mount_targets
 from trainyard.api.arm.common import (
     NAME_PATTERN,
+    NOTHING_DELETED,
     CloudError,
     PageRequest,
     WorkspaceIds,
     api_version,
     bad_request,
     conflict,
+    found_or_none,
     list_result,
     not_found,
     page_request,
@@ -104,13 +108,15 @@ def _target(field: str) -> str:
     return "properties" if field in ("", "(file)") else f"properties.{field}"
 
 
-def _pool_and_gpus(session: Session, workspace: str, properties: dict[str, Any]) -> tuple[str | None, int | None]:
-    """The pool of the job's cluster (an /arm cluster of the workspace, if one has that name) and the GPUs
-    per node of that pool's nodes (None: the translator's default)."""
+def _pool_and_gpus(session: Session, workspace: str, properties: dict[str, Any]) -> tuple[str | None, int | None, bool]:
+    """The pool of the job's cluster (an /arm cluster of the workspace, if one has that name), the GPUs
+    per node of that pool's nodes (None: the translator's default), and whether its jobs are preemptible:
+    a low-priority cluster's (or a pool whose settings say `preemptible`), as Batch AI's low-priority VMs
+    could be taken away."""
     cluster = properties.get("cluster")
     ident = cluster.get("id") if isinstance(cluster, dict) else None
     if not isinstance(ident, str) or not ident.strip():
-        return None, None
+        return None, None, False
     name = ident.strip().rstrip("/").rsplit("/", 1)[-1]
     found = cluster_named(session, workspace, name)
     pool = found.pool if found is not None else None
@@ -121,14 +127,17 @@ def _pool_and_gpus(session: Session, workspace: str, properties: dict[str, Any])
     ]
     pools = [{"name": p.name, "settings": p.settings} for p in session.scalars(select(Pool).where(Pool.name == lookup))]
     gpus, _note = gpus_of_pool(lookup, nodes, pools)
-    return pool, gpus
+    preemptible = (found is not None and found.lowpriority) or any(
+        isinstance(p["settings"], dict) and p["settings"].get("preemptible") is True for p in pools
+    )
+    return pool, gpus, preemptible
 
 
 def _new_job(
     request: Request, who: Principal, ids: WorkspaceIds, experiment: str, name: str, properties: dict[str, Any]
 ) -> NewJob:
     with request.app.state.sessions() as session:
-        pool, gpus = _pool_and_gpus(session, ids.workspace, properties)
+        pool, gpus, preemptible = _pool_and_gpus(session, ids.workspace, properties)
         # The job's mountVolumes take their storage as a cluster's do: registered volumes, file servers.
         volumes = mount_targets(session, ids.workspace, {"nodeSetup": {"mountVolumes": properties.get("mountVolumes")}})
     try:
@@ -136,6 +145,8 @@ def _new_job(
         if unknown := _unknown_fields(warnings):
             raise _refused(unknown, ids.workspace)
         spec = {**spec, "workspace": ids.workspace, "experiment": experiment}
+        if preemptible:
+            spec["preemptible"] = True
         new = validate_spec(request, spec, who)
     except SpecError as exc:
         raise _refused(exc.problems + _unknown_fields(exc.warnings), ids.workspace) from None
@@ -219,8 +230,10 @@ def delete_job(
 ) -> Response:
     retention_s = request.app.state.settings.arm_delete_retention_s
     with request.app.state.sessions.begin() as session:
-        _row, job = job_in(session, who, ids, experiment, name)
-        arm.retire_jobs(session, [job.id], retention_s, who.name, utcnow())
+        found = found_or_none(lambda: job_in(session, who, ids, experiment, name))
+        if found is None:
+            return Response(status_code=NOTHING_DELETED)
+        arm.retire_jobs(session, [found[1].id], retention_s, who.name, utcnow())
     transport.wake_scheduler(request.app.state.redis)
     return Response(status_code=200)
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from trainyard import retrying, transport
 from trainyard.api.arm.common import (
+    NOTHING_DELETED,
     PROVIDER,
     RESOURCE_GROUP_PATTERN,
     WORKSPACE_PATH,
@@ -25,6 +26,7 @@ from trainyard.api.arm.common import (
     arm_time,
     conflict,
     envelope,
+    found_or_none,
     ids_of,
     list_result,
     lives_at,
@@ -133,7 +135,8 @@ def delete_workspace(
 ) -> Response:
     retention_s = request.app.state.settings.arm_delete_retention_s
     with request.app.state.sessions.begin() as session:
-        workspace_in(session, who, ids)
+        if found_or_none(lambda: workspace_in(session, who, ids)) is None:
+            return Response(status_code=NOTHING_DELETED)
         forget_workspace(session, ids.workspace)  # its clusters' pools shrink to nothing, as Azure freed the VMs
         arm.delete_workspace(session, ids.workspace, retention_s, who.name)
     transport.wake_scheduler(request.app.state.redis)  # the cancels and the pools' new sizes
