@@ -63,7 +63,8 @@ def _spec_error(problems: list[dict[str, str]]) -> HTTPException:
     return HTTPException(status_code=422, detail={"message": "invalid job spec", "problems": problems})
 
 
-def _validate(request: Request, data: Any, who: Principal, prefix: str = "") -> NewJob:
+def validate_spec(request: Request, data: Any, who: Principal, prefix: str = "") -> NewJob:
+    """A submitted job spec checked as every submit route checks it (`prefix` names its place in a batch)."""
     if isinstance(data, dict) and "workspace" not in data and who.workspace is not None:
         data = {**data, "workspace": who.workspace}  # a workspace's token submits there by default
     if nul_fields(data):
@@ -146,7 +147,7 @@ def _refuse_unfit(request: Request, new_jobs: list[NewJob], batch: bool) -> None
 )
 def submit_job(request: Request, body: dict[str, Any] = Body(...), who: Principal = require("user")) -> Any:
     try:
-        new = _validate(request, body, who)
+        new = validate_spec(request, body, who)
     except SpecError as exc:
         raise _spec_error(exc.problems) from None
     _refuse_unfit(request, [new], batch=False)
@@ -175,7 +176,7 @@ def submit_batch(request: Request, body: dict[str, Any] = Body(...), who: Princi
     new_jobs, problems = [], []
     for index, data in enumerate(specs):
         try:
-            new_jobs.append(_validate(request, data, who, prefix=f"jobs[{index}]."))
+            new_jobs.append(validate_spec(request, data, who, prefix=f"jobs[{index}]."))
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -198,7 +199,7 @@ def _submit_pipeline(request: Request, specs: list[Any], who: Principal) -> Any:
             if is_sweep_entry(data):
                 entries.append(parse_sweep_entry(request, data, who, prefix))
             else:
-                entries.append(_validate(request, data, who, prefix=prefix))
+                entries.append(validate_spec(request, data, who, prefix=prefix))
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:

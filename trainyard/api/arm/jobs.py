@@ -41,7 +41,7 @@ from trainyard.api.arm.experiments import EXPERIMENT_PATH, experiment_in, experi
 from trainyard.api.arm.job_view import job_body, without_secret_values
 from trainyard.api.auth import Principal, require
 from trainyard.api.fit import unfit_problems
-from trainyard.api.jobs import _validate as validate_spec
+from trainyard.api.jobs import validate_spec
 from trainyard.batchai import batchai_to_spec, gpus_of_pool
 from trainyard.db import arm
 from trainyard.db.arm_clusters import cluster_named
