@@ -10,9 +10,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from trainyard.db.jobs import cancel_job
@@ -37,6 +37,16 @@ def body_digest(properties: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
+
+
+def page_after(query: SelectT, column: Any, after: str | None, limit: int) -> SelectT:
+    """`query` narrowed to rows whose `column` sorts after `after`, in `column` order, at most `limit`."""
+    if after is not None:
+        query = query.where(column > after)
+    return query.order_by(column).limit(limit)
+
+
 def workspaces(
     session: Session, subscription_id: str, resource_group: str | None, only: str | None, after: str | None, limit: int
 ) -> Sequence[ArmWorkspace]:
@@ -47,16 +57,12 @@ def workspaces(
         query = query.where(ArmWorkspace.resource_group == resource_group)
     if only is not None:
         query = query.where(ArmWorkspace.name == only)
-    if after is not None:
-        query = query.where(ArmWorkspace.name > after)
-    return session.scalars(query.order_by(ArmWorkspace.name).limit(limit)).all()
+    return session.scalars(page_after(query, ArmWorkspace.name, after, limit)).all()
 
 
 def experiments(session: Session, workspace: str, after: str | None, limit: int) -> Sequence[ArmExperiment]:
     query = select(ArmExperiment).where(ArmExperiment.workspace == workspace)
-    if after is not None:
-        query = query.where(ArmExperiment.name > after)
-    return session.scalars(query.order_by(ArmExperiment.name).limit(limit)).all()
+    return session.scalars(page_after(query, ArmExperiment.name, after, limit)).all()
 
 
 def arm_jobs(
@@ -67,9 +73,7 @@ def arm_jobs(
         .join(Job, Job.id == ArmJob.job_id)
         .where(ArmJob.workspace == workspace, ArmJob.experiment == experiment)
     )
-    if after is not None:
-        query = query.where(ArmJob.name > after)
-    return [(a, j) for a, j in session.execute(query.order_by(ArmJob.name).limit(limit)).tuples()]
+    return [(a, j) for a, j in session.execute(page_after(query, ArmJob.name, after, limit)).tuples()]
 
 
 def arm_job(session: Session, workspace: str, experiment: str, name: str) -> ArmJob | None:

@@ -46,6 +46,7 @@ from trainyard.api.arm.common import (
     list_result,
     not_found,
     page_request,
+    remote_login,
     workspace_ids,
     workspace_in,
 )
@@ -53,6 +54,7 @@ from trainyard.api.arm.operations import GONE_NODE_STATES, MAX_CLUSTERS, vm_size
 from trainyard.api.arm.sizes import VmSize
 from trainyard.api.auth import Principal, require
 from trainyard.api.pools import OTHER_SETTINGS
+from trainyard.db.arm import page_after
 from trainyard.db.arm_clusters import ArmCluster, cluster_of_pool, empty_pool, pool_name
 from trainyard.db.models import ArmWorkspace, Event, Node, Pool, utcnow
 
@@ -208,12 +210,8 @@ def list_remote_login_information(
     with request.app.state.sessions() as session:
         cluster = _cluster(session, who, ids, cluster_name)
         query = select(Node.id, Node.address).where(Node.pool == cluster.pool, Node.state.not_in(GONE_NODE_STATES))
-        if page.after is not None:
-            query = query.where(Node.id > page.after)
-        nodes = list(session.execute(query.order_by(Node.id).limit(page.limit + 1)).tuples())
-    # As for a job's nodes: the address each worker registered, and the SSH port Batch AI named (22).
-    return list_result(request, page, nodes, lambda node: node[0],
-                       lambda node: {"nodeId": node[0], "ipAddress": node[1], "port": 22})  # fmt: skip
+        nodes = list(session.execute(page_after(query, Node.id, page.after, page.limit + 1)).tuples())
+    return list_result(request, page, nodes, lambda node: node[0], remote_login)  # as for a job's nodes
 
 
 @router.get(WORKSPACE_PATH + "/clusters", summary="The clusters of a workspace (paged: nextLink)")
@@ -226,10 +224,8 @@ def list_clusters(
 ) -> Any:
     with request.app.state.sessions() as session:
         workspace_in(session, who, ids)
-        query = select(ArmCluster).where(ArmCluster.workspace == ids.workspace).order_by(ArmCluster.name)
-        if page.after is not None:
-            query = query.where(ArmCluster.name > page.after)
-        clusters = list(session.scalars(query.limit(page.limit + 1)))
+        query = select(ArmCluster).where(ArmCluster.workspace == ids.workspace)
+        clusters = list(session.scalars(page_after(query, ArmCluster.name, page.after, page.limit + 1)))
         nodes = pool_nodes(session, [c.pool for c in clusters])
         pools = {p.name: p for p in session.scalars(select(Pool).where(Pool.name.in_([c.pool for c in clusters])))}
         return list_result(request, page, clusters, lambda c: c.name,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -224,6 +224,11 @@ class PageRequest:
     after: str | None
     explicit_limit: bool = False
 
+    def of(self, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+        """Of items held in memory: those whose key sorts after `after`, in key order, at most
+        `limit + 1` (one more tells `list_result` there is a next page)."""
+        return sorted((i for i in items if self.after is None or key(i) > self.after), key=key)[: self.limit + 1]
+
 
 def _decode_skiptoken(token: str) -> str:
     try:
@@ -251,6 +256,13 @@ def next_link(request: Request, page: PageRequest, last_key: str) -> str:
     if page.explicit_limit:
         params["maxresults"] = page.limit
     return str(request.url.replace_query_params(**params))
+
+
+def remote_login(node: tuple[str, str]) -> dict[str, Any]:
+    """A node (id, address) as Batch AI's RemoteLoginInformation named one: its id, the address its
+    worker registered, and the SSH port Batch AI gave (22)."""
+    node_id, address = node
+    return {"nodeId": node_id, "ipAddress": address, "port": 22}
 
 
 def list_result(

@@ -42,6 +42,7 @@ from trainyard.api.arm.common import (
     workspace_in,
 )
 from trainyard.api.auth import Principal, require
+from trainyard.db.arm import page_after
 from trainyard.db.arm_clusters import ArmFileServer
 from trainyard.db.models import Event, Volume, utcnow
 
@@ -233,10 +234,8 @@ def list_file_servers(
 ) -> Any:
     with request.app.state.sessions() as session:
         workspace_in(session, who, ids)
-        query = select(ArmFileServer).where(ArmFileServer.workspace == ids.workspace).order_by(ArmFileServer.name)
-        if page.after is not None:
-            query = query.where(ArmFileServer.name > page.after)
-        servers = list(session.scalars(query.limit(page.limit + 1)))
+        query = select(ArmFileServer).where(ArmFileServer.workspace == ids.workspace)
+        servers = list(session.scalars(page_after(query, ArmFileServer.name, page.after, page.limit + 1)))
         volumes = {v.name: v for v in session.scalars(select(Volume).where(Volume.workspace == ids.workspace))}
         return list_result(request, page, servers, lambda s: s.name,
                            lambda s: file_server_body(ids, s, volumes.get(s.volume)))  # fmt: skip

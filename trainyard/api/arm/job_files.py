@@ -31,6 +31,7 @@ from trainyard.api.arm.common import (
     list_result,
     not_found,
     page_request,
+    remote_login,
     workspace_ids,
 )
 from trainyard.api.arm.experiments import experiment_name
@@ -154,9 +155,8 @@ def list_output_files(
                 raise not_found("output directory", outputdirectoryid)
         except StorageError as exc:
             raise bad_request(f"The store is unavailable: {exc}", None, "ServiceUnavailable") from exc
-    items = sorted((i for i in items if page.after is None or i.name > page.after), key=lambda i: i.name)
     expires_at = time.time() + linkexpiryinminutes * 60
-    return list_result(request, page, items[: page.limit + 1], lambda i: i.name,
+    return list_result(request, page, page.of(items, lambda i: i.name), lambda i: i.name,
                        lambda i: _file_body(request, key, i, expires_at))  # fmt: skip
 
 
@@ -182,11 +182,4 @@ def list_remote_login_information(
             .order_by(Node.id)
         )
         nodes = [(node_id, address) for node_id, address in session.execute(query).tuples()]
-    shown = [(n, a) for n, a in nodes if page.after is None or n > page.after]
-    return list_result(request, page, shown[: page.limit + 1], lambda pair: pair[0], _login)
-
-
-def _login(pair: tuple[str, str]) -> dict[str, Any]:
-    """A node as Batch AI named one: its id, the address its worker registered, and the SSH port (22)."""
-    node_id, address = pair
-    return {"nodeId": node_id, "ipAddress": address, "port": 22}
+    return list_result(request, page, page.of(nodes, lambda pair: pair[0]), lambda pair: pair[0], remote_login)

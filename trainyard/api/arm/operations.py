@@ -90,9 +90,8 @@ def list_operations(
     page: PageRequest = Depends(page_request),
     who: Principal = require("viewer"),
 ) -> Any:
-    rows = [op for op in OPERATIONS if page.after is None or op["name"] > page.after]
-    rows.sort(key=lambda op: str(op["name"]))
-    return list_result(request, page, rows[: page.limit + 1], lambda op: str(op["name"]), lambda op: op)
+    rows = page.of(OPERATIONS, lambda op: str(op["name"]))
+    return list_result(request, page, rows, lambda op: str(op["name"]), lambda op: op)
 
 
 @lru_cache(maxsize=4)
@@ -157,7 +156,5 @@ def list_usages(
 ) -> Any:
     sizes = vm_sizes(request)
     with request.app.state.sessions() as session:
-        rows = list(enumerate(usages(session, who, subscription_id, sizes)))
-    if page.after is not None:
-        rows = [(i, row) for i, row in rows if f"{i:06d}" > page.after]
-    return list_result(request, page, rows[: page.limit + 1], lambda r: f"{r[0]:06d}", lambda r: r[1])
+        rows = page.of(enumerate(usages(session, who, subscription_id, sizes)), lambda r: f"{r[0]:06d}")
+    return list_result(request, page, rows, lambda r: f"{r[0]:06d}", lambda r: r[1])
