@@ -13,9 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
+from tests.arm.served import Api, served
 from trainyard import logstore
 from trainyard.api.app import create_app
 from trainyard.api.arm import job_view, links, purge
@@ -39,14 +38,6 @@ JOB = {
 }
 
 
-class Api(httpx.Client):
-    """An HTTP client of the app served by a real uvicorn on a free port, with the app at hand."""
-
-    def __init__(self, app: FastAPI, base_url: str):
-        super().__init__(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
-        self.app = app
-
-
 @pytest.fixture
 def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
     settings = load_settings({
@@ -58,21 +49,8 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
         "TRAINYARD_REDIS_URL": "redis://127.0.0.1:1/0",  # the scheduler's wake-up only: missing it is harmless
     }, home_files=False)  # fmt: skip
     app = create_app(settings, notifier=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with Api(app, f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        app.state.engine.dispose()
+    with served(app, ADMIN) as client:
+        yield client
 
 
 def _token(api: Api, role: str, workspace: str) -> dict[str, str]:

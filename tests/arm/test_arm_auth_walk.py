@@ -10,16 +10,13 @@ the signed download links, whose signature is the credential (403 without a vali
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, routing
 
+from tests.arm.served import Api, served
 from trainyard.api.app import create_app
 from trainyard.api.arm.common import API_VERSION, PREFIX
 from trainyard.config import load_settings
@@ -38,14 +35,6 @@ PUBLIC = {
 PARAMETER = "x1"
 
 
-class Api(httpx.Client):
-    """An HTTP client (no Authorization header) of the app served by a real uvicorn, with the app at hand."""
-
-    def __init__(self, app: FastAPI, base_url: str):
-        super().__init__(base_url=base_url, timeout=30)
-        self.app = app
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     home = tmp_path_factory.mktemp("arm-auth-walk")
@@ -60,21 +49,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "TRAINYARD_REDIS_URL": "redis://127.0.0.1:1/0",  # nothing here reaches Redis
     }, home_files=False)  # fmt: skip
     app = create_app(settings, notifier=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with Api(app, f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        app.state.engine.dispose()
+    with served(app) as client:
+        yield client
 
 
 def arm_routes(app: FastAPI) -> list[tuple[str, str]]:
