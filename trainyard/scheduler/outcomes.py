@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BindParameter, bindparam, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from trainyard.db import notifications
 from trainyard.db.engine import rowcount
@@ -51,7 +51,7 @@ def record_notifications(session: Session, effects: Effects, now: datetime) -> N
         notifications.record_job_ends(session, ids, now)
 
 
-def may_have_secrets(job: Job) -> bool:
+def may_have_secrets(job: RowLike) -> bool:
     """Whether an attempt of this job was sent secrets: its own, or (a sweep point) its sweep's."""
     return job.secrets_enc is not None or job.sweep_id is not None
 
@@ -70,44 +70,105 @@ def record_stale(session: Session, effects: Effects, event: dict[str, Any], now:
     )
 
 
-@dataclass
-class _Loaded:
-    """The rows a batch of part events touches, loaded once; changes are flushed in batches at commit."""
+class _Row:
+    """One row loaded with Core, read and changed by attribute like a mapped object; the columns
+    changed are remembered and written back by `_Loaded.write`, in one executemany per shape."""
 
-    parts: dict[tuple[str, int, int], Part]
-    by_attempt: dict[tuple[str, int], list[Part]]
-    jobs: dict[str, Job]
-    attempts: dict[tuple[str, int], Attempt]
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
+        self.__dict__["changed_"] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__[name] = value
+        self.changed_[name] = value
+
+    def __getattr__(self, name: str) -> Any:  # only for columns that were not loaded: say which
+        raise AttributeError(f"column {name!r} was not loaded")
 
 
-# The job columns that applying part events reads: not the spec, params and other JSON a job
-# carries (a column left out is loaded on first use, so reading one more stays correct).
-_JOB_COLUMNS = load_only(
+# A job, attempt or part: the mapped object, or its _Row (the rules below read both alike).
+RowLike = Any
+
+
+# What applying part events reads of each table: never a job's spec, params or other JSON it carries.
+_PART_COLUMNS = (Part.job_id, Part.attempt, Part.rank, Part.node_id, Part.active, Part.state, Part.reason,
+                 Part.exit_code, Part.logs_complete)  # fmt: skip
+_JOB_COLUMNS = (
     Job.id, Job.state, Job.attempt, Job.submitted_at, Job.cancel_requested, Job.end_reason, Job.max_retries,
     Job.retries_used, Job.retry_rules, Job.retries_by_rule, Job.secrets_enc, Job.sweep_id,
 )  # fmt: skip
-# Built once (these run on every batch of part events). populate_existing: rows changed by a Core
-# UPDATE earlier in this transaction are re-read.
+_ATTEMPT_COLUMNS = (Attempt.job_id, Attempt.number, Attempt.state)
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
-_FRESH = {"populate_existing": True}
-_PARTS_OF = select(Part).where(Part.job_id.in_(_IDS)).execution_options(**_FRESH)
-_JOBS_OF = select(Job).options(_JOB_COLUMNS).where(Job.id.in_(_IDS)).execution_options(**_FRESH)
-_ATTEMPTS_OF = select(Attempt).where(Attempt.job_id.in_(_IDS)).execution_options(**_FRESH)
+# Built once: these run on every batch of part events.
+_PARTS_OF = select(*_PART_COLUMNS).where(Part.job_id.in_(_IDS))
+_JOBS_OF = select(*_JOB_COLUMNS).where(Job.id.in_(_IDS))
+_ATTEMPTS_OF = select(*_ATTEMPT_COLUMNS).where(Attempt.job_id.in_(_IDS))
+_KEYS: dict[Any, tuple[str, ...]] = {Part: ("job_id", "attempt", "rank"), Job: ("id",), Attempt: ("job_id", "number")}
+_UPDATES: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _update_statement(model: Any, columns: tuple[str, ...]) -> Any:
+    """UPDATE model SET columns WHERE primary key, for executemany (built once per shape)."""
+    statement = _UPDATES.get((model, columns))
+    if statement is None:
+        table = model.__table__
+        keys = _KEYS[model]
+        statement = (
+            update(table)
+            .where(*[table.c[key] == bindparam(f"k_{key}") for key in keys])
+            .values({column: bindparam(column) for column in columns})
+        )
+        _UPDATES[(model, columns)] = statement
+    return statement
+
+
+@dataclass
+class _Loaded:
+    """The rows a batch of part events touches, loaded once; changes are written in batches at the end."""
+
+    parts: dict[tuple[str, int, int], _Row]
+    by_attempt: dict[tuple[str, int], list[_Row]]
+    jobs: dict[str, _Row]
+    attempts: dict[tuple[str, int], _Row]
+
+    def write(self, session: Session) -> None:
+        """The changed columns of every row, one executemany per (table, columns changed)."""
+        connection = session.connection()
+        for model, rows in ((Part, self.parts.values()), (Job, self.jobs.values()), (Attempt, self.attempts.values())):
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            keys = _KEYS[model]
+            for row in rows:
+                if row.changed_:
+                    params = {f"k_{key}": row.__dict__[key] for key in keys}
+                    params.update(row.changed_)
+                    shapes.setdefault(tuple(sorted(row.changed_)), []).append(params)
+                    row.__dict__["changed_"] = {}
+            for columns, group in shapes.items():
+                connection.execute(_update_statement(model, columns), group)
+                # A mapped object of these rows loaded earlier in this transaction is re-read on next use.
+                for params in group:
+                    key = session.identity_key(model, tuple(params[f"k_{name}"] for name in keys))
+                    mapped = session.identity_map.get(key)
+                    if mapped is not None:
+                        session.expire(mapped)
 
 
 def _load(session: Session, keys: set[tuple[str, int]]) -> _Loaded:
+    session.flush()  # what the ORM changed earlier in this transaction is read back below
+    connection = session.connection()
     job_ids = sorted({job_id for job_id, _ in keys})
     loaded = _Loaded({}, {}, {}, {})
     for start in range(0, len(job_ids), 500):
         ids = {"ids": job_ids[start : start + 500]}
-        for part in session.scalars(_PARTS_OF, ids):
-            if (part.job_id, part.attempt) in keys:
+        for mapping in connection.execute(_PARTS_OF, ids).mappings():
+            if (mapping["job_id"], mapping["attempt"]) in keys:
+                part = _Row(dict(mapping))
                 loaded.parts[(part.job_id, part.attempt, part.rank)] = part
                 loaded.by_attempt.setdefault((part.job_id, part.attempt), []).append(part)
-        loaded.jobs.update({job.id: job for job in session.scalars(_JOBS_OF, ids)})
-        for row in session.scalars(_ATTEMPTS_OF, ids):
-            if (row.job_id, row.number) in keys:
-                loaded.attempts[(row.job_id, row.number)] = row
+        loaded.jobs.update({m["id"]: _Row(dict(m)) for m in connection.execute(_JOBS_OF, ids).mappings()})
+        for mapping in connection.execute(_ATTEMPTS_OF, ids).mappings():
+            if (mapping["job_id"], mapping["number"]) in keys:
+                loaded.attempts[(mapping["job_id"], mapping["number"])] = _Row(dict(mapping))
     return loaded
 
 
@@ -126,6 +187,7 @@ def apply_part_events(session: Session, events: list[dict[str, Any]], now: datet
             _started(session, loaded, event, now, effects)
         else:
             _exited(session, loaded, event, now, effects)
+    loaded.write(session)
 
 
 def _started(session: Session, loaded: _Loaded, event: dict[str, Any], now: datetime, effects: Effects) -> None:
@@ -174,7 +236,7 @@ def _exited(session: Session, loaded: _Loaded, event: dict[str, Any], now: datet
 
 
 def _finish_loaded(
-    session: Session, job: Job, row: Attempt | None, parts: list[Part], now: datetime, effects: Effects
+    session: Session, job: RowLike, row: RowLike | None, parts: list[RowLike], now: datetime, effects: Effects
 ) -> None:
     attempt = parts[0].attempt
     if job.attempt != attempt or job.state not in ACTIVE_STATES:
@@ -230,7 +292,7 @@ def logs_done(session: Session, event: dict[str, Any], now: datetime, effects: E
         )
 
 
-def _attempt_outcome(parts: list[Part], job: Job) -> tuple[str, int | None]:
+def _attempt_outcome(parts: list[RowLike], job: RowLike) -> tuple[str, int | None]:
     """(reason, exit code) of an attempt whose parts have all ended."""
     reasons = {p.reason or "exit" for p in parts}
     for special in (
@@ -249,13 +311,13 @@ def _attempt_outcome(parts: list[Part], job: Job) -> tuple[str, int | None]:
     return "exit", _first_failure(parts) or 0
 
 
-def _first_failure(parts: list[Part]) -> int | None:
+def _first_failure(parts: list[RowLike]) -> int | None:
     """The first non-zero exit code by rank, preferring ranks that ended on their own over ranks
     that were torn down because another failed (their 143 or 137 says nothing)."""
     ordered = sorted(parts, key=lambda p: (p.reason not in (None, "exit"), p.rank))
     for part in ordered:
         if part.exit_code not in (None, 0):
-            return part.exit_code
+            return int(part.exit_code)
     return None
 
 
@@ -279,7 +341,7 @@ class _Transition:
         return detail
 
 
-def _transition(job: Job, parts: list[Part], now: datetime) -> _Transition:
+def _transition(job: RowLike, parts: list[RowLike], now: datetime) -> _Transition:
     attempt = parts[0].attempt
     reason, exit_code = _attempt_outcome(parts, job)
     if reason == "node_shutdown":
@@ -309,7 +371,7 @@ def _transition(job: Job, parts: list[Part], now: datetime) -> _Transition:
     return _Transition(values, AttemptState.FAILED.value, reason)
 
 
-def _requeue(job: Job, attempt: int, values: dict[str, Any], reason: str, now: datetime) -> _Transition:
+def _requeue(job: RowLike, attempt: int, values: dict[str, Any], reason: str, now: datetime) -> _Transition:
     """Node loss and preemption queue the job again, uncounted, unless a rule naming the reason caps it."""
     decision = retries.rule_decision(retries.parse_rules(job.retry_rules), job.retries_by_rule or {}, reason, None, now)
     if decision is None:
