@@ -20,6 +20,7 @@ from trainyard import transport
 from trainyard.config import Settings
 from trainyard.db.models import Job, Node, Part, Pool, utcnow
 from trainyard.db.sweeps import fill_specs
+from trainyard.scheduler.views import Placement
 from trainyard.spec import PartState
 from trainyard.sweeps import formatted
 
@@ -44,7 +45,17 @@ def with_pool_volumes(spec: dict[str, Any], pool_volumes: list[dict[str, Any]]) 
     return {**spec, "volumes": added + own} if added else spec
 
 
-def part_message(job: Job, part: Part, hosts: list[str], pool_volumes: list[dict[str, Any]] | None = None
+@dataclass(frozen=True)
+class PartFields:
+    """What a part message says of its part (a Part row has the same attributes)."""
+
+    attempt: int
+    rank: int
+    gpus: list[int]
+    cpus: float
+
+
+def part_message(job: Job, part: Part | PartFields, hosts: list[str], pool_volumes: list[dict[str, Any]] | None = None
                  ) -> dict[str, Any]:  # fmt: skip
     """What a node needs to run its part: the spec (secrets removed: names only) with its pool's
     volumes, attempt, rank."""
@@ -121,12 +132,7 @@ class Dispatcher:
         parts = session.scalars(select(Part).where(Part.job_id.in_(list(jobs)), Part.active.is_(True))).all()
         node_ids = {part.node_id for part in parts}
         addresses = dict(session.execute(select(Node.id, Node.address).where(Node.id.in_(node_ids))).all())
-        pool_volumes = {
-            name: list((settings or {}).get("volumes") or [])
-            for name, settings in session.execute(
-                select(Pool.name, Pool.settings).where(Pool.name.in_({job.pool for job in jobs.values()}))
-            )
-        }
+        pool_volumes = self._pool_volumes(session, {job.pool for job in jobs.values()})
         by_attempt: dict[tuple[str, int], list[Part]] = {}
         for part in parts:
             if (part.job_id, part.attempt) in wanted:
@@ -144,6 +150,33 @@ class Dispatcher:
                 )
             outgoing.attempts.append((job_id, attempt))
         return outgoing
+
+    def prepare_placed(
+        self, session: Session, placements: Sequence[Placement], attempts: dict[str, int], addresses: dict[str, str]
+    ) -> Outgoing:
+        """`prepare` for placements this transaction just wrote: their parts and the nodes' addresses
+        are known already, so only the jobs (and their pools' volumes) are read."""
+        outgoing = Outgoing()
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([p.job_id for p in placements])))}
+        fill_specs(session, jobs.values())  # sweep jobs are stored compact: render their spec
+        pool_volumes = self._pool_volumes(session, {job.pool for job in jobs.values()})
+        for placement in placements:
+            job, attempt = jobs[placement.job_id], attempts[placement.job_id]
+            if job.secrets_enc is not None:
+                outgoing.secrets[transport.secrets_key(job.id, attempt)] = job.secrets_enc
+            ranked = sorted(placement.parts, key=lambda p: p.rank)
+            hosts = [addresses.get(p.node_id, "") for p in ranked]
+            for part in ranked:
+                fields = PartFields(attempt=attempt, rank=part.rank, gpus=part.gpus, cpus=part.cpus)
+                message = part_message(job, fields, hosts, pool_volumes.get(job.pool))
+                outgoing.messages.append((part.node_id, f"{job.id}.{attempt}.{part.rank}", message))
+            outgoing.attempts.append((job.id, attempt))
+        return outgoing
+
+    @staticmethod
+    def _pool_volumes(session: Session, pools: set[str]) -> dict[str, list[dict[str, Any]]]:
+        rows = session.execute(select(Pool.name, Pool.settings).where(Pool.name.in_(pools)))
+        return {name: list((settings or {}).get("volumes") or []) for name, settings in rows}
 
     def publish(self, outgoing: Outgoing) -> None:
         """Secrets first (a node reads them at launch), then the part messages in one batch."""

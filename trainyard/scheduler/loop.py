@@ -227,6 +227,8 @@ class Scheduler:
 
     def _after_commit(self, effects: Effects) -> None:
         self.stale_writes += effects.stale_writes
+        if effects.gate_due or effects.ended_jobs:
+            self.passes.gate_due = True
         for node_id, job_id, attempt, reason in effects.stops:
             self.dispatcher.send_stop(node_id, job_id, attempt, reason)
         if effects.ended_with_secrets:

@@ -42,6 +42,8 @@ class Effects:
     start_latencies_s: list[float] = field(default_factory=list)  # submit → first start, per job
     setups: list[dict[str, Any]] = field(default_factory=list)  # `setup` control messages, with their node
     ended_jobs: list[str] = field(default_factory=list)  # ended without an attempt ending (cancelled queued)
+    # A job ended that other jobs (or a sweep's dependants) may wait on: the dependency gate runs next pass.
+    gate_due: bool = False
 
 
 def record_notifications(session: Session, effects: Effects, now: datetime) -> None:
@@ -95,7 +97,7 @@ _PART_COLUMNS = (Part.job_id, Part.attempt, Part.rank, Part.node_id, Part.active
                  Part.exit_code, Part.logs_complete)  # fmt: skip
 _JOB_COLUMNS = (
     Job.id, Job.state, Job.attempt, Job.submitted_at, Job.cancel_requested, Job.end_reason, Job.max_retries,
-    Job.retries_used, Job.retry_rules, Job.retries_by_rule, Job.secrets_enc, Job.sweep_id,
+    Job.retries_used, Job.retry_rules, Job.retries_by_rule, Job.secrets_enc, Job.sweep_id, Job.dependants_waiting,
 )  # fmt: skip
 _ATTEMPT_COLUMNS = (Attempt.job_id, Attempt.number, Attempt.state)
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
@@ -249,6 +251,7 @@ def _finish_loaded(
         row.retried_by = moved.retried_by
         row.logs_complete = all(p.logs_complete for p in parts)
     effects.ended_attempts.append((job.id, attempt))
+    effects.gate_due = effects.gate_due or bool(job.dependants_waiting) or job.sweep_id is not None
     if may_have_secrets(job):
         effects.ended_with_secrets.append((job.id, attempt))
     if moved.requeued:
@@ -412,6 +415,7 @@ def finish_attempt(session: Session, job_id: str, attempt: int, parts: Any, now:
         )
     )
     effects.ended_attempts.append((job_id, attempt))
+    effects.gate_due = True
     if may_have_secrets(job):
         effects.ended_with_secrets.append((job_id, attempt))
     if moved.requeued:

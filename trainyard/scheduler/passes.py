@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trainyard.config import PREEMPT_GRACE_S
 from trainyard.db import notifications
-from trainyard.db.models import Job, Part, utcnow
+from trainyard.db.models import Part, utcnow
 from trainyard.scheduler.claims import ClaimRace, ClaimWriter
 from trainyard.scheduler.dispatch import Dispatcher, Outgoing
 from trainyard.scheduler.gate import DependencyGate
 from trainyard.scheduler.placement import PassPlan, plan
 from trainyard.scheduler.snapshot import SnapshotReader
+from trainyard.scheduler.views import Placement
 
 
 @dataclass
@@ -53,12 +54,16 @@ class PassRunner:
     gate: DependencyGate = field(default_factory=DependencyGate)
     last_plan: PassPlan | None = None
     unstamped: list[tuple[str, int]] = field(default_factory=list)  # sent, to mark dispatched next pass
+    # The dependency gate runs in every full pass, and in a fast one only after a job ended that
+    # others may depend on (Effects.gate_due): most ends release nothing, and it costs two queries.
+    gate_due: bool = True
 
     def reset(self) -> None:
         """Leadership (re)started: what an earlier term wrote or stopped is re-read from the database."""
         self.writer.reset()
         self.reader.preempting.clear()
         self.unstamped.clear()  # the new term's reconcile re-sends whatever is unstamped
+        self.gate_due = True
 
     def run(self, sessions: sessionmaker[Session], full: bool = True) -> int:
         """Place what fits; returns how many jobs were placed. A fast pass (full=False) looks only at
@@ -87,40 +92,46 @@ class PassRunner:
                 self.dispatcher.stamp(session, stamping)
                 # Dependencies first: a job whose last one was just met is placed in this same pass,
                 # and one that can never run ends now (cheap when nothing ended: an index look-up).
-                gated = self.gate.run(session)
-                if gated.cancelled:  # ended with reason dependency_failed: notified like any end
-                    notifications.record_job_ends(session, gated.cancelled, utcnow())
+                if full or self.gate_due:
+                    gated = self.gate.run(session)
+                    if gated.cancelled:  # ended with reason dependency_failed: notified like any end
+                        notifications.record_job_ends(session, gated.cancelled, utcnow())
                 snapshot = self.reader.snapshot(session, full)
                 if snapshot is not None:
                     result = plan(snapshot)
                     self.last_plan = result
-                    outcome.placed = self._write(session, result, batch_claim)
+                    attempts = {view.id: view.attempt for view in snapshot.queued}
+                    placements = self._write(session, result, attempts, batch_claim)
+                    outcome.placed = [(p.job_id, attempts[p.job_id]) for p in placements]
                     if full:
                         self.writer.write_pending(session, result.pending)
                     # Preemption decided in any pass: the high job must not wait for the next full one.
                     outcome.stops = self._preempt(session, result.preemptions)
-                    if outcome.placed:
+                    if placements:
                         # The messages are built in the transaction that placed them, sent after it commits.
-                        outcome.outgoing = self.dispatcher.prepare(session, outcome.placed)
+                        addresses = {node.id: node.address for node in snapshot.nodes}
+                        outcome.outgoing = self.dispatcher.prepare_placed(session, placements, attempts, addresses)
         except BaseException:
             self.reader.preempting = preempting_before  # nothing was committed: nothing is stopping
             raise
         del self.unstamped[: len(stamping)]
+        self.gate_due = False
         return outcome
 
-    def _write(self, session: Session, result: PassPlan, batch_claim: bool) -> list[tuple[str, int]]:
-        if not result.placements:
-            return []
-        placed_ids = [p.job_id for p in result.placements]
-        attempts = dict(session.execute(select(Job.id, Job.attempt).where(Job.id.in_(placed_ids))).all())
+    def _write(
+        self, session: Session, result: PassPlan, attempts: dict[str, int], batch_claim: bool
+    ) -> list[Placement]:
+        """Claim the placements on the attempt numbers the snapshot read; returns those claimed."""
         placements = result.placements
+        if not placements:
+            return []
         if batch_claim:
             self.writer.claim_batch(session, placements, attempts)  # raises ClaimRace: the transaction rolls back
         else:
             placements = self.writer.claim_each(session, placements, attempts)
         if placements:
             self.writer.insert_attempts(session, placements, attempts)
-        return [(p.job_id, attempts[p.job_id]) for p in placements]
+        return placements
 
     def _preempt(self, session: Session, victims: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str, float]]:
         """Stops (sent after commit) for the victims; their room counts as held until the kill deadline."""

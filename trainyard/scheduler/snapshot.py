@@ -35,7 +35,7 @@ GPU_WEIGHT = 8.0  # one GPU-second weighs as much as this many CPU-seconds in fa
 _QUEUED_COLUMNS = (
     Job.id, Job.pool, Job.priority, Job.seq, Job.workspace, Job.nodes, Job.cpus, Job.gpus,
     Job.memory_bytes, Job.max_wall_clock_s, Job.preemptible, Job.sweep_id, Job.submitted_at,
-    Job.host_paths,
+    Job.host_paths, Job.attempt,
 )  # fmt: skip
 # The statements every pass runs, built once.
 _READY = (
@@ -54,7 +54,10 @@ _ACTIVE_PARTS = (
     .join(Attempt, (Attempt.job_id == Part.job_id) & (Attempt.number == Part.attempt))
     .where(Part.active.is_(True))
 )  # fmt: skip
-_LISTED_NODES = select(Node).where(Node.state.in_((*SERVING_NODE_STATES, *UNREADY_NODE_STATES)))
+_LISTED_NODES = select(
+    Node.id, Node.pool, Node.state, Node.address, Node.slots, Node.gpus, Node.memory_bytes, Node.labels,
+    Node.host_volumes,
+).where(Node.state.in_((*SERVING_NODE_STATES, *UNREADY_NODE_STATES)))  # fmt: skip
 
 
 def _epoch_s(value: datetime | None) -> float | None:
@@ -86,7 +89,7 @@ class SnapshotReader:
             used_memory[node_id] += memory or 0
         views = []
         self.unready = {}
-        for node in session.scalars(_LISTED_NODES):
+        for node in session.execute(_LISTED_NODES):
             if node.state in UNREADY_NODE_STATES:
                 counts = self.unready.setdefault(node.pool, {})
                 counts[node.state] = counts.get(node.state, 0) + 1
@@ -147,6 +150,7 @@ class SnapshotReader:
                 sweep_id=r[11],
                 submitted_s=_epoch_s(r[12]),
                 host_paths=tuple(r[13]) if r[13] else (),
+                attempt=r[14],
             )
             for r in rows.values()
         ]

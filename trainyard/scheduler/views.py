@@ -51,6 +51,7 @@ class JobView:
     # When the job was first submitted; aging counts from here (requeues keep it). None: no aging.
     submitted_s: float | None = None
     host_paths: tuple[str, ...] = ()  # host directories its volumes need on each node
+    attempt: int = 1  # the attempt number its placement claims (compare-and-set)
 
 
 @dataclass(slots=True)
