@@ -347,7 +347,7 @@ def _write_manifest_soon(
 def _write_manifest(
     cluster: Storage, ctx: LaunchContext, manifest: dict[str, Any], outputs: list[dict[str, Any]], deadline: float
 ) -> None:
-    body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    body = json.dumps(manifest, sort_keys=True).encode()
     key = datarefs.manifest_key(ctx.job_id, ctx.attempt, ctx.rank)
     retrying(lambda: cluster.put(key, body), f"write {key}", deadline)
     for output in outputs:  # and beside each output, so the data carries its own provenance
