@@ -56,7 +56,9 @@ def run_flower(settings: Settings, address: str, port: int, basic_auth: str | No
     else:
         os.environ.pop(AUTH_ENV, None)
     app = transport.make_celery(
-        settings.redis_url.get_secret_value(), visibility_timeout_s=settings.broker_visibility_timeout_s
+        settings.redis_url.get_secret_value(),
+        visibility_timeout_s=settings.broker_visibility_timeout_s,
+        lean_transport=False,
     )
     code = int(app.start(argv=flower_argv(address, port)) or 0)
     # Flower's pool threads may still be retrying a broadcast to a Redis that is gone, and the
