@@ -11,7 +11,7 @@ from kombu.entity import Exchange, Queue
 
 from trainyard import broker, transport
 
-DB = 9
+DB = 14  # this module's own Redis database
 
 
 def _url(redis_server: str) -> str:
