@@ -26,9 +26,14 @@ def metrics_file(workdir: Path) -> Path:
     return workdir / METRICS_FILE_NAME
 
 
+_SHIMS: set[Path] = set()  # made by this process: not looked at again for every part
+
+
 def python_shim(node_dir: Path) -> Path:
     """A directory whose only entry is `trainyard`, a link to this node's package (made once)."""
     shim = node_dir / "python"
+    if shim in _SHIMS:
+        return shim
     link = shim / "trainyard"
     package = Path(trainyard.__file__).resolve().parent
     if not link.exists() or link.resolve() != package:
@@ -38,6 +43,7 @@ def python_shim(node_dir: Path) -> Path:
             temporary.unlink()
         temporary.symlink_to(package, target_is_directory=True)
         temporary.replace(link)  # atomic: parts starting at once never see a missing link
+    _SHIMS.add(shim)
     return shim
 
 

@@ -97,11 +97,24 @@ class Runtime(abc.ABC):
         """Start `argv` for the part of `ctx` in the part's working directory."""
 
 
+_host_env: tuple[frozenset[tuple[bytes, bytes]], dict[str, str]] | None = None
+
+
 def host_environment() -> dict[str, str]:
-    """The node's own environment minus trainyard's configuration (Redis URL, keys): jobs start from it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env.pop("DOCKER_HOST", None)  # the node's container engine is not the job's business either
-    return env
+    """The node's own environment minus trainyard's configuration (Redis URL, keys): jobs start from it.
+
+    Remembered while the process environment stays the same (every part start asks; decoding
+    every variable each time was a tenth of a node's CPU with short jobs)."""
+    global _host_env
+    raw = getattr(os.environ, "_data", None)  # CPython keeps the encoded bytes here: compared without decoding
+    key = frozenset(raw.items()) if isinstance(raw, dict) else None
+    if key is None or _host_env is None or _host_env[0] != key:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        env.pop("DOCKER_HOST", None)  # the node's container engine is not the job's business either
+        if key is None:
+            return env
+        _host_env = (key, env)
+    return dict(_host_env[1])
 
 
 def start_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], int, int]:
