@@ -52,17 +52,26 @@ def _rows_for(kind: str, subject_id: str, workspace: str, state: str, targets: l
     ]  # fmt: skip
 
 
-def record_job_ends(session: Session, job_ids: Iterable[str], now: datetime) -> int:
+EndedJob = tuple[str, str, str, Any, str | None]  # id, workspace, state, notify, sweep_id
+
+
+def record_job_ends(
+    session: Session, job_ids: Iterable[str], now: datetime, known: dict[str, EndedJob] | None = None
+) -> int:
     """Outbox rows for those of `job_ids` that are terminal, and for sweeps whose last point this was.
 
     A job's own targets fire, and its workspace's unless it is a sweep point (a sweep's end is one
-    notification, not one per point). Returns the number of rows written.
+    notification, not one per point). `known`: jobs whose ended row the caller has in hand (the
+    scheduler, which just wrote it), not read again. Returns the number of rows written.
     """
-    ids = sorted(set(job_ids))
+    known = known or {}
+    ids = sorted(set(job_ids) - set(known))
     rows: list[dict[str, Any]] = []
     sweep_ids: set[str] = set()
+    batches = [list(known.values())] if known else []
     for start in range(0, len(ids), CHUNK):
-        ended = session.execute(_ENDED_OF, {"ids": ids[start : start + CHUNK]}).all()
+        batches.append(list(session.execute(_ENDED_OF, {"ids": ids[start : start + CHUNK]}).all()))
+    for ended in batches:
         if not ended:
             continue
         by_workspace = _workspace_targets(session, (w for _, w, _, _, _ in ended))

@@ -18,9 +18,19 @@ from trainyard.db import notifications
 from trainyard.db.engine import rowcount
 from trainyard.db.models import Attempt, Event, Job, Node, Part
 from trainyard.scheduler import retries
-from trainyard.spec import ACTIVE_STATES, AttemptReason, AttemptState, JobState, NodeState, PartState, state_values
+from trainyard.spec import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    AttemptReason,
+    AttemptState,
+    JobState,
+    NodeState,
+    PartState,
+    state_values,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
+_TERMINAL = frozenset(state_values(TERMINAL_STATES))
 
 # Reasons that put the job back in the queue without using one of its retries (a `retry:` rule
 # naming node_lost caps those requeues and delays them by its backoff).
@@ -44,13 +54,15 @@ class Effects:
     ended_jobs: list[str] = field(default_factory=list)  # ended without an attempt ending (cancelled queued)
     # A job ended that other jobs (or a sweep's dependants) may wait on: the dependency gate runs next pass.
     gate_due: bool = False
+    # Jobs this transaction moved to a terminal state, as notifications read them (not read again).
+    ended_rows: dict[str, notifications.EndedJob] = field(default_factory=dict)
 
 
 def record_notifications(session: Session, effects: Effects, now: datetime) -> None:
     """Outbox rows for the jobs this transaction ended, written in it (so under the lease's fence)."""
     ids = [job_id for job_id, _ in effects.ended_attempts] + effects.ended_jobs
     if ids:
-        notifications.record_job_ends(session, ids, now)
+        notifications.record_job_ends(session, ids, now, known=effects.ended_rows)
 
 
 def may_have_secrets(job: RowLike) -> bool:
@@ -98,6 +110,7 @@ _PART_COLUMNS = (Part.job_id, Part.attempt, Part.rank, Part.node_id, Part.active
 _JOB_COLUMNS = (
     Job.id, Job.state, Job.attempt, Job.submitted_at, Job.cancel_requested, Job.end_reason, Job.max_retries,
     Job.retries_used, Job.retry_rules, Job.retries_by_rule, Job.secrets_enc, Job.sweep_id, Job.dependants_waiting,
+    Job.workspace, Job.notify,
 )  # fmt: skip
 _ATTEMPT_COLUMNS = (Attempt.job_id, Attempt.number, Attempt.state)
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
@@ -252,6 +265,8 @@ def _finish_loaded(
         row.logs_complete = all(p.logs_complete for p in parts)
     effects.ended_attempts.append((job.id, attempt))
     effects.gate_due = effects.gate_due or bool(job.dependants_waiting) or job.sweep_id is not None
+    if job.state in _TERMINAL:
+        effects.ended_rows[job.id] = (job.id, job.workspace, job.state, job.notify, job.sweep_id)
     if may_have_secrets(job):
         effects.ended_with_secrets.append((job.id, attempt))
     if moved.requeued:

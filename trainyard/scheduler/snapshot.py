@@ -77,7 +77,7 @@ class SnapshotReader:
     unready: dict[str, dict[str, int]] = field(default_factory=dict)  # pool → state → nodes, last snapshot
 
     def _active_parts(self, session: Session) -> list[tuple[Any, ...]]:
-        return list(session.execute(_ACTIVE_PARTS))
+        return list(session.connection().execute(_ACTIVE_PARTS))
 
     def _node_views(self, session: Session, parts: list[tuple[Any, ...]]) -> list[NodeView]:
         used_cpus: dict[str, float] = defaultdict(float)
@@ -89,7 +89,7 @@ class SnapshotReader:
             used_memory[node_id] += memory or 0
         views = []
         self.unready = {}
-        for node in session.execute(_LISTED_NODES):
+        for node in session.connection().execute(_LISTED_NODES):
             if node.state in UNREADY_NODE_STATES:
                 counts = self.unready.setdefault(node.pool, {})
                 counts[node.state] = counts.get(node.state, 0) + 1
@@ -130,9 +130,10 @@ class SnapshotReader:
 
     def _queued_views(self, session: Session, window: int = QUEUE_WINDOW) -> list[JobView]:
         params = {"now": utcnow(), "window": window}
-        rows = {r[0]: r for r in session.execute(_TOP_QUEUED, params)}
+        connection = session.connection()
+        rows = {r[0]: r for r in connection.execute(_TOP_QUEUED, params)}
         if window == QUEUE_WINDOW and len(rows) >= QUEUE_WINDOW:
-            oldest = session.execute(_OLDEST_QUEUED, {**params, "window": OLDEST_WINDOW})
+            oldest = connection.execute(_OLDEST_QUEUED, {**params, "window": OLDEST_WINDOW})
             rows.update({r[0]: r for r in oldest})
         return [
             JobView(
@@ -175,6 +176,8 @@ class SnapshotReader:
         return self._usage
 
     def snapshot(self, session: Session, full: bool = True) -> Snapshot | None:
+        # Read as Core statements on the transaction's connection (no ORM layer): flushed first.
+        session.flush()
         parts = self._active_parts(session)
         nodes = self._node_views(session, parts)
         window = QUEUE_WINDOW
