@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ class ClusterDb:
 @pytest.fixture
 def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Three nodes with room to spare, a private persistent Redis, quick node-loss detection."""
+    with started_chaos_cluster(tmp_path) as started:
+        yield started
+
+
+@contextmanager
+def started_chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The chaos cluster under `tmp_path`, for a fixture of any scope (a module's may share one)."""
     with private_redis(tmp_path / "redis", appendonly=True) as (redis_url, port):
         home = tmp_path / "home"
         cluster = start_cluster(
