@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +124,19 @@ def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield started
 
 
-@contextmanager
+@contextlib.contextmanager
 def started_chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The chaos cluster under `tmp_path`, for a fixture of any scope (a module's may share one)."""
-    with private_redis(tmp_path / "redis", appendonly=True) as (redis_url, port):
+    with (
+        private_redis(tmp_path / "redis", appendonly=True) as (redis_url, port),
+        contextlib.ExitStack() as restarted,  # Redis started again by a test: stopped after the cluster
+    ):
         home = tmp_path / "home"
+
+        def restart_redis() -> None:
+            """Start the cluster's Redis again, on its port and its data (once the test stopped it)."""
+            restarted.enter_context(private_redis(tmp_path / "redis", appendonly=True, port=port))
+
         cluster = start_cluster(
             workers=3,
             slots=64,
@@ -153,6 +161,7 @@ def started_chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     "redis_url": redis_url,
                     "redis_port": port,
                     "redis_dir": tmp_path / "redis",
+                    "restart_redis": restart_redis,
                     "ledger": Ledger(tmp_path / "ledger.txt"),
                     "db": db,
                 }
