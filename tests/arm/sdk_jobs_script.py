@@ -166,6 +166,7 @@ def mode_live(batch: Batch, args: dict[str, Any]) -> dict[str, Any]:
     files = batch.files(name)
     status, middle = fetch(files["stdout.txt"].download_url, "bytes=7-12")
     still = batch.get(name).execution_state
+    listed, _pages = batch.list_names(2)
     batch.terminate(name)
     ended = batch.wait_state(name, "failed", 60)
     batch.delete(name)
@@ -175,6 +176,8 @@ def mode_live(batch: Batch, args: dict[str, Any]) -> dict[str, Any]:
         "seen": seen.decode(errors="replace"),
         "range_status": status,
         "range": middle.decode(errors="replace"),
+        "files": sorted(files),
+        "listed": listed,
         "after_terminate": ended.execution_state,
         "deleted": batch.missing(name),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -119,8 +120,23 @@ class ClusterDb:
 @pytest.fixture
 def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Three nodes with room to spare, a private persistent Redis, quick node-loss detection."""
-    with private_redis(tmp_path / "redis", appendonly=True) as (redis_url, port):
+    with started_chaos_cluster(tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def started_chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The chaos cluster under `tmp_path`, for a fixture of any scope (a module's may share one)."""
+    with (
+        private_redis(tmp_path / "redis", appendonly=True) as (redis_url, port),
+        contextlib.ExitStack() as restarted,  # Redis started again by a test: stopped after the cluster
+    ):
         home = tmp_path / "home"
+
+        def restart_redis() -> None:
+            """Start the cluster's Redis again, on its port and its data (once the test stopped it)."""
+            restarted.enter_context(private_redis(tmp_path / "redis", appendonly=True, port=port))
+
         cluster = start_cluster(
             workers=3,
             slots=64,
@@ -145,6 +161,7 @@ def chaos_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     "redis_url": redis_url,
                     "redis_port": port,
                     "redis_dir": tmp_path / "redis",
+                    "restart_redis": restart_redis,
                     "ledger": Ledger(tmp_path / "ledger.txt"),
                     "db": db,
                 }

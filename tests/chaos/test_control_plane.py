@@ -91,8 +91,8 @@ def test_redis_restart_or_wipe_mid_run_loses_no_job(chaos_cluster: dict[str, Any
     else:
         redis.Redis.from_url(chaos_cluster["redis_url"]).shutdown(nosave=True)
         time.sleep(3)
-        with private_redis(chaos_cluster["redis_dir"], appendonly=True, port=chaos_cluster["redis_port"]):
-            wait_until(lambda: db.all_terminal(ids), 180, "every job to end after the restart")
+        chaos_cluster["restart_redis"]()  # up until the cluster has stopped
+        wait_until(lambda: db.all_terminal(ids), 180, "every job to end after the restart")
     wait_until(lambda: db.all_terminal(ids), 180, "every job to end")
     states = db.states(ids)
     done = ledger.done_counts()

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import chaos_cluster  # noqa: F401 (the fixture)
-from tests.storage_adapters.conftest import moto_endpoint, s3_bucket  # noqa: F401 (fixtures)
+from tests.chaos.conftest import started_chaos_cluster
+from tests.storage_adapters.conftest import fresh_s3_bucket, moto_endpoint  # noqa: F401 (the fixture)
 from tests.workers.volumes.conftest import require_fuse
 from trainyard.storage_adapters import open_storage
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def bucket_then_cluster(s3_bucket: str, chaos_cluster: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: F811
-    """The bucket first: its AWS_* variables are in the environment the cluster's workers inherit."""
+@pytest.fixture(scope="module")
+def bucket_then_cluster(
+    moto_endpoint: str,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The bucket first: its AWS_* variables are in the environment the cluster's workers inherit.
+
+    One bucket and one cluster for the module: each test submits jobs of its own names and reads
+    only what its own jobs wrote.
+    """
     require_fuse()
-    return s3_bucket, chaos_cluster
+    root = tmp_path_factory.mktemp("volumes")
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        fresh_s3_bucket(moto_endpoint, patch, root) as bucket,
+        started_chaos_cluster(root) as cluster,
+    ):
+        yield bucket, cluster
 
 
 def test_a_two_node_gang_reads_a_blob_volume_and_both_ranks_write_into_another(

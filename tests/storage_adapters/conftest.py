@@ -126,6 +126,13 @@ def azurite_blob_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture
 def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A fresh bucket, with the AWS_* variables pointing at moto for the test's duration."""
+    with fresh_s3_bucket(moto_endpoint, monkeypatch, tmp_path) as bucket:
+        yield bucket
+
+
+@contextlib.contextmanager
+def fresh_s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """s3_bucket for a fixture of any scope: the AWS_* variables are set through `monkeypatch`."""
     import boto3
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
