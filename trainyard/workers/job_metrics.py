@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def metrics_file(workdir: Path) -> Path:
 
 
 _SHIMS: set[Path] = set()  # made by this process: not looked at again for every part
+_SHIMS_LOCK = threading.Lock()  # parts starting at once on a new node make it once, not in a race
 
 
 def python_shim(node_dir: Path) -> Path:
@@ -34,11 +36,18 @@ def python_shim(node_dir: Path) -> Path:
     shim = node_dir / "python"
     if shim in _SHIMS:
         return shim
+    with _SHIMS_LOCK:
+        return _make_shim(shim)
+
+
+def _make_shim(shim: Path) -> Path:
+    if shim in _SHIMS:
+        return shim
     link = shim / "trainyard"
     package = Path(trainyard.__file__).resolve().parent
     if not link.exists() or link.resolve() != package:
         shim.mkdir(parents=True, exist_ok=True)
-        temporary = shim / f".trainyard-{os.getpid()}"
+        temporary = shim / f".trainyard-{os.getpid()}-{threading.get_ident()}"  # other processes may race too
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         temporary.symlink_to(package, target_is_directory=True)
