@@ -18,14 +18,14 @@ def test_parts_starting_at_once_on_a_new_node_all_get_the_shim(tmp_path: Path) -
         errors: list[BaseException] = []
         shims: list[Path] = []
 
-        def start() -> None:
+        def start(barrier: threading.Barrier, node_dir: Path, shims: list[Path], errors: list[BaseException]) -> None:
             barrier.wait()
             try:
-                shims.append(python_shim(node_dir))  # noqa: B023
+                shims.append(python_shim(node_dir))
             except BaseException as exc:  # what made a part's start fail
-                errors.append(exc)  # noqa: B023
+                errors.append(exc)
 
-        threads = [threading.Thread(target=start) for _ in range(8)]
+        threads = [threading.Thread(target=start, args=(barrier, node_dir, shims, errors)) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
